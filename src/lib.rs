@@ -1,0 +1,26 @@
+//! # umap
+//!
+//! Map data larger than RAM into your address space and page it in and out in user space,
+//! through Linux `userfaultfd`. You choose the page size, how much memory the pager may use
+//! (the buffer), and how many threads serve faults; reading the mapped memory does the rest.
+//!
+//! ```no_run
+//! use umap::{FileStore, MapOptions, Umap};
+//!
+//! // At most 256 MiB of the file is resident at any time, in 64 KiB pages.
+//! let umap = Umap::builder().buffer_size(256 << 20).page_size(64 << 10).start()?;
+//! let region = umap.map(FileStore::open_read_only("huge.bin")?, MapOptions::new())?;
+//! let data: &[u8] = region.as_slice();
+//! println!("first byte {}, last byte {}", data[0], data[data.len() - 1]);
+//! region.unmap()?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! This crate re-exports the public API of `umap-core` (the engine) and `umap-store` (the
+//! backing stores).
+
+pub use umap_core::{Config, ConfigBuilder, Error, MapOptions, Region, Result, Stats, Umap};
+pub use umap_store::{FileStore, FileStoreOptions, MemStore, Store, StoreError};
+
+/// The typed userfaultfd layer, for programs that drive userfaultfd themselves.
+pub use umap_core::uffd;

@@ -1,0 +1,204 @@
+//! The buffer: how many bytes may be resident across all regions, how many are, and the
+//! order in which resident pages are evicted.
+//!
+//! Invariants:
+//! - `resident` never exceeds `capacity`: a fill [`reserve`](Buffer::try_reserve)s its page
+//!   before installing it, and bytes are [`release`](Buffer::release)d only after the page is
+//!   dropped (or its region is unmapped).
+//! - Every resident page has an entry in the eviction queue. The queue may also hold stale
+//!   entries (pages evicted or unmapped since): whoever pops one checks the page's state.
+//!
+//! Policy: FIFO. A user-space pager sees a page only when it faults in, never when it is
+//! hit while resident (the kernel keeps the accessed bit to itself), so CLOCK or LRU would
+//! have no reference information to act on and degenerate to FIFO at a higher cost.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::{Condvar, Mutex};
+
+use crate::region::RegionShared;
+
+/// A resident page in the eviction queue.
+#[derive(Debug, Clone)]
+pub(crate) struct PageRef {
+    pub(crate) region: Arc<RegionShared>,
+    pub(crate) page: usize,
+}
+
+/// See the module documentation.
+#[derive(Debug)]
+pub(crate) struct Buffer {
+    capacity: usize,
+    high: usize,
+    low: usize,
+    resident: AtomicUsize,
+    queue: Mutex<VecDeque<PageRef>>,
+    /// Set while evictors should run; the condvar wakes them.
+    evicting: Mutex<bool>,
+    evict_cv: Condvar,
+    /// Set when the engine shuts down.
+    stopping: AtomicBool,
+}
+
+impl Buffer {
+    pub(crate) fn new(capacity: usize, high_percent: u8, low_percent: u8) -> Buffer {
+        let high = (capacity as u128 * high_percent as u128 / 100) as usize;
+        let low = (capacity as u128 * low_percent as u128 / 100) as usize;
+        Buffer {
+            capacity,
+            high,
+            low,
+            resident: AtomicUsize::new(0),
+            queue: Mutex::new(VecDeque::new()),
+            evicting: Mutex::new(false),
+            evict_cv: Condvar::new(),
+            stopping: AtomicBool::new(false),
+        }
+    }
+
+    pub(crate) fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    pub(crate) fn resident(&self) -> usize {
+        self.resident.load(Ordering::Relaxed)
+    }
+
+    /// Takes `bytes` of the buffer if they fit. Returns whether it did and, if so, whether the
+    /// high-water mark was crossed by this reservation.
+    #[inline]
+    pub(crate) fn try_reserve(&self, bytes: usize) -> Option<bool> {
+        let mut cur = self.resident.load(Ordering::Relaxed);
+        loop {
+            let next = cur.checked_add(bytes)?;
+            if next > self.capacity {
+                return None;
+            }
+            match self.resident.compare_exchange_weak(
+                cur,
+                next,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return Some(cur < self.high && next >= self.high),
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+
+    /// Gives back `bytes` (a page was dropped, or a fill gave up).
+    #[inline]
+    pub(crate) fn release(&self, bytes: usize) {
+        let prev = self.resident.fetch_sub(bytes, Ordering::AcqRel);
+        debug_assert!(prev >= bytes, "released more than was reserved");
+    }
+
+    /// Queues a newly resident page for eviction.
+    #[inline]
+    pub(crate) fn push(&self, page: PageRef) {
+        self.queue.lock().push_back(page);
+    }
+
+    /// Takes up to `max` of the oldest queued pages.
+    pub(crate) fn pop_oldest(&self, max: usize, out: &mut Vec<PageRef>) {
+        let mut q = self.queue.lock();
+        let n = max.min(q.len());
+        out.extend(q.drain(..n));
+    }
+
+    /// Drops every queued entry of `region` (it is being unmapped).
+    pub(crate) fn forget_region(&self, region: &Arc<RegionShared>) {
+        self.queue
+            .lock()
+            .retain(|p| !Arc::ptr_eq(&p.region, region));
+    }
+
+    /// Whether evictors have work: resident at or above the high-water mark.
+    pub(crate) fn above_high_water(&self) -> bool {
+        self.resident() >= self.high
+    }
+
+    /// Whether evictors may stop: resident at or below the low-water mark.
+    pub(crate) fn at_or_below_low_water(&self) -> bool {
+        self.resident() <= self.low
+    }
+
+    /// Wakes the evictors.
+    pub(crate) fn kick_evictors(&self) {
+        let mut on = self.evicting.lock();
+        if !*on {
+            *on = true;
+            self.evict_cv.notify_all();
+        }
+    }
+
+    /// Evictor side: waits until kicked (or for `timeout`, or shutdown). Returns false on
+    /// shutdown.
+    pub(crate) fn wait_for_work(&self, timeout: Duration) -> bool {
+        let mut on = self.evicting.lock();
+        if !*on && !self.stopping.load(Ordering::Acquire) && !self.above_high_water() {
+            self.evict_cv.wait_for(&mut on, timeout);
+        }
+        !self.stopping.load(Ordering::Acquire)
+    }
+
+    /// Evictor side: the low-water mark was reached; sleep until kicked again.
+    pub(crate) fn work_done(&self) {
+        *self.evicting.lock() = false;
+    }
+
+    /// Stops the evictors.
+    pub(crate) fn stop(&self) {
+        self.stopping.store(true, Ordering::Release);
+        let _on = self.evicting.lock();
+        self.evict_cv.notify_all();
+    }
+
+    pub(crate) fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reservations_never_exceed_capacity_and_report_high_water() {
+        let b = Buffer::new(100, 90, 70);
+        assert_eq!(b.try_reserve(80), Some(false));
+        assert_eq!(b.try_reserve(10), Some(true), "crossed 90");
+        assert_eq!(b.try_reserve(11), None);
+        assert_eq!(b.try_reserve(10), Some(false));
+        assert_eq!(b.resident(), 100);
+        assert!(b.above_high_water());
+        b.release(40);
+        assert!(b.at_or_below_low_water());
+        assert_eq!(b.try_reserve(usize::MAX), None, "no overflow");
+    }
+
+    #[test]
+    fn many_threads_reserving_respect_capacity() {
+        let b = Arc::new(Buffer::new(4096 * 10, 90, 70));
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let b = b.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..10_000 {
+                        if b.try_reserve(4096).is_some() {
+                            assert!(b.resident() <= 4096 * 10);
+                            b.release(4096);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(b.resident(), 0);
+    }
+}

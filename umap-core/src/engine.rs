@@ -1,0 +1,324 @@
+//! The engine: one userfaultfd, the filler and evictor threads, the buffer, and the registry
+//! of regions they serve. Any number of regions share one engine.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use parking_lot::{Mutex, RwLock};
+use umap_store::Store;
+
+use crate::buffer::Buffer;
+use crate::config::{validate_page_size, Config, ConfigBuilder};
+use crate::error::{Error, Result};
+use crate::page_table::{PageTable, CLEAN};
+use crate::region::{MapOptions, Region, RegionShared};
+use crate::stats::{Counters, Stats};
+use crate::sys::{self, EventFd, Mapping};
+use crate::uffd::{Features, RegisterMode, Uffd};
+use crate::{evictor, filler};
+
+/// What every engine thread shares.
+pub(crate) struct Shared {
+    pub(crate) config: Config,
+    pub(crate) uffd: Uffd,
+    pub(crate) registry: Registry,
+    pub(crate) buffer: Buffer,
+    pub(crate) counters: Counters,
+    /// Readable once the engine stops; wakes fillers out of `epoll_wait`.
+    pub(crate) stop_fd: EventFd,
+}
+
+impl Shared {
+    /// Wakes threads faulting on `[addr, addr + len)` (rounded out to system pages); failures
+    /// are logged (a wake can only fail for a malformed range).
+    pub(crate) fn wake(&self, addr: usize, len: usize) {
+        let ps = sys::page_size();
+        let start = addr & !(ps - 1);
+        let end = (addr + len).next_multiple_of(ps);
+        if let Err(e) = self.uffd.wake(start, end - start) {
+            log::error!("{e}");
+        }
+    }
+}
+
+/// Regions by start address.
+#[derive(Default)]
+pub(crate) struct Registry {
+    regions: RwLock<BTreeMap<usize, Arc<RegionShared>>>,
+}
+
+impl Registry {
+    /// The region whose registered range contains `addr`.
+    pub(crate) fn lookup(&self, addr: usize) -> Option<Arc<RegionShared>> {
+        let map = self.regions.read();
+        let (_, region) = map.range(..=addr).next_back()?;
+        region.contains(addr).then(|| region.clone())
+    }
+
+    fn insert(&self, region: Arc<RegionShared>) {
+        self.regions.write().insert(region.base, region);
+    }
+
+    fn remove(&self, base: usize) {
+        self.regions.write().remove(&base);
+    }
+
+    fn len(&self) -> usize {
+        self.regions.read().len()
+    }
+}
+
+/// The user-space pager: configuration, fault-serving threads, and the buffer shared by all
+/// its regions. Cheap to clone (a handle); the threads stop when the last handle and the last
+/// region are gone.
+///
+/// ```no_run
+/// use umap_core::{MapOptions, Umap};
+/// use umap_store::FileStore;
+///
+/// let umap = Umap::builder().buffer_size(64 << 20).page_size(64 << 10).start()?;
+/// let region = umap.map(FileStore::open_read_only("data.bin")?, MapOptions::new())?;
+/// let sum: u64 = region.as_slice().iter().map(|&b| b as u64).sum();
+/// region.unmap()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone)]
+pub struct Umap {
+    handle: Arc<Handle>,
+}
+
+/// Owns the threads; dropping the last handle stops and joins them.
+struct Handle {
+    shared: Arc<Shared>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Umap {
+    /// A configuration builder whose [`start`](ConfigBuilder::start) starts an engine.
+    pub fn builder() -> ConfigBuilder {
+        Config::builder()
+    }
+
+    /// Starts an engine with `config`: creates the userfaultfd and the threads.
+    pub fn new(config: Config) -> Result<Umap> {
+        config.validate()?;
+        let uffd = Uffd::open(
+            Features::PAGEFAULT_FLAG_WP | Features::POISON | Features::MOVE,
+            Features::empty(),
+        )?;
+        log::debug!(
+            "userfaultfd via {} with features {:?}",
+            uffd.method(),
+            uffd.features()
+        );
+        let shared = Arc::new(Shared {
+            buffer: Buffer::new(
+                config.buffer_size,
+                config.high_water_percent,
+                config.low_water_percent,
+            ),
+            uffd,
+            registry: Registry::default(),
+            counters: Counters::default(),
+            stop_fd: EventFd::new().map_err(|e| Error::os("eventfd", e))?,
+            config,
+        });
+        let handle = Arc::new(Handle {
+            shared: shared.clone(),
+            threads: Mutex::new(Vec::new()),
+        });
+        // If a spawn fails, dropping `handle` stops and joins the threads already started.
+        for i in 0..shared.config.fillers {
+            handle.spawn(format!("umap-fill-{i}"), filler::run)?;
+        }
+        for i in 0..shared.config.evictors {
+            handle.spawn(format!("umap-evict-{i}"), evictor::run)?;
+        }
+        Ok(Umap { handle })
+    }
+
+    /// The engine's configuration.
+    pub fn config(&self) -> &Config {
+        &self.handle.shared.config
+    }
+
+    /// A snapshot of the engine's statistics.
+    pub fn stats(&self) -> Stats {
+        let s = &self.handle.shared;
+        s.counters
+            .snapshot(s.buffer.resident() as u64, s.buffer.capacity() as u64)
+    }
+
+    /// How the userfaultfd was created (for diagnostics: user-mode-only descriptors cannot
+    /// serve faults raised inside system calls).
+    pub fn open_method(&self) -> crate::uffd::OpenMethod {
+        self.handle.shared.uffd.method()
+    }
+
+    /// Maps `store` (or the part `options` selects) read-only into the address space.
+    ///
+    /// Fails before anything is mapped if the length is zero, the offset lies past the end of
+    /// the store, or the page size is not a multiple of the system page size or does not fit
+    /// in the buffer.
+    pub fn map<S: Store + 'static>(&self, store: S, options: MapOptions) -> Result<Region> {
+        self.map_shared(Arc::new(store), options)
+    }
+
+    /// As [`Umap::map`], for a store shared with other owners.
+    pub fn map_shared(&self, store: Arc<dyn Store>, options: MapOptions) -> Result<Region> {
+        let shared = &self.handle.shared;
+        let page_size = options.page_size.unwrap_or(shared.config.page_size);
+        validate_page_size(page_size)?;
+        if page_size > shared.buffer.capacity() {
+            return Err(Error::invalid(
+                "page_size",
+                page_size,
+                format!(
+                    "a page must fit in the buffer ({} bytes): use smaller pages or a larger buffer",
+                    shared.buffer.capacity()
+                ),
+            ));
+        }
+        let store_len = store.len();
+        let len = match options.len {
+            Some(len) => len,
+            None => {
+                if options.offset > store_len {
+                    return Err(Error::invalid(
+                        "offset",
+                        options.offset,
+                        format!("lies past the end of the store ({store_len} bytes)"),
+                    ));
+                }
+                usize::try_from(store_len - options.offset).map_err(|_| {
+                    Error::invalid("len", store_len - options.offset, "too large to map")
+                })?
+            }
+        };
+        if len == 0 {
+            return Err(Error::invalid(
+                "len",
+                0,
+                "cannot map zero bytes (is the store empty, or the offset at its end?)",
+            ));
+        }
+        let mapped_len = len
+            .checked_next_multiple_of(page_size)
+            .filter(|l| *l <= isize::MAX as usize)
+            .ok_or_else(|| Error::invalid("len", len, "too large to map"))?;
+        options
+            .offset
+            .checked_add(mapped_len as u64)
+            .ok_or_else(|| Error::invalid("offset", options.offset, "offset + len overflows"))?;
+
+        let mapping = Mapping::anonymous(mapped_len, libc::PROT_READ, libc::MAP_NORESERVE)
+            .map_err(|e| Error::os("mmap of the region", e))?;
+        // A forked child must fault loudly on the region, never read zeros; transparent huge
+        // pages would bypass the per-page fills.
+        mapping
+            .advise(libc::MADV_DONTFORK)
+            .map_err(|e| Error::os("madvise(MADV_DONTFORK)", e))?;
+        mapping
+            .advise(libc::MADV_NOHUGEPAGE)
+            .map_err(|e| Error::os("madvise(MADV_NOHUGEPAGE)", e))?;
+        // SAFETY: the range is a fresh anonymous mapping owned by the region we are building;
+        // from now on the engine's fillers serve its faults until it is unmapped.
+        let ioctls = unsafe {
+            shared
+                .uffd
+                .register(mapping.addr(), mapped_len, RegisterMode::MISSING)
+        }?;
+        if !ioctls.copy() || !ioctls.wake() {
+            return Err(Error::invalid(
+                "region",
+                format_args!("{:#x}", mapping.addr()),
+                "the kernel does not allow UFFDIO_COPY and UFFDIO_WAKE on it",
+            ));
+        }
+        let region = Arc::new(RegionShared {
+            base: mapping.addr(),
+            len,
+            mapped_len,
+            page_size,
+            store,
+            store_offset: options.offset,
+            pages: PageTable::new(mapped_len / page_size),
+            gate: Default::default(),
+        });
+        shared.registry.insert(region.clone());
+        log::debug!("mapped {region:?}");
+        Ok(Region {
+            shared: region,
+            mapping: Some(mapping),
+            engine: self.clone(),
+        })
+    }
+
+    /// Unmaps a region: see [`Region::unmap`].
+    pub(crate) fn unmap_region(&self, region: &Arc<RegionShared>, mapping: Mapping) -> Result<()> {
+        let shared = &self.handle.shared;
+        // After this, no engine thread touches the region's memory or pages.
+        region.gate.close();
+        shared.registry.remove(region.base);
+        shared.buffer.forget_region(region);
+        let resident = region.pages.count(CLEAN) * region.page_size;
+        shared.buffer.release(resident);
+        let (base, len) = (mapping.addr(), mapping.len());
+        let unregistered = shared.uffd.unregister(base, len);
+        drop(mapping);
+        // Threads that faulted meanwhile retry and now fault on unmapped memory.
+        shared.wake(base, len);
+        log::debug!("unmapped {region:?}");
+        unregistered.map_err(Error::from)
+    }
+
+    /// Number of regions currently mapped.
+    pub fn region_count(&self) -> usize {
+        self.handle.shared.registry.len()
+    }
+}
+
+impl ConfigBuilder {
+    /// Validates the configuration and starts an engine with it.
+    pub fn start(self) -> Result<Umap> {
+        Umap::new(self.build()?)
+    }
+}
+
+impl Handle {
+    fn spawn(&self, name: String, body: fn(Arc<Shared>)) -> Result<()> {
+        let shared = self.shared.clone();
+        let thread = std::thread::Builder::new()
+            .name(name.clone())
+            .spawn(move || body(shared))
+            .map_err(|source| Error::Thread { name, source })?;
+        self.threads.lock().push(thread);
+        Ok(())
+    }
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.shared.buffer.stop();
+        if let Err(e) = self.shared.stop_fd.signal() {
+            log::error!("cannot signal engine threads to stop: {e}");
+        }
+        for thread in self.threads.get_mut().drain(..) {
+            if thread.join().is_err() {
+                log::error!("an engine thread panicked");
+            }
+        }
+    }
+}
+
+impl fmt::Debug for Umap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Umap")
+            .field("config", &self.handle.shared.config)
+            .field("regions", &self.region_count())
+            .field("resident", &self.handle.shared.buffer.resident())
+            .finish()
+    }
+}

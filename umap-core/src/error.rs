@@ -1,0 +1,65 @@
+//! The engine's error type.
+
+use crate::uffd::UffdError;
+use umap_store::StoreError;
+
+/// The result type of engine operations.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Why an engine operation failed. Messages say what to change.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An argument or configuration value is not allowed.
+    #[error("invalid {name} = {value}: {reason}")]
+    InvalidArgument {
+        /// The parameter or configuration field.
+        name: &'static str,
+        /// The value given, as text.
+        value: String,
+        /// What is allowed.
+        reason: String,
+    },
+    /// A userfaultfd operation failed (creation, registration, or serving a fault).
+    #[error(transparent)]
+    Uffd(#[from] UffdError),
+    /// The backing store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Reserving or configuring the address range failed.
+    #[error("{op} failed: {source}")]
+    Os {
+        /// What was being done.
+        op: &'static str,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// An engine thread could not be started.
+    #[error("cannot start engine thread {name}: {source}")]
+    Thread {
+        /// The thread's name.
+        name: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    pub(crate) fn invalid(
+        name: &'static str,
+        value: impl std::fmt::Display,
+        reason: impl Into<String>,
+    ) -> Error {
+        Error::InvalidArgument {
+            name,
+            value: value.to_string(),
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn os(op: &'static str, source: std::io::Error) -> Error {
+        Error::Os { op, source }
+    }
+}

@@ -1,0 +1,106 @@
+//! Eviction: dropping the oldest resident pages to keep the buffer between its watermarks.
+//!
+//! Evictor threads sleep until a fill crosses the high-water mark, then evict in batches until
+//! the low-water mark. A filler that finds the buffer completely full reclaims a batch itself
+//! ([`evict_batch`]) rather than wait for an evictor: a cross-CPU wake-up costs more than
+//! dropping clean pages.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::buffer::PageRef;
+use crate::engine::Shared;
+use crate::page_table::EVICTING;
+use crate::stats::bump;
+use crate::sys;
+
+/// Pages taken from the queue per batch.
+pub(crate) const BATCH: usize = 64;
+
+/// The evictor thread's loop.
+pub(crate) fn run(shared: Arc<Shared>) {
+    let mut batch = Vec::with_capacity(BATCH);
+    while shared.buffer.wait_for_work(Duration::from_millis(200)) {
+        while !shared.buffer.at_or_below_low_water() && !shared.buffer.is_stopping() {
+            if evict_batch(&shared, BATCH, &mut batch) == 0 {
+                // Everything resident is in transition (being filled or evicted elsewhere).
+                std::thread::sleep(Duration::from_micros(200));
+                break;
+            }
+        }
+        if shared.buffer.at_or_below_low_water() {
+            shared.buffer.work_done();
+        }
+    }
+}
+
+/// Evicts up to `max` of the oldest resident pages; returns how many bytes it freed.
+/// `batch` is scratch space (left empty).
+pub(crate) fn evict_batch(shared: &Shared, max: usize, batch: &mut Vec<PageRef>) -> usize {
+    batch.clear();
+    shared.buffer.pop_oldest(max, batch);
+    if batch.is_empty() {
+        return 0;
+    }
+    // Keep only pages this thread now owns (Clean -> Evicting) in a region still mapped.
+    // Sorting groups pages of a region into address order so runs drop in one call.
+    batch.sort_unstable_by_key(|p| p.region.page_addr(p.page));
+    let mut freed = 0;
+    let mut i = 0;
+    while i < batch.len() {
+        let region = batch[i].region.clone();
+        let Some(_inside) = region.gate.enter() else {
+            // Being unmapped: the unmapper accounts for its pages.
+            i += 1;
+            continue;
+        };
+        let mut j = i;
+        while j < batch.len() && Arc::ptr_eq(&batch[j].region, &region) {
+            j += 1;
+        }
+        let owned: Vec<usize> = batch[i..j]
+            .iter()
+            .map(|p| p.page)
+            .filter(|&p| region.pages.begin_evict(p))
+            .collect();
+        freed += drop_pages(shared, &region, &owned);
+        i = j;
+    }
+    batch.clear();
+    freed
+}
+
+/// Drops `pages` (ascending, all owned in state Evicting) in runs of adjacent pages, then
+/// makes them Absent, wakes parked faults and releases their bytes.
+fn drop_pages(shared: &Shared, region: &crate::region::RegionShared, pages: &[usize]) -> usize {
+    let ps = region.page_size;
+    let mut k = 0;
+    while k < pages.len() {
+        let mut end = k + 1;
+        while end < pages.len() && pages[end] == pages[end - 1] + 1 {
+            end += 1;
+        }
+        let addr = region.page_addr(pages[k]);
+        // SAFETY: the pages are in the region's registered range, which the gate keeps
+        // mapped; they are clean (identical to the store) and owned by this thread in state
+        // Evicting, so dropping them loses nothing: the next access refills them.
+        if let Err(e) = unsafe { sys::madvise_dontneed(addr, (end - k) * ps) } {
+            log::error!(
+                "MADV_DONTNEED of {} bytes at {addr:#x} failed: {e}",
+                (end - k) * ps
+            );
+        }
+        k = end;
+    }
+    for &p in pages {
+        debug_assert_eq!(region.pages.state(p), EVICTING);
+        if region.pages.finish_evict(p) {
+            // Faults parked while the page was being dropped: let them retry (they fault
+            // again on the now absent page and are filled).
+            shared.wake(region.page_addr(p), ps);
+        }
+        shared.buffer.release(ps);
+    }
+    bump(&shared.counters.evictions, pages.len() as u64);
+    pages.len() * ps
+}

@@ -1,0 +1,330 @@
+//! Fillers: the threads that serve page faults.
+//!
+//! Each filler waits on the engine's userfaultfd through its own epoll instance registered
+//! with `EPOLLEXCLUSIVE`, so a new fault wakes one filler, not all. The woken filler reads a
+//! batch of events and serves them itself: it claims each page (`Absent` → `Filling`), reads
+//! it from the store into its own aligned scratch buffer and installs it with `UFFDIO_COPY`,
+//! which wakes the faulting threads. No other thread is involved, so a fault costs one
+//! wake-up (kernel → filler), not two.
+//!
+//! While one filler does I/O, another takes the next events. An event for a page that another
+//! filler is filling is dropped (that filler's COPY wakes its thread); one for a page being
+//! evicted is parked on the page (see [`crate::page_table`]). No filler ever waits for another
+//! page's I/O.
+
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::buffer::PageRef;
+use crate::engine::Shared;
+use crate::evictor;
+use crate::page_table::{ABSENT, CLEAN, EVICTING, FILLING, POISONED};
+use crate::region::RegionShared;
+use crate::stats::bump;
+use crate::sys::{self, Epoll, Mapping};
+use crate::uffd::{CopyMode, Event, UffdMsg};
+
+const TOKEN_UFFD: u64 = 0;
+const TOKEN_STOP: u64 = 1;
+
+/// Attempts at a store read that fails with a transient error.
+const READ_ATTEMPTS: u32 = 3;
+
+/// One filler thread's state.
+struct Filler {
+    shared: Arc<Shared>,
+    scratch: Option<Mapping>,
+    reclaim: Vec<PageRef>,
+    seen: Vec<(usize, usize)>,
+}
+
+/// The filler thread's loop.
+pub(crate) fn run(shared: Arc<Shared>) {
+    let epoll = match Epoll::new().and_then(|ep| {
+        ep.add_readable(shared.uffd.as_raw_fd(), TOKEN_UFFD, true)?;
+        ep.add_readable(shared.stop_fd.as_raw_fd(), TOKEN_STOP, false)?;
+        Ok(ep)
+    }) {
+        Ok(ep) => ep,
+        Err(e) => {
+            log::error!("filler cannot set up epoll, exiting: {e}");
+            return;
+        }
+    };
+    let mut msgs = vec![UffdMsg::zeroed(); shared.config.max_fault_events];
+    let mut filler = Filler {
+        shared,
+        scratch: None,
+        reclaim: Vec::with_capacity(evictor::BATCH),
+        seen: Vec::new(),
+    };
+    let mut tokens = [0u64; 2];
+    loop {
+        match filler.shared.uffd.read_events(&mut msgs) {
+            Ok(0) => {
+                if filler.shared.buffer.is_stopping() {
+                    return;
+                }
+                if let Err(e) = epoll.wait(&mut tokens, 1000) {
+                    log::error!("filler epoll_wait failed: {e}");
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+            Ok(n) => filler.serve_batch(&msgs[..n]),
+            Err(e) => {
+                log::error!("filler cannot read fault events: {e}");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    }
+}
+
+impl Filler {
+    fn serve_batch(&mut self, msgs: &[UffdMsg]) {
+        let shared = self.shared.clone();
+        bump(&shared.counters.event_batches, 1);
+        self.seen.clear();
+        let mut last: Option<Arc<RegionShared>> = None;
+        for msg in msgs {
+            let pf = match Event::decode(msg) {
+                Event::PageFault(pf) => pf,
+                Event::Other(code) => {
+                    log::warn!("ignoring unexpected userfaultfd event {code:#x}");
+                    continue;
+                }
+            };
+            bump(&shared.counters.read_faults, 1);
+            let region = match &last {
+                Some(r) if r.contains(pf.address) => r.clone(),
+                _ => match shared.registry.lookup(pf.address) {
+                    Some(r) => {
+                        last = Some(r.clone());
+                        r
+                    }
+                    None => {
+                        // The region was unmapped meanwhile: let the thread retry, it then
+                        // faults on unmapped memory like after munmap.
+                        shared.wake(pf.address, sys::page_size());
+                        continue;
+                    }
+                },
+            };
+            let page = region.page_of(pf.address);
+            if self.seen.contains(&(region.base, page)) {
+                // Served earlier in this batch: that fill (or its wake) woke this thread too.
+                bump(&shared.counters.duplicate_faults, 1);
+                continue;
+            }
+            self.seen.push((region.base, page));
+            self.serve(&region, page);
+        }
+    }
+
+    /// Serves a missing-page fault on `page` of `region`.
+    fn serve(&mut self, region: &Arc<RegionShared>, page: usize) {
+        let shared = self.shared.clone();
+        let ps = region.page_size;
+        let Some(_inside) = region.gate.enter() else {
+            shared.wake(region.page_addr(page), ps);
+            return;
+        };
+        loop {
+            match region.pages.state(page) {
+                ABSENT => {
+                    if region.pages.claim_fill(page) {
+                        self.fill(region, page);
+                        return;
+                    }
+                }
+                FILLING => {
+                    // The owner's UFFDIO_COPY wakes every thread waiting on the page.
+                    bump(&shared.counters.duplicate_faults, 1);
+                    return;
+                }
+                EVICTING => {
+                    if region.pages.park(page, EVICTING) {
+                        bump(&shared.counters.parked_faults, 1);
+                        return;
+                    }
+                }
+                CLEAN | POISONED => {
+                    // Stale event: the page was installed (or poisoned) after the fault was
+                    // queued. The install woke the thread; wake again in case.
+                    bump(&shared.counters.duplicate_faults, 1);
+                    shared.wake(region.page_addr(page), ps);
+                    return;
+                }
+                other => unreachable!("page state {other}"),
+            }
+        }
+    }
+
+    /// Fills `page`, which this thread owns in state Filling.
+    fn fill(&mut self, region: &Arc<RegionShared>, page: usize) {
+        let shared = self.shared.clone();
+        let ps = region.page_size;
+        let addr = region.page_addr(page);
+        if !self.reserve(region, ps) {
+            // The region is being unmapped.
+            region.pages.finish_fill(page, ABSENT);
+            shared.wake(addr, ps);
+            return;
+        }
+        let data_len = region.page_data_len(page);
+        let offset = region.page_store_offset(page);
+        let Some(buf) = self.scratch(ps) else {
+            region.pages.finish_fill(page, ABSENT);
+            shared.buffer.release(ps);
+            shared.wake(addr, ps);
+            return;
+        };
+        if let Err(e) = read_page(&*region.store, &mut buf[..data_len], offset) {
+            bump(&shared.counters.read_errors, 1);
+            log::error!(
+                "store read of page {page} ({data_len} bytes at offset {offset}) failed, \
+                 the page is poisoned (access raises SIGBUS): {e}"
+            );
+            // SAFETY: the page is ours (Filling) in a registered range kept mapped by the
+            // gate; poisoning it makes accesses raise SIGBUS, as an I/O error under mmap.
+            let poisoned = unsafe { shared.uffd.poison(addr, ps, false) };
+            let to = match poisoned {
+                Ok(()) => POISONED,
+                Err(pe) => {
+                    log::error!("cannot poison page at {addr:#x}: {pe}; it will be retried");
+                    shared.wake(addr, ps);
+                    ABSENT
+                }
+            };
+            region.pages.finish_fill(page, to);
+            shared.buffer.release(ps);
+            return;
+        }
+        buf[data_len..].fill(0);
+        let src = buf.as_ptr();
+        match self.install(addr, src, ps) {
+            Ok(()) => {
+                if region.pages.finish_fill(page, CLEAN) {
+                    shared.wake(addr, ps);
+                }
+                shared.buffer.push(PageRef {
+                    region: region.clone(),
+                    page,
+                });
+                bump(&shared.counters.fills, 1);
+                bump(&shared.counters.bytes_read, data_len as u64);
+            }
+            Err(e) => {
+                log::error!("cannot install page at {addr:#x}: {e}");
+                region.pages.finish_fill(page, ABSENT);
+                shared.buffer.release(ps);
+                shared.wake(addr, ps);
+            }
+        }
+    }
+
+    /// Copies `len` bytes from `src` to the missing page at `addr`, waking its waiters.
+    fn install(
+        &self,
+        addr: usize,
+        src: *const u8,
+        len: usize,
+    ) -> Result<(), crate::uffd::UffdError> {
+        let uffd = &self.shared.uffd;
+        let mut done = 0;
+        loop {
+            // SAFETY: `addr..addr + len` is a page of a registered region kept mapped by the
+            // caller's gate and owned by this thread (Filling); `src` is this thread's scratch
+            // buffer holding `len` initialised bytes.
+            let res =
+                unsafe { uffd.copy(addr + done, src.add(done), len - done, CopyMode::default()) };
+            match res {
+                Ok(()) => return Ok(()),
+                Err(e) if e.errno() == Some(libc::EAGAIN) => {
+                    // The address space was changing; the kernel copied `done` bytes.
+                    done += e.done();
+                    if done >= len {
+                        return Ok(());
+                    }
+                }
+                Err(e) if e.errno() == Some(libc::EEXIST) => {
+                    // Already present: another path installed it. Wake and move on.
+                    self.shared.wake(addr, len);
+                    return Ok(());
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Reserves `bytes` of the buffer for a fill of `region`, reclaiming the oldest pages
+    /// itself when the buffer is full. False if the region is being unmapped meanwhile.
+    fn reserve(&mut self, region: &RegionShared, bytes: usize) -> bool {
+        let shared = self.shared.clone();
+        let mut tries = 0u32;
+        loop {
+            if let Some(crossed_high) = shared.buffer.try_reserve(bytes) {
+                if crossed_high {
+                    bump(&shared.counters.high_water_hits, 1);
+                    shared.buffer.kick_evictors();
+                }
+                return true;
+            }
+            if tries == 0 {
+                bump(&shared.counters.buffer_full_waits, 1);
+            }
+            if region.gate.is_closed() {
+                return false;
+            }
+            shared.buffer.kick_evictors();
+            if evictor::evict_batch(&shared, 16, &mut self.reclaim) == 0 {
+                // All resident pages are in transition: their owners finish soon.
+                if tries < 16 {
+                    std::hint::spin_loop();
+                } else if tries < 64 {
+                    std::thread::yield_now();
+                } else {
+                    std::thread::sleep(Duration::from_micros(50));
+                }
+            }
+            tries = tries.saturating_add(1);
+        }
+    }
+
+    /// This filler's page-aligned scratch buffer, at least `len` bytes; `None` (logged) if
+    /// memory for it cannot be had (the fault is then retried).
+    fn scratch(&mut self, len: usize) -> Option<&mut [u8]> {
+        if self.scratch.as_ref().is_none_or(|m| m.len() < len) {
+            self.scratch = None;
+            match Mapping::anonymous(len, libc::PROT_READ | libc::PROT_WRITE, 0) {
+                Ok(m) => self.scratch = Some(m),
+                Err(e) => {
+                    log::error!("cannot allocate a {len}-byte fill buffer: {e}");
+                    return None;
+                }
+            }
+        }
+        let map = self.scratch.as_ref()?;
+        // SAFETY: the mapping is private to this thread, readable and writable, and at least
+        // `len` bytes long; the returned borrow ties it to `&mut self`.
+        Some(unsafe { std::slice::from_raw_parts_mut(map.as_ptr(), len) })
+    }
+}
+
+/// Reads `buf` from `store` at `offset`, retrying transient errors.
+fn read_page(
+    store: &dyn umap_store::Store,
+    buf: &mut [u8],
+    offset: u64,
+) -> Result<(), umap_store::StoreError> {
+    let mut attempt = 1;
+    loop {
+        match store.read_at(buf, offset) {
+            Err(e) if e.is_transient() && attempt < READ_ATTEMPTS => {
+                attempt += 1;
+                std::thread::sleep(Duration::from_micros(100 << attempt));
+            }
+            other => return other,
+        }
+    }
+}

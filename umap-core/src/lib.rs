@@ -1,0 +1,34 @@
+//! The engine behind [umap](https://docs.rs/umap): a user-space pager built on Linux
+//! `userfaultfd`.
+//!
+//! An [`Umap`] engine owns one userfaultfd, a pool of filler threads that serve page faults
+//! straight from the kernel (one wake-up per fault), a pool of evictor threads, and a buffer
+//! that bounds how much of all its regions may be resident. [`Umap::map`] maps a
+//! [`Store`](umap_store::Store) into the address space as a [`Region`]; touching the region's
+//! memory pages data in from the store.
+//!
+//! Modules, one job each:
+//! - [`uffd`]: the typed userfaultfd layer (the only place that issues its ioctls);
+//! - [`sys`]: mappings, `madvise`, `mincore`, epoll and eventfd;
+//! - `config`, `engine`, `region`: the public API;
+//! - `page_table` (per-page state machine), `gate` (region lifetime), `buffer` (capacity and
+//!   eviction order), `filler`, `evictor`, `stats`: the machinery.
+
+mod buffer;
+mod config;
+mod engine;
+mod error;
+mod evictor;
+mod filler;
+mod gate;
+mod page_table;
+mod region;
+mod stats;
+pub mod sys;
+pub mod uffd;
+
+pub use config::{Config, ConfigBuilder};
+pub use engine::Umap;
+pub use error::{Error, Result};
+pub use region::{MapOptions, Region};
+pub use stats::Stats;

@@ -1,0 +1,170 @@
+//! The per-page state machine: one atomic byte per umap page of a region.
+//!
+//! ```text
+//! Absent ──claim_fill──▶ Filling ──finish_fill──▶ Clean ──begin_evict──▶ Evicting ──finish_evict──▶ Absent
+//!                           └──fail_fill──▶ Absent (retry later) or Poisoned (store read failed)
+//! ```
+//!
+//! Invariants:
+//! - Exactly one thread owns a page in a transitional state (`Filling`, `Evicting`): the one
+//!   whose compare-exchange entered it. Only the owner leaves that state.
+//! - A fault event for a page in `Evicting` is *parked*: the `WAITERS` bit is set and the owner,
+//!   when it leaves the state, wakes the faulting threads (they retry and fault afresh). An
+//!   event for a page in `Filling` needs no parking: the owner's `UFFDIO_COPY` wakes every
+//!   thread waiting on the page's range.
+//! - Threads that touch region memory (fill, evict) do so inside the region's gate, so the
+//!   memory outlives every transition.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+
+/// The page is not resident; the next access faults.
+pub(crate) const ABSENT: u8 = 0;
+/// A filler owns the page and is reading it from the store.
+pub(crate) const FILLING: u8 = 1;
+/// Resident, identical to the store (write-protected or read-only).
+pub(crate) const CLEAN: u8 = 2;
+/// An evictor owns the page and is dropping it.
+pub(crate) const EVICTING: u8 = 3;
+/// The store could not be read; the page holds a poison marker (accesses raise `SIGBUS`).
+pub(crate) const POISONED: u8 = 4;
+
+const STATE_MASK: u8 = 0x0f;
+/// Set on a transitional state when fault events wait for the owner to finish.
+const WAITERS: u8 = 0x10;
+
+/// The states of every umap page of one region.
+#[derive(Debug)]
+pub(crate) struct PageTable {
+    states: Box<[AtomicU8]>,
+}
+
+impl PageTable {
+    /// `pages` pages, all `Absent`.
+    pub(crate) fn new(pages: usize) -> PageTable {
+        PageTable {
+            states: (0..pages).map(|_| AtomicU8::new(ABSENT)).collect(),
+        }
+    }
+
+    /// Number of pages.
+    pub(crate) fn len(&self) -> usize {
+        self.states.len()
+    }
+
+    /// The state of `page`, without the waiters bit.
+    #[inline]
+    pub(crate) fn state(&self, page: usize) -> u8 {
+        self.states[page].load(Ordering::Acquire) & STATE_MASK
+    }
+
+    /// `Absent` → `Filling`. True if this thread now owns the fill.
+    #[inline]
+    pub(crate) fn claim_fill(&self, page: usize) -> bool {
+        self.states[page]
+            .compare_exchange(ABSENT, FILLING, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// `Filling` → `to` (by the owner). Returns whether events were parked on the page.
+    #[inline]
+    pub(crate) fn finish_fill(&self, page: usize, to: u8) -> bool {
+        let old = self.states[page].swap(to, Ordering::AcqRel);
+        debug_assert_eq!(old & STATE_MASK, FILLING);
+        old & WAITERS != 0
+    }
+
+    /// `Clean` → `Evicting`. True if this thread now owns the eviction.
+    #[inline]
+    pub(crate) fn begin_evict(&self, page: usize) -> bool {
+        self.states[page]
+            .compare_exchange(CLEAN, EVICTING, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// `Evicting` → `Absent` (by the owner). Returns whether events were parked on the page.
+    #[inline]
+    pub(crate) fn finish_evict(&self, page: usize) -> bool {
+        let old = self.states[page].swap(ABSENT, Ordering::AcqRel);
+        debug_assert_eq!(old & STATE_MASK, EVICTING);
+        old & WAITERS != 0
+    }
+
+    /// Parks a fault event on `page` if it is still in the transitional state `state`: sets the
+    /// waiters bit so the owner wakes the faulting thread when it leaves the state. False if
+    /// the page has left `state` meanwhile (the caller looks again).
+    #[cold]
+    pub(crate) fn park(&self, page: usize, state: u8) -> bool {
+        let cell = &self.states[page];
+        let mut cur = cell.load(Ordering::Acquire);
+        loop {
+            if cur & STATE_MASK != state {
+                return false;
+            }
+            if cur & WAITERS != 0 {
+                return true;
+            }
+            match cell.compare_exchange_weak(
+                cur,
+                cur | WAITERS,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return true,
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+
+    /// How many pages are in `state`.
+    pub(crate) fn count(&self, state: u8) -> usize {
+        (0..self.len()).filter(|&p| self.state(p) == state).count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::Arc;
+
+    #[test]
+    fn transitions_follow_the_state_machine() {
+        let t = PageTable::new(2);
+        assert!(!t.begin_evict(0), "absent pages cannot be evicted");
+        assert!(t.claim_fill(0));
+        assert!(!t.claim_fill(0), "one owner per fill");
+        assert!(!t.finish_fill(0, CLEAN));
+        assert_eq!(t.state(0), CLEAN);
+        assert!(t.begin_evict(0));
+        assert!(!t.begin_evict(0), "one owner per eviction");
+        assert!(t.park(0, EVICTING));
+        assert!(t.park(0, EVICTING), "parking twice is fine");
+        assert!(t.finish_evict(0), "the owner sees the parked event");
+        assert_eq!(t.state(0), ABSENT);
+        assert!(!t.park(0, EVICTING), "nothing to park on any more");
+        assert_eq!(t.count(ABSENT), 2);
+    }
+
+    #[test]
+    fn exactly_one_of_many_racing_threads_claims_a_fill() {
+        let t = Arc::new(PageTable::new(64));
+        let wins = Arc::new(AtomicUsize::new(0));
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let (t, wins) = (t.clone(), wins.clone());
+                std::thread::spawn(move || {
+                    for p in 0..64 {
+                        if t.claim_fill(p) {
+                            wins.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for th in threads {
+            th.join().unwrap();
+        }
+        assert_eq!(wins.load(Ordering::Relaxed), 64);
+        assert_eq!(t.count(FILLING), 64);
+    }
+}

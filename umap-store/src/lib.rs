@@ -1,0 +1,101 @@
+//! Backing stores for umap.
+//!
+//! A [`Store`] is where the bytes of a mapped region live when they are not resident: a file
+//! ([`FileStore`]), memory ([`MemStore`]), or anything else that implements the trait. The pager
+//! calls a store concurrently from many threads; a store knows nothing of page faults or
+//! `userfaultfd`.
+//!
+//! The contract every backend keeps:
+//! - [`Store::read_at`] fills the *whole* buffer. Bytes past the end of the store read as zeros,
+//!   as a file mapped with `mmap` reads past its end within the last page.
+//! - [`Store::write_at`] writes the whole buffer or fails; a read-only store refuses with
+//!   [`StoreError::ReadOnly`]. Writing past the end grows the store where the backend can.
+//! - [`Store::sync`] makes earlier writes durable (for files: `fdatasync`).
+//!
+//! ```
+//! use umap_store::{MemStore, Store};
+//!
+//! let store = MemStore::from_vec(b"hello".to_vec());
+//! let mut buf = [0xffu8; 8];
+//! store.read_at(&mut buf, 0)?;
+//! assert_eq!(&buf, b"hello\0\0\0");
+//! # Ok::<(), umap_store::StoreError>(())
+//! ```
+
+mod error;
+mod file;
+mod mem;
+#[cfg(test)]
+mod tests;
+
+pub use error::StoreError;
+pub use file::{FileStore, FileStoreOptions};
+pub use mem::MemStore;
+
+use std::sync::Arc;
+
+/// The result type of store operations.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// A backing store: a linear array of bytes that the pager reads pages from and writes dirty
+/// pages back to.
+///
+/// Implementations must be safe to call from many threads at once (`&self` everywhere), and
+/// concurrent calls on disjoint ranges must not interfere.
+pub trait Store: Send + Sync {
+    /// The store's length in bytes.
+    fn len(&self) -> u64;
+
+    /// Whether the store is empty (its length is zero).
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Fills all of `buf` with the bytes at `offset..offset + buf.len()`; bytes at or past
+    /// [`len`](Store::len) read as zeros. Short reads and interrupted calls are retried inside.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()>;
+
+    /// Writes all of `buf` at `offset`. Fails with [`StoreError::ReadOnly`] on a read-only
+    /// store.
+    fn write_at(&self, buf: &[u8], offset: u64) -> Result<()>;
+
+    /// Makes every completed write durable.
+    fn sync(&self) -> Result<()>;
+
+    /// Whether the store refuses writes. A read-only store can only be mapped read-only.
+    fn is_read_only(&self) -> bool;
+
+    /// The alignment, in bytes, that buffers and offsets should have for the fastest I/O
+    /// (for example the logical block size under `O_DIRECT`). Any alignment works; aligned
+    /// requests avoid a bounce copy. Defaults to 1.
+    fn preferred_alignment(&self) -> usize {
+        1
+    }
+}
+
+macro_rules! forward_store {
+    ($($ty:ty),*) => {$(
+        impl<S: Store + ?Sized> Store for $ty {
+            fn len(&self) -> u64 {
+                (**self).len()
+            }
+            fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+                (**self).read_at(buf, offset)
+            }
+            fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
+                (**self).write_at(buf, offset)
+            }
+            fn sync(&self) -> Result<()> {
+                (**self).sync()
+            }
+            fn is_read_only(&self) -> bool {
+                (**self).is_read_only()
+            }
+            fn preferred_alignment(&self) -> usize {
+                (**self).preferred_alignment()
+            }
+        }
+    )*};
+}
+
+forward_store!(Arc<S>, Box<S>, &S);
