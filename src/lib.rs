@@ -24,3 +24,6 @@ pub use umap_store::{FileStore, FileStoreOptions, MemStore, Store, StoreError};
 
 /// The typed userfaultfd layer, for programs that drive userfaultfd themselves.
 pub use umap_core::uffd;
+
+/// Small system helpers (system page size, `mincore` residency), as used by the engine.
+pub use umap_core::sys;

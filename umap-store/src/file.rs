@@ -620,8 +620,9 @@ pub(crate) mod tests {
     }
 
     /// A directory on a file system that takes O_DIRECT: the temporary directory if it does
-    /// (not on tmpfs), else one inside the crate. `None` if neither does.
-    pub(crate) fn direct_dir() -> Option<tempfile::TempDir> {
+    /// (not on tmpfs), else one inside the crate. Fails the test if neither does: the
+    /// direct-I/O tests never skip silently.
+    pub(crate) fn direct_dir() -> tempfile::TempDir {
         let candidates = [
             std::env::temp_dir(),
             PathBuf::from(env!("CARGO_MANIFEST_DIR")),
@@ -633,13 +634,15 @@ pub(crate) mod tests {
             let probe = dir.path().join("probe");
             std::fs::write(&probe, b"").unwrap();
             match FileStore::options().direct(true).open(&probe) {
-                Ok(_) => return Some(dir),
+                Ok(_) => return dir,
                 Err(StoreError::DirectIoUnsupported { .. }) => continue,
                 Err(e) => panic!("probing O_DIRECT in {}: {e}", candidate.display()),
             }
         }
-        eprintln!("no directory here supports O_DIRECT: skipping the direct-I/O test");
-        None
+        panic!(
+            "no directory here supports O_DIRECT (tried the temporary directory and the crate \
+             directory): set TMPDIR to a directory on a disk file system"
+        )
     }
 
     /// A buffer of `len` bytes at an address aligned to `align`.
@@ -826,7 +829,7 @@ pub(crate) mod tests {
 
     #[test]
     fn from_file_with_o_direct_descriptor() {
-        let Some(dir) = direct_dir() else { return };
+        let dir = direct_dir();
         let path = dir.path().join("f");
         std::fs::write(&path, pattern(10_000, 3)).unwrap();
         let file = OpenOptions::new()
@@ -886,7 +889,7 @@ pub(crate) mod tests {
 
     #[test]
     fn direct_aligned_and_unaligned_io() {
-        let Some(dir) = direct_dir() else { return };
+        let dir = direct_dir();
         let path = dir.path().join("f");
         // A length that is not a multiple of the block size: a partial last block.
         let data = pattern(10_000, 7);
@@ -988,7 +991,7 @@ pub(crate) mod tests {
 
     #[test]
     fn direct_aligned_range_in_misaligned_buffer() {
-        let Some(dir) = direct_dir() else { return };
+        let dir = direct_dir();
         let path = dir.path().join("f");
         let store = FileStore::options()
             .direct(true)
@@ -1011,14 +1014,7 @@ pub(crate) mod tests {
     /// The length is cached: growth by others is not seen, and those bytes read as zeros, for
     /// direct (rounded-up) reads too.
     fn external_growth_reads_zero(direct: bool) {
-        let dir = if direct {
-            match direct_dir() {
-                Some(dir) => dir,
-                None => return,
-            }
-        } else {
-            self::dir()
-        };
+        let dir = if direct { direct_dir() } else { self::dir() };
         let path = dir.path().join("f");
         std::fs::write(&path, pattern(5000, 2)).unwrap();
         let store = FileStore::options().direct(direct).open(&path).unwrap();
@@ -1048,7 +1044,7 @@ pub(crate) mod tests {
 
     #[test]
     fn direct_create_unaligned_size() {
-        let Some(dir) = direct_dir() else { return };
+        let dir = direct_dir();
         let path = dir.path().join("f");
         let store = FileStore::options()
             .direct(true)
@@ -1126,7 +1122,7 @@ pub(crate) mod tests {
 
     #[test]
     fn concurrent_disjoint_direct() {
-        let Some(dir) = direct_dir() else { return };
+        let dir = direct_dir();
         let store = FileStore::options()
             .direct(true)
             .create(0)

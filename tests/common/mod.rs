@@ -1,0 +1,158 @@
+//! Helpers shared by the integration tests: deterministic data, files, and a resident-memory
+//! monitor.
+
+#![allow(dead_code)] // each test binary uses its own subset.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// SplitMix64: a small, seeded, reproducible generator.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in `0..n` (n > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        ((self.next_u64() as u128 * n as u128) >> 64) as u64
+    }
+}
+
+/// The byte at `offset` of the test pattern `seed`: every 8-byte word holds a hash of its
+/// index, so any misplaced page shows.
+pub fn pattern_byte(seed: u64, offset: u64) -> u8 {
+    let word = mix(seed ^ (offset / 8));
+    (word >> ((offset % 8) * 8)) as u8
+}
+
+fn mix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Fills `out` with the pattern bytes starting at `offset`.
+pub fn fill_pattern(seed: u64, offset: u64, out: &mut [u8]) {
+    let mut i = 0;
+    // Unaligned head byte by byte, then whole words.
+    while i < out.len() && (offset + i as u64) % 8 != 0 {
+        out[i] = pattern_byte(seed, offset + i as u64);
+        i += 1;
+    }
+    while i + 8 <= out.len() {
+        let w = mix(seed ^ ((offset + i as u64) / 8));
+        out[i..i + 8].copy_from_slice(&w.to_le_bytes());
+        i += 8;
+    }
+    while i < out.len() {
+        out[i] = pattern_byte(seed, offset + i as u64);
+        i += 1;
+    }
+}
+
+/// `len` pattern bytes from `offset`.
+pub fn pattern(seed: u64, offset: u64, len: usize) -> Vec<u8> {
+    let mut v = vec![0; len];
+    fill_pattern(seed, offset, &mut v);
+    v
+}
+
+/// Writes a file of `len` pattern bytes in `dir`.
+pub fn pattern_file(dir: &Path, name: &str, seed: u64, len: u64) -> PathBuf {
+    let path = dir.join(name);
+    let mut f = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&path).unwrap());
+    let mut chunk = vec![0u8; 1 << 20];
+    let mut off = 0;
+    while off < len {
+        let n = (len - off).min(chunk.len() as u64) as usize;
+        fill_pattern(seed, off, &mut chunk[..n]);
+        f.write_all(&chunk[..n]).unwrap();
+        off += n as u64;
+    }
+    f.into_inner().unwrap().sync_all().unwrap();
+    path
+}
+
+/// Asserts that `got` equals the pattern at `offset`, naming the first differing byte.
+pub fn check_pattern(seed: u64, offset: u64, got: &[u8]) {
+    let want = pattern(seed, offset, got.len());
+    if got != &want[..] {
+        let i = got.iter().zip(&want).position(|(a, b)| a != b).unwrap();
+        panic!(
+            "byte at offset {} is {:#04x}, expected {:#04x}",
+            offset + i as u64,
+            got[i],
+            want[i]
+        );
+    }
+}
+
+/// Samples the resident system pages of a range (mincore) until stopped; keeps the maximum.
+pub struct ResidentMonitor {
+    stop: Arc<AtomicBool>,
+    max: Arc<AtomicUsize>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl ResidentMonitor {
+    pub fn start(addr: *const u8, len: usize) -> ResidentMonitor {
+        Self::start_many(&[(addr, len)])
+    }
+
+    /// Samples the sum over several ranges (each sample covers all of them at once).
+    pub fn start_many(ranges: &[(*const u8, usize)]) -> ResidentMonitor {
+        let ps = umap::sys::page_size();
+        let ranges: Vec<(usize, usize)> = ranges
+            .iter()
+            .map(|&(a, l)| (a as usize, l.next_multiple_of(ps)))
+            .collect();
+        let stop = Arc::new(AtomicBool::new(false));
+        let max = Arc::new(AtomicUsize::new(0));
+        let thread = {
+            let (stop, max) = (stop.clone(), max.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let pages: usize = ranges
+                        .iter()
+                        .map(|&(addr, len)| umap::sys::resident_pages(addr, len).expect("mincore"))
+                        .sum();
+                    max.fetch_max(pages * ps, Ordering::Relaxed);
+                    std::thread::sleep(Duration::from_micros(500));
+                }
+            })
+        };
+        ResidentMonitor {
+            stop,
+            max,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops sampling and returns the largest resident size seen, in bytes.
+    pub fn finish(mut self) -> usize {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take().unwrap().join().unwrap();
+        self.max.load(Ordering::Relaxed)
+    }
+}
+
+/// Open file descriptors and threads of this process.
+pub fn fds_and_threads() -> (usize, usize) {
+    let fds = std::fs::read_dir("/proc/self/fd").unwrap().count();
+    let threads = std::fs::read_dir("/proc/self/task").unwrap().count();
+    (fds, threads)
+}

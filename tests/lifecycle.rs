@@ -1,0 +1,273 @@
+//! Engine and region lifecycles, argument checks, and fault independence.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{fds_and_threads, pattern_file};
+use umap::{Error, FileStore, MapOptions, MemStore, Store, StoreError, Umap};
+
+const KIB: usize = 1024;
+const MIB: usize = 1024 * 1024;
+
+fn engine(buffer: usize, fillers: usize) -> Umap {
+    Umap::builder()
+        .buffer_size(buffer)
+        .page_size(4 * KIB)
+        .fillers(fillers)
+        .start()
+        .unwrap_or_else(|e| panic!("the engine needs userfaultfd: {e}"))
+}
+
+/// Map and unmap 1000 times: no descriptor and no thread is leaked, by regions or engines.
+#[test]
+fn map_and_unmap_1000_times_leaks_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = pattern_file(dir.path(), "f", 1, 256 * KIB as u64);
+    let before = fds_and_threads();
+    {
+        let umap = engine(MIB, 2);
+        for i in 0..1000 {
+            let region = umap
+                .map(FileStore::open_read_only(&path).unwrap(), MapOptions::new())
+                .unwrap();
+            // Touch a page so every cycle fills and evicts through unmap.
+            let off = (i * 4096) % region.len();
+            common::check_pattern(1, off as u64, &region.as_slice()[off..off + 8]);
+            region.unmap().unwrap();
+        }
+        assert_eq!(umap.region_count(), 0);
+        assert_eq!(umap.stats().resident_bytes, 0);
+    }
+    for _ in 0..50 {
+        let umap = engine(MIB, 2);
+        let region = umap
+            .map(MemStore::from_vec(vec![5; 8192]), MapOptions::new())
+            .unwrap();
+        assert_eq!(region.as_slice()[4096], 5);
+        drop(umap); // The region keeps the engine alive.
+        assert_eq!(region.as_slice()[0], 5);
+    }
+    let after = fds_and_threads();
+    assert_eq!(before, after, "(fds, threads) before vs after");
+}
+
+/// Bad arguments are refused before anything is mapped, with messages that say what to do.
+#[test]
+fn invalid_arguments_are_refused_with_clear_errors() {
+    let umap = engine(MIB, 1);
+    let store = || MemStore::from_vec(vec![0; 64 * KIB]);
+    let cases: Vec<(MapOptions, &str)> = vec![
+        (MapOptions::new().len(0), "cannot map zero bytes"),
+        (
+            MapOptions::new().page_size(5000),
+            "multiple of the system page size",
+        ),
+        (
+            MapOptions::new().page_size(0),
+            "multiple of the system page size",
+        ),
+        (
+            MapOptions::new().page_size(2 * MIB),
+            "must fit in the buffer",
+        ),
+        (
+            MapOptions::new().offset(64 * KIB as u64),
+            "cannot map zero bytes",
+        ),
+        (
+            MapOptions::new().offset(1 << 40),
+            "past the end of the store",
+        ),
+        (MapOptions::new().len(usize::MAX - 100), "too large"),
+    ];
+    for (options, message) in cases {
+        let err = umap.map(store(), options.clone()).unwrap_err();
+        assert!(
+            matches!(err, Error::InvalidArgument { .. }),
+            "{options:?}: {err:?}"
+        );
+        assert!(err.to_string().contains(message), "{options:?}: {err}");
+    }
+    assert!(umap.map(MemStore::new(0), MapOptions::new()).is_err());
+    assert_eq!(umap.region_count(), 0);
+    let err = Umap::builder().fillers(0).start().unwrap_err();
+    assert!(err.to_string().contains("fillers"), "{err}");
+}
+
+/// A store whose reads of one offset block until released, counting reads.
+struct GatedStore {
+    inner: MemStore,
+    gated_offset: u64,
+    released: Mutex<bool>,
+    cv: Condvar,
+    gated_readers: AtomicUsize,
+}
+
+impl GatedStore {
+    fn release(&self) {
+        *self.released.lock().unwrap() = true;
+        self.cv.notify_all();
+    }
+}
+
+impl Store for GatedStore {
+    fn len(&self) -> u64 {
+        self.inner.len()
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), StoreError> {
+        if offset == self.gated_offset {
+            self.gated_readers.fetch_add(1, Ordering::SeqCst);
+            let mut released = self.released.lock().unwrap();
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !*released && Instant::now() < deadline {
+                released = self
+                    .cv
+                    .wait_timeout(released, Duration::from_millis(50))
+                    .unwrap()
+                    .0;
+            }
+        }
+        self.inner.read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), StoreError> {
+        self.inner.write_at(buf, offset)
+    }
+    fn sync(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+    fn is_read_only(&self) -> bool {
+        true
+    }
+}
+
+/// A page whose store read is stuck stalls only the threads that touch that page: others
+/// are served meanwhile, duplicate faults on the stuck page are not served twice, and all
+/// of them get the right bytes once it is released.
+#[test]
+fn a_slow_page_does_not_stall_faults_on_other_pages() {
+    let len = 256 * 4 * KIB;
+    let store = Arc::new(GatedStore {
+        inner: MemStore::from_vec(common::pattern(2, 0, len)),
+        gated_offset: 0,
+        released: Mutex::new(false),
+        cv: Condvar::new(),
+        gated_readers: AtomicUsize::new(0),
+    });
+    let umap = engine(MIB, 2);
+    let region = umap.map_shared(store.clone(), MapOptions::new()).unwrap();
+    let data = region.as_slice();
+    let stuck_done = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        // Three threads fault on the stuck page 0.
+        let stuck: Vec<_> = (0..3)
+            .map(|i| {
+                let stuck_done = &stuck_done;
+                s.spawn(move || {
+                    let v = data[i * 100];
+                    stuck_done.store(true, Ordering::SeqCst);
+                    v
+                })
+            })
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while store.gated_readers.load(Ordering::SeqCst) == 0 {
+            assert!(Instant::now() < deadline, "page 0 was never read");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // Meanwhile every other page is served (by the other filler).
+        let other = s.spawn(move || common::check_pattern(2, 4096, &data[4096..]));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !other.is_finished() {
+            assert!(
+                Instant::now() < deadline,
+                "faults on other pages waited behind the stuck page"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        other.join().unwrap();
+        assert!(
+            !stuck_done.load(Ordering::SeqCst),
+            "page 0 cannot be resident yet"
+        );
+        store.release();
+        for t in stuck {
+            t.join().unwrap();
+        }
+    });
+    assert_eq!(
+        store.gated_readers.load(Ordering::SeqCst),
+        1,
+        "page 0 read once"
+    );
+    common::check_pattern(2, 0, &data[..4096]);
+}
+
+/// A store whose reads always fail.
+struct FailingStore;
+
+impl Store for FailingStore {
+    fn len(&self) -> u64 {
+        1 << 20
+    }
+    fn read_at(&self, _: &mut [u8], offset: u64) -> Result<(), StoreError> {
+        Err(StoreError::Io {
+            op: "read",
+            offset,
+            len: 0,
+            source: std::io::Error::from_raw_os_error(libc::EIO),
+        })
+    }
+    fn write_at(&self, _: &[u8], _: u64) -> Result<(), StoreError> {
+        Err(StoreError::ReadOnly)
+    }
+    fn sync(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+    fn is_read_only(&self) -> bool {
+        true
+    }
+}
+
+const CHILD_ENV: &str = "UMAP_TEST_READ_ERROR_CHILD";
+
+/// Runs in a child process (see `a_failed_store_read_raises_sigbus`): touches a page whose
+/// store read fails. Does nothing when run as an ordinary test.
+#[test]
+fn read_error_child() {
+    if std::env::var_os(CHILD_ENV).is_none() {
+        return;
+    }
+    let umap = engine(MIB, 1);
+    let region = umap.map(FailingStore, MapOptions::new()).unwrap();
+    let v = region.as_slice()[5000];
+    println!("read {v} from a page whose store read failed");
+    std::process::exit(0);
+}
+
+/// A store read that fails poisons the page: the reading thread gets SIGBUS, as with an I/O
+/// error under mmap, instead of hanging or reading zeros.
+#[test]
+fn a_failed_store_read_raises_sigbus() {
+    use std::os::unix::process::ExitStatusExt;
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "read_error_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_ENV, "1")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGBUS),
+        "child: {:?}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
