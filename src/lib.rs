@@ -27,3 +27,8 @@ pub use umap_core::uffd;
 
 /// Small system helpers (system page size, `mincore` residency), as used by the engine.
 pub use umap_core::sys;
+
+/// The README's examples, compiled and run as doc tests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
