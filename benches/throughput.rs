@@ -1,1 +1,976 @@
-fn main() {}
+//! Read-path throughput: umap at several page sizes against kernel `mmap` of the same file.
+//!
+//! ```text
+//! cargo bench --bench throughput -- [--quick] [--size BYTES] [--buffer BYTES] [--threads N]
+//!                                   [--fillers N] [--reads N] [--file PATH]
+//! ```
+//!
+//! Every run starts cold: the data file is `fdatasync`ed and dropped from the page cache with
+//! `posix_fadvise(POSIX_FADV_DONTNEED)` first. The results form a table of workloads (rows of
+//! [`Workload::ALL`]) by systems ([`systems`]); each (workload, system) pair is one
+//! [`Measurement`], made by [`measure`].
+
+use std::error::Error;
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::Barrier;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use umap::{FileStore, MapOptions, Stats, Umap};
+
+type BoxError = Box<dyn Error + Send + Sync>;
+
+const KIB: u64 = 1 << 10;
+const MIB: u64 = 1 << 20;
+const GIB: u64 = 1 << 30;
+
+/// Workloads touch one `u64` per `TOUCH` bytes.
+const TOUCH: usize = 4096;
+/// The umap page sizes measured.
+const UMAP_PAGE_SIZES: [usize; 3] = [4 << 10, 64 << 10, 1 << 20];
+/// Seed of the data file's pattern.
+const PATTERN_SEED: u64 = 0x756d_6170_2d72_7321;
+/// Seed of the random-read positions (thread `t` uses `RANDOM_SEED + t`).
+const RANDOM_SEED: u64 = 0x5eed_0000_0000_0001;
+/// Evictor threads per engine.
+const EVICTORS: usize = 1;
+
+// ---------------------------------------------------------------------------------------------
+// Command line
+
+const USAGE: &str = "\
+usage: cargo bench --bench throughput -- [OPTIONS]
+
+  --quick           small run (128 MiB file, 16 MiB buffer, 20000 random reads)
+  --size BYTES      data file size (default 1 GiB; 128 MiB with --quick)
+  --buffer BYTES    umap buffer size (default 128 MiB; 16 MiB with --quick)
+  --threads N       reader threads (default 2)
+  --fillers N       umap filler threads (default 2)
+  --reads N         random reads in total (default min(size/4096, 200000); 20000 with --quick)
+  --file PATH       read this existing file (read-only) instead of generating one
+  -h, --help        this text
+
+BYTES takes a suffix K, M, G, KiB, MiB or GiB (all binary: 1K = 1024).";
+
+/// What the command line asked for, with defaults applied.
+#[derive(Debug, Clone)]
+struct Options {
+    quick: bool,
+    /// Size of the generated file; `None` with `--file` (the file's size is used).
+    size: Option<u64>,
+    buffer: usize,
+    threads: usize,
+    fillers: usize,
+    /// Random reads in total; `None` for the default, which depends on the file size.
+    reads: Option<usize>,
+    file: Option<PathBuf>,
+}
+
+enum Parsed {
+    Run(Options),
+    Help,
+}
+
+fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
+    let mut quick = false;
+    let mut size = None;
+    let mut buffer = None;
+    let mut threads = None;
+    let mut fillers = None;
+    let mut reads = None;
+    let mut file = None;
+
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        // Accept both `--name value` and `--name=value`.
+        let (name, inline) = match arg.split_once('=') {
+            Some((n, v)) if n.starts_with("--") => (n.to_string(), Some(v.to_string())),
+            _ => (arg.clone(), None),
+        };
+        let mut value = || -> Result<String, String> {
+            match inline.clone().or_else(|| args.next()) {
+                Some(v) => Ok(v),
+                None => Err(format!("{name} needs a value")),
+            }
+        };
+        match name.as_str() {
+            // cargo passes `--bench` to every bench target.
+            "--bench" => {}
+            "--quick" => quick = true,
+            "-h" | "--help" => return Ok(Parsed::Help),
+            "--size" => size = Some(parse_size(&value()?).map_err(|e| format!("--size: {e}"))?),
+            "--buffer" => {
+                let b = parse_size(&value()?).map_err(|e| format!("--buffer: {e}"))?;
+                buffer = Some(usize::try_from(b).map_err(|_| "--buffer: too large".to_string())?);
+            }
+            "--threads" => threads = Some(parse_count(&value()?, "--threads")?),
+            "--fillers" => fillers = Some(parse_count(&value()?, "--fillers")?),
+            "--reads" => reads = Some(parse_count(&value()?, "--reads")?),
+            "--file" => file = Some(PathBuf::from(value()?)),
+            _ => return Err(format!("unknown argument `{arg}`")),
+        }
+    }
+
+    if file.is_some() && size.is_some() {
+        return Err("--size and --file exclude each other (the file's size is used)".into());
+    }
+    let size = match file {
+        Some(_) => None,
+        None => Some(size.unwrap_or(if quick { 128 * MIB } else { GIB })),
+    };
+    if let Some(size) = size {
+        if size < TOUCH as u64 {
+            return Err(format!(
+                "--size: {size} bytes is too small (at least {TOUCH})"
+            ));
+        }
+        if usize::try_from(size).is_err() || size > isize::MAX as u64 {
+            return Err(format!("--size: {size} bytes cannot be mapped"));
+        }
+    }
+    let buffer = buffer.unwrap_or(if quick { 16 << 20 } else { 128 << 20 });
+    let largest_page = *UMAP_PAGE_SIZES.iter().max().unwrap();
+    if buffer < largest_page {
+        return Err(format!(
+            "--buffer: {buffer} bytes cannot hold a {} page (at least {largest_page})",
+            page_label(largest_page)
+        ));
+    }
+    let threads = threads.unwrap_or(2);
+    if threads > 1024 {
+        return Err(format!("--threads: {threads} is too many (at most 1024)"));
+    }
+    Ok(Parsed::Run(Options {
+        quick,
+        size,
+        buffer,
+        threads,
+        fillers: fillers.unwrap_or(2),
+        reads,
+        file,
+    }))
+}
+
+/// Parses a byte count with an optional binary suffix: `4096`, `64K`, `128MiB`, `1G`.
+fn parse_size(text: &str) -> Result<u64, String> {
+    let digits_end = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, suffix) = text.split_at(digits_end);
+    if digits.is_empty() {
+        return Err(format!(
+            "`{text}` is not a size (try 4096, 64K, 128MiB, 1G)"
+        ));
+    }
+    let unit = match suffix.to_ascii_lowercase().as_str() {
+        "" => 1,
+        "k" | "kib" => KIB,
+        "m" | "mib" => MIB,
+        "g" | "gib" => GIB,
+        _ => {
+            return Err(format!(
+                "`{text}`: unknown suffix `{suffix}` (use K, M, G, KiB, MiB or GiB)"
+            ))
+        }
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit))
+        .ok_or_else(|| format!("`{text}` is too large"))
+}
+
+/// Parses a positive count.
+fn parse_count(text: &str, flag: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err(format!("{flag}: must be at least 1")),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("{flag}: `{text}` is not a positive integer")),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Deterministic numbers
+
+/// The SplitMix64 finaliser: a bijective mix of a 64-bit value.
+fn mix64(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// The `u64` at index `index` of a generated data file.
+fn pattern(index: u64) -> u64 {
+    mix64(index ^ PATTERN_SEED)
+}
+
+/// SplitMix64: small, fast, and good enough to pick positions.
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        mix64(self.0)
+    }
+
+    /// Uniform in `0..n` (Lemire's multiply-shift; the bias is negligible here).
+    fn below(&mut self, n: u64) -> u64 {
+        ((u128::from(self.next_u64()) * u128::from(n)) >> 64) as u64
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Workloads and systems
+
+/// What the reader threads do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Workload {
+    /// Each thread reads one contiguous share of the mapping, one `u64` per 4 KiB.
+    SeqRead,
+    /// Each thread reads one `u64` at each of its random 4 KiB-aligned positions.
+    RandRead,
+}
+
+impl Workload {
+    const ALL: [Workload; 2] = [Workload::SeqRead, Workload::RandRead];
+
+    fn name(self) -> &'static str {
+        match self {
+            Workload::SeqRead => "seq-read",
+            Workload::RandRead => "rand-read",
+        }
+    }
+}
+
+/// What serves the mapping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum System {
+    /// Kernel `mmap(MAP_SHARED, PROT_READ)` of the file, no memory cap.
+    Mmap,
+    /// A umap engine with this page size.
+    Umap { page_size: usize },
+}
+
+impl System {
+    fn name(self) -> &'static str {
+        match self {
+            System::Mmap => "mmap",
+            System::Umap { .. } => "umap",
+        }
+    }
+
+    fn page(self) -> String {
+        match self {
+            System::Mmap => page_label(system_page_size()),
+            System::Umap { page_size } => page_label(page_size),
+        }
+    }
+}
+
+/// The systems measured, the baseline (`mmap`) first.
+fn systems() -> Vec<System> {
+    let mut all = vec![System::Mmap];
+    all.extend(
+        UMAP_PAGE_SIZES
+            .iter()
+            .map(|&page_size| System::Umap { page_size }),
+    );
+    all
+}
+
+/// One reader thread's share of a workload.
+enum Share {
+    /// Touch positions `first * TOUCH, (first + 1) * TOUCH, ...` below `end * TOUCH`.
+    Range { first: usize, end: usize },
+    /// Touch these byte offsets (multiples of `TOUCH`), in order.
+    Offsets(Vec<usize>),
+}
+
+impl Share {
+    fn for_each_offset(&self, mut f: impl FnMut(usize)) {
+        match self {
+            Share::Range { first, end } => (*first..*end).for_each(|p| f(p * TOUCH)),
+            Share::Offsets(offsets) => offsets.iter().for_each(|&o| f(o)),
+        }
+    }
+}
+
+/// A workload laid out for a file and a number of threads: the same plan is run against every
+/// system, so every system touches exactly the same positions.
+struct Plan {
+    workload: Workload,
+    shares: Vec<Share>,
+    /// The bytes the MB/s figure counts.
+    bytes_touched: u64,
+}
+
+impl Plan {
+    fn new(workload: Workload, size: usize, threads: usize, reads: usize) -> Plan {
+        // Positions p * TOUCH with room for a whole u64 (and a whole 4 KiB page) behind them.
+        let positions = size / TOUCH;
+        match workload {
+            Workload::SeqRead => {
+                let shares = (0..threads)
+                    .map(|t| Share::Range {
+                        first: positions * t / threads,
+                        end: positions * (t + 1) / threads,
+                    })
+                    .collect();
+                Plan {
+                    workload,
+                    shares,
+                    bytes_touched: size as u64,
+                }
+            }
+            Workload::RandRead => {
+                let shares = (0..threads)
+                    .map(|t| {
+                        let n = reads * (t + 1) / threads - reads * t / threads;
+                        let mut rng = SplitMix64(RANDOM_SEED.wrapping_add(t as u64));
+                        Share::Offsets(
+                            (0..n)
+                                .map(|_| rng.below(positions as u64) as usize * TOUCH)
+                                .collect(),
+                        )
+                    })
+                    .collect();
+                Plan {
+                    workload,
+                    shares,
+                    bytes_touched: (reads * TOUCH) as u64,
+                }
+            }
+        }
+    }
+
+    /// The checksum a run must produce if the `u64` at byte offset `o` is `value(o)`.
+    fn expected_checksum(&self, value: impl Fn(usize) -> u64) -> u64 {
+        let mut sum = 0u64;
+        for share in &self.shares {
+            share.for_each_offset(|o| sum = sum.wrapping_add(value(o)));
+        }
+        sum
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Running
+
+/// Runs `plan` over `data` with one thread per share; returns the time from the moment all
+/// threads are ready to the moment the last finishes, and the wrapping sum of every `u64` read.
+fn run_plan(data: &[u8], plan: &Plan) -> (Duration, u64) {
+    assert_eq!(
+        data.as_ptr() as usize % std::mem::align_of::<u64>(),
+        0,
+        "the mapping must be u64-aligned"
+    );
+    let start = Barrier::new(plan.shares.len() + 1);
+    std::thread::scope(|s| {
+        let readers: Vec<_> = plan
+            .shares
+            .iter()
+            .map(|share| {
+                let start = &start;
+                s.spawn(move || {
+                    start.wait();
+                    read_share(data, share)
+                })
+            })
+            .collect();
+        start.wait();
+        let t0 = Instant::now();
+        let sum = readers
+            .into_iter()
+            .map(|r| r.join().expect("a reader thread panicked"))
+            .fold(0u64, u64::wrapping_add);
+        (t0.elapsed(), sum)
+    })
+}
+
+/// Reads the `u64` at each offset of `share`; returns their wrapping sum.
+fn read_share(data: &[u8], share: &Share) -> u64 {
+    let mut sum = 0u64;
+    share.for_each_offset(|offset| {
+        assert!(offset + 8 <= data.len(), "offset {offset} out of bounds");
+        // SAFETY: `offset + 8 <= data.len()` was just checked, so the 8 bytes lie inside the
+        // borrowed slice, which stays mapped and readable for the borrow; the address is
+        // 8-aligned because `data` is (asserted in `run_plan`) and `offset` is a multiple of
+        // TOUCH. Every bit pattern is a valid u64. The volatile read cannot be elided.
+        let v = unsafe { std::ptr::read_volatile(data.as_ptr().add(offset).cast::<u64>()) };
+        sum = sum.wrapping_add(v);
+    });
+    sum
+}
+
+/// One (workload, system) run.
+struct Measurement {
+    workload: Workload,
+    system: System,
+    elapsed: Duration,
+    bytes_touched: u64,
+    /// umap: `Stats::read_faults` delta; mmap: minor + major faults of the process.
+    faults: u64,
+    checksum: u64,
+    /// Fraction of the file still in the page cache right after dropping it.
+    cached_before: f64,
+    /// umap: the engine's statistics at the end of the run.
+    stats: Option<Stats>,
+}
+
+impl Measurement {
+    fn secs(&self) -> f64 {
+        self.elapsed.as_secs_f64().max(1e-9)
+    }
+    fn mb_per_s(&self) -> f64 {
+        self.bytes_touched as f64 / 1e6 / self.secs()
+    }
+    fn faults_per_s(&self) -> f64 {
+        self.faults as f64 / self.secs()
+    }
+}
+
+/// Everything a run needs besides the workload and the system.
+struct Bench {
+    path: PathBuf,
+    size: usize,
+    buffer: usize,
+    fillers: usize,
+    /// How long one run may take before the bench declares a hang.
+    run_limit: Duration,
+}
+
+/// Runs `plan` against `system`, starting with the file out of the page cache.
+fn measure(bench: &Bench, plan: &Plan, system: System) -> Result<Measurement, BoxError> {
+    match system {
+        System::Mmap => measure_mmap(bench, plan),
+        System::Umap { page_size } => measure_umap(bench, plan, page_size),
+    }
+}
+
+fn measure_mmap(bench: &Bench, plan: &Plan) -> Result<Measurement, BoxError> {
+    let cached_before = drop_from_page_cache(&bench.path)?;
+    let file = File::open(&bench.path)?;
+    let map = FileMap::new(&file, bench.size)?;
+    let _watchdog = Watchdog::arm(
+        format!("{} on mmap", plan.workload.name()),
+        bench.run_limit,
+        String::new,
+    );
+    let before = process_faults()?;
+    let (elapsed, checksum) = run_plan(map.as_slice(), plan);
+    let after = process_faults()?;
+    Ok(Measurement {
+        workload: plan.workload,
+        system: System::Mmap,
+        elapsed,
+        bytes_touched: plan.bytes_touched,
+        faults: after.saturating_sub(before),
+        checksum,
+        cached_before,
+        stats: None,
+    })
+}
+
+fn measure_umap(bench: &Bench, plan: &Plan, page_size: usize) -> Result<Measurement, BoxError> {
+    let umap = Umap::builder()
+        .buffer_size(bench.buffer)
+        .page_size(page_size)
+        .fillers(bench.fillers)
+        .evictors(EVICTORS)
+        .start()?;
+    let region = umap.map(FileStore::open_read_only(&bench.path)?, MapOptions::new())?;
+    if region.len() != bench.size {
+        return Err(format!(
+            "the region is {} bytes, the file {}",
+            region.len(),
+            bench.size
+        )
+        .into());
+    }
+    let cached_before = drop_from_page_cache(&bench.path)?;
+    let watched = umap.clone();
+    let watchdog = Watchdog::arm(
+        format!(
+            "{} on umap with {} pages",
+            plan.workload.name(),
+            page_label(page_size)
+        ),
+        bench.run_limit,
+        move || format!("umap stats at the time:\n{}", watched.stats()),
+    );
+    let before = umap.stats();
+    let (elapsed, checksum) = run_plan(region.as_slice(), plan);
+    let after = umap.stats();
+    drop(watchdog);
+    region.unmap()?;
+    Ok(Measurement {
+        workload: plan.workload,
+        system: System::Umap { page_size },
+        elapsed,
+        bytes_touched: plan.bytes_touched,
+        faults: after.read_faults.saturating_sub(before.read_faults),
+        checksum,
+        cached_before,
+        stats: Some(after),
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// The operating system
+
+fn system_page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let ps = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(ps).unwrap_or(4096)
+}
+
+/// A read-only shared mapping of a whole file.
+struct FileMap {
+    addr: *mut libc::c_void,
+    len: usize,
+}
+
+impl FileMap {
+    fn new(file: &File, len: usize) -> io::Result<FileMap> {
+        // SAFETY: a fresh mapping at an address of the kernel's choosing; the arguments are
+        // plain values and `file` is an open descriptor for the duration of the call (the
+        // mapping keeps its own reference to the file afterwards).
+        let addr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if addr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(FileMap { addr, len })
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        // SAFETY: `addr..addr + len` is mapped readable until `self` drops, which the borrow
+        // prevents. Its bytes come from the file (which the bench created or was given and
+        // does not change or truncate while mapped), so they are initialised.
+        unsafe { std::slice::from_raw_parts(self.addr.cast::<u8>(), self.len) }
+    }
+}
+
+impl Drop for FileMap {
+    fn drop(&mut self) {
+        // SAFETY: `addr..addr + len` is our mapping, and no borrow of it outlives `self`.
+        if unsafe { libc::munmap(self.addr, self.len) } != 0 {
+            eprintln!("warning: munmap: {}", io::Error::last_os_error());
+        }
+    }
+}
+
+/// Writes back the file's dirty pages and drops its pages from the page cache; returns the
+/// fraction of the file still cached afterwards (measured with `mincore`).
+fn drop_from_page_cache(path: &Path) -> io::Result<f64> {
+    let file = File::open(path)?;
+    file.sync_data()?;
+    // SAFETY: plain advice on an open descriptor; offset 0 and length 0 mean the whole file.
+    let err = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    if err != 0 {
+        return Err(io::Error::from_raw_os_error(err));
+    }
+    cached_fraction(&file)
+}
+
+/// The fraction of `file` that is in the page cache.
+fn cached_fraction(file: &File) -> io::Result<f64> {
+    let len = usize::try_from(file.metadata()?.len())
+        .map_err(|_| io::Error::other("file too large to map"))?;
+    if len == 0 {
+        return Ok(0.0);
+    }
+    let map = FileMap::new(file, len)?;
+    let pages = len.div_ceil(system_page_size());
+    let mut vec = vec![0u8; pages];
+    // SAFETY: `map` covers `len` bytes from a page-aligned address; `vec` has one byte per
+    // page of that range, as mincore requires. mincore only inspects the page tables and the
+    // page cache: it does not read the file.
+    if unsafe { libc::mincore(map.addr, len, vec.as_mut_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let cached = vec.iter().filter(|&&b| b & 1 != 0).count();
+    Ok(cached as f64 / pages as f64)
+}
+
+/// Minor plus major page faults of this process so far.
+fn process_faults() -> io::Result<u64> {
+    // SAFETY: an all-zero rusage is a valid value of this plain C struct.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `usage` is a valid, writable rusage for the kernel to fill.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((usage.ru_minflt as u64).wrapping_add(usage.ru_majflt as u64))
+}
+
+/// The kernel release, e.g. `6.18.0`.
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// Kills the bench (exit status 3) if a run does not finish in time, saying what hung.
+struct Watchdog {
+    done: Option<mpsc::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Watchdog {
+    fn arm(
+        what: String,
+        limit: Duration,
+        report: impl FnOnce() -> String + Send + 'static,
+    ) -> Watchdog {
+        let (done, wait) = mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            if let Err(RecvTimeoutError::Timeout) = wait.recv_timeout(limit) {
+                eprintln!(
+                    "\n!!!!!!!! HANG: {what} did not finish within {} s; giving up (exit 3).\n{}",
+                    limit.as_secs(),
+                    report()
+                );
+                std::process::exit(3);
+            }
+        });
+        Watchdog {
+            done: Some(done),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        drop(self.done.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The data file
+
+/// Creates `path` holding `size` bytes of [`pattern`] (the `u64` at index `i` is
+/// `pattern(i)`, native-endian), written back to disk.
+fn create_data_file(path: &Path, size: u64) -> io::Result<()> {
+    const CHUNK: usize = 8 << 20;
+    let mut file = File::create(path)?;
+    let mut buf = vec![0u8; CHUNK];
+    let mut written = 0u64;
+    while written < size {
+        let n = (size - written).min(CHUNK as u64) as usize;
+        let first = written / 8;
+        for (i, word) in buf.chunks_exact_mut(8).enumerate() {
+            word.copy_from_slice(&pattern(first + i as u64).to_ne_bytes());
+        }
+        file.write_all(&buf[..n])?;
+        written += n as u64;
+    }
+    file.sync_all()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Output
+
+fn page_label(bytes: usize) -> String {
+    let bytes = bytes as u64;
+    if bytes >= GIB && bytes % GIB == 0 {
+        format!("{} GiB", bytes / GIB)
+    } else if bytes >= MIB && bytes % MIB == 0 {
+        format!("{} MiB", bytes / MIB)
+    } else if bytes >= KIB && bytes % KIB == 0 {
+        format!("{} KiB", bytes / KIB)
+    } else {
+        format!("{bytes} B")
+    }
+}
+
+/// Prints the results as a table with aligned columns.
+fn print_table(results: &[Measurement]) {
+    const HEADER: [&str; 7] = [
+        "workload", "system", "page", "time s", "MB/s", "faults/s", "vs mmap",
+    ];
+    // Text columns align left, numbers right.
+    const LEFT: [bool; 7] = [true, true, false, false, false, false, false];
+    let rows: Vec<[String; 7]> = results
+        .iter()
+        .map(|m| {
+            let baseline = results
+                .iter()
+                .find(|b| b.workload == m.workload && b.system == System::Mmap);
+            let ratio = match baseline {
+                Some(b) => format!("{:.2}x", m.mb_per_s() / b.mb_per_s()),
+                None => "-".into(),
+            };
+            [
+                m.workload.name().to_string(),
+                m.system.name().to_string(),
+                m.system.page(),
+                format!("{:.3}", m.secs()),
+                format!("{:.1}", m.mb_per_s()),
+                format!("{:.0}", m.faults_per_s()),
+                ratio,
+            ]
+        })
+        .collect();
+    let mut widths = HEADER.map(str::len);
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let line = |cells: [&str; 7]| {
+        let parts: Vec<String> = cells
+            .iter()
+            .zip(widths)
+            .zip(LEFT)
+            .map(|((cell, w), left)| {
+                if left {
+                    format!("{cell:<w$}")
+                } else {
+                    format!("{cell:>w$}")
+                }
+            })
+            .collect();
+        println!("{}", parts.join(" | ").trim_end());
+    };
+    line(HEADER);
+    println!(
+        "{}",
+        widths
+            .iter()
+            .map(|&w| "-".repeat(w))
+            .collect::<Vec<_>>()
+            .join("-|-")
+    );
+    for row in &rows {
+        line(std::array::from_fn(|i| row[i].as_str()));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Main
+
+fn main() -> ExitCode {
+    let options = match parse_args(std::env::args().skip(1)) {
+        Ok(Parsed::Run(options)) => options,
+        Ok(Parsed::Help) => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("throughput: {e}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(&options) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("throughput: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(options: &Options) -> Result<ExitCode, BoxError> {
+    // The data file: the given one, or a generated one in a temporary directory.
+    let _tempdir;
+    let (path, generated) = match &options.file {
+        Some(path) => (path.clone(), false),
+        None => {
+            let dir = tempfile::Builder::new()
+                .prefix("umap-throughput-")
+                .tempdir_in(std::env::temp_dir())?;
+            let path = dir.path().join("data.bin");
+            _tempdir = dir;
+            let size = options.size.expect("size is set without --file");
+            eprint!(
+                "writing {} ({} bytes) of test data to {} ... ",
+                page_label(size as usize),
+                size,
+                path.display()
+            );
+            let t0 = Instant::now();
+            create_data_file(&path, size)?;
+            eprintln!("{:.1} s", t0.elapsed().as_secs_f64());
+            (path, true)
+        }
+    };
+    let size = File::open(&path)
+        .and_then(|f| f.metadata())
+        .map_err(|e| format!("{}: {e}", path.display()))?
+        .len();
+    if size < TOUCH as u64 {
+        return Err(format!(
+            "{}: {size} bytes is too small (at least {TOUCH})",
+            path.display()
+        )
+        .into());
+    }
+    let size = usize::try_from(size).map_err(|_| "the file is too large to map")?;
+    let positions = size / TOUCH;
+    let reads = options.reads.unwrap_or(if options.quick {
+        20_000
+    } else {
+        positions.min(200_000)
+    });
+
+    // Fail early (and say how) if userfaultfd is unavailable.
+    let probe = Umap::builder()
+        .buffer_size(options.buffer)
+        .fillers(1)
+        .evictors(1)
+        .start()?;
+    let open_method = probe.open_method();
+    drop(probe);
+
+    let bench = Bench {
+        path: path.clone(),
+        size,
+        buffer: options.buffer,
+        fillers: options.fillers,
+        run_limit: Duration::from_secs(if options.quick { 120 } else { 900 }),
+    };
+    println!("umap read-path throughput");
+    println!(
+        "  kernel {}, {} CPUs, userfaultfd via {open_method}",
+        kernel_release(),
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    println!(
+        "  file {} ({} bytes, {}){}",
+        path.display(),
+        size,
+        if generated {
+            "generated"
+        } else {
+            "given, read-only"
+        },
+        if options.quick { ", quick run" } else { "" }
+    );
+    println!(
+        "  reader threads {}, umap buffer {} ({} bytes), fillers {}, evictors {EVICTORS}",
+        options.threads,
+        page_label(options.buffer),
+        options.buffer,
+        options.fillers
+    );
+    println!(
+        "  seq-read touches one u64 per 4 KiB ({positions} reads); rand-read {reads} reads at \
+         random 4 KiB-aligned positions"
+    );
+    println!(
+        "  page cache: before every run the file is fdatasync'ed and dropped with \
+         posix_fadvise(POSIX_FADV_DONTNEED) (not /proc/sys/vm/drop_caches)"
+    );
+    println!();
+
+    let mut results: Vec<Measurement> = Vec::new();
+    let mut errors: Vec<String> = Vec::new();
+    for workload in Workload::ALL {
+        let plan = Plan::new(workload, size, options.threads, reads);
+        let expected = generated.then(|| plan.expected_checksum(|o| pattern((o / 8) as u64)));
+        for system in systems() {
+            eprint!(
+                "{:<9} {:<4} {:>7} ... ",
+                workload.name(),
+                system.name(),
+                system.page()
+            );
+            let m = measure(&bench, &plan, system).map_err(|e| {
+                eprintln!("failed");
+                format!(
+                    "{} on {} {}: {e}",
+                    workload.name(),
+                    system.name(),
+                    system.page()
+                )
+            })?;
+            eprintln!(
+                "{:.3} s, {} faults, {:.2}% of the file cached at the start, checksum {:#018x}",
+                m.secs(),
+                m.faults,
+                m.cached_before * 100.0,
+                m.checksum
+            );
+            if m.cached_before > 0.01 {
+                eprintln!(
+                    "  warning: {:.1}% of the file was still in the page cache at the start",
+                    m.cached_before * 100.0
+                );
+            }
+            if let Some(expected) = expected {
+                if m.checksum != expected {
+                    errors.push(format!(
+                        "{} on {} {}: checksum {:#018x}, the file's pattern gives {expected:#018x}",
+                        workload.name(),
+                        system.name(),
+                        system.page(),
+                        m.checksum
+                    ));
+                }
+            }
+            let baseline = results
+                .iter()
+                .find(|b| b.workload == workload && b.system == System::Mmap);
+            if let Some(b) = baseline {
+                if m.checksum != b.checksum {
+                    errors.push(format!(
+                        "{} on {} {}: checksum {:#018x}, mmap read {:#018x}",
+                        workload.name(),
+                        system.name(),
+                        system.page(),
+                        m.checksum,
+                        b.checksum
+                    ));
+                }
+            }
+            results.push(m);
+        }
+    }
+
+    println!();
+    print_table(&results);
+    println!();
+    println!(
+        "MB/s: 10^6 bytes touched per second (seq-read: the file size; rand-read: reads x \
+         4 KiB). faults/s: umap read-fault events, or the process's minor+major faults for mmap."
+    );
+    if let Some(last) = results.iter().rev().find(|m| m.stats.is_some()) {
+        println!();
+        println!(
+            "umap stats of the last umap run ({}, {} pages):",
+            last.workload.name(),
+            last.system.page()
+        );
+        print!("{}", last.stats.as_ref().expect("found by is_some"));
+    }
+    io::stdout().flush()?;
+
+    if errors.is_empty() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!();
+        eprintln!("!!!!!!!! CHECKSUM MISMATCH: umap read different data than expected !!!!!!!!");
+        for e in &errors {
+            eprintln!("  {e}");
+        }
+        Ok(ExitCode::from(1))
+    }
+}

@@ -102,11 +102,21 @@ impl Buffer {
         self.queue.lock().push_back(page);
     }
 
-    /// Takes up to `max` of the oldest queued pages.
-    pub(crate) fn pop_oldest(&self, max: usize, out: &mut Vec<PageRef>) {
+    /// Takes the oldest queued pages, up to `max_pages` of them or until their sizes add up
+    /// to `bytes`, whichever comes first.
+    pub(crate) fn pop_oldest(&self, bytes: usize, max_pages: usize, out: &mut Vec<PageRef>) {
         let mut q = self.queue.lock();
-        let n = max.min(q.len());
-        out.extend(q.drain(..n));
+        let mut taken = 0;
+        while taken < bytes && out.len() < max_pages {
+            let Some(page) = q.pop_front() else { break };
+            taken += page.region.page_size;
+            out.push(page);
+        }
+    }
+
+    /// Bytes above the low-water mark (what evictors should free).
+    pub(crate) fn excess_over_low_water(&self) -> usize {
+        self.resident().saturating_sub(self.low)
     }
 
     /// Drops every queued entry of `region` (it is being unmapped).
@@ -178,6 +188,51 @@ mod tests {
         b.release(40);
         assert!(b.at_or_below_low_water());
         assert_eq!(b.try_reserve(usize::MAX), None, "no overflow");
+    }
+
+    fn region(page_size: usize) -> Arc<RegionShared> {
+        Arc::new(RegionShared {
+            base: 0x1000_0000,
+            len: page_size * 8,
+            mapped_len: page_size * 8,
+            page_size,
+            store: Arc::new(umap_store::MemStore::new(0)),
+            store_offset: 0,
+            pages: crate::page_table::PageTable::new(8),
+            gate: Default::default(),
+        })
+    }
+
+    #[test]
+    fn pop_oldest_takes_pages_until_the_byte_target() {
+        let b = Buffer::new(1 << 30, 90, 70);
+        let (small, big) = (region(4096), region(1 << 20));
+        for page in 0..4 {
+            b.push(PageRef {
+                region: big.clone(),
+                page,
+            });
+            b.push(PageRef {
+                region: small.clone(),
+                page,
+            });
+        }
+        let mut out = Vec::new();
+        // One big page covers 8 KiB: the oldest entry alone.
+        b.pop_oldest(8192, 64, &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].region.page_size, 1 << 20);
+        out.clear();
+        // Small then big: two entries reach 12 KiB.
+        b.pop_oldest(12 * 1024, 64, &mut out);
+        assert_eq!(out.len(), 2);
+        out.clear();
+        // The page cap wins over the byte target.
+        b.pop_oldest(usize::MAX, 3, &mut out);
+        assert_eq!(out.len(), 3);
+        out.clear();
+        b.pop_oldest(usize::MAX, 64, &mut out);
+        assert_eq!(out.len(), 2, "only what is queued");
     }
 
     #[test]

@@ -22,7 +22,8 @@ pub(crate) fn run(shared: Arc<Shared>) {
     let mut batch = Vec::with_capacity(BATCH);
     while shared.buffer.wait_for_work(Duration::from_millis(200)) {
         while !shared.buffer.at_or_below_low_water() && !shared.buffer.is_stopping() {
-            if evict_batch(&shared, BATCH, &mut batch) == 0 {
+            let excess = shared.buffer.excess_over_low_water();
+            if evict_batch(&shared, excess, BATCH, &mut batch) == 0 {
                 // Everything resident is in transition (being filled or evicted elsewhere).
                 std::thread::sleep(Duration::from_micros(200));
                 break;
@@ -34,11 +35,16 @@ pub(crate) fn run(shared: Arc<Shared>) {
     }
 }
 
-/// Evicts up to `max` of the oldest resident pages; returns how many bytes it freed.
-/// `batch` is scratch space (left empty).
-pub(crate) fn evict_batch(shared: &Shared, max: usize, batch: &mut Vec<PageRef>) -> usize {
+/// Evicts the oldest resident pages, about `bytes` worth and at most `max_pages`; returns how
+/// many bytes it freed. `batch` is scratch space (left empty).
+pub(crate) fn evict_batch(
+    shared: &Shared,
+    bytes: usize,
+    max_pages: usize,
+    batch: &mut Vec<PageRef>,
+) -> usize {
     batch.clear();
-    shared.buffer.pop_oldest(max, batch);
+    shared.buffer.pop_oldest(bytes, max_pages, batch);
     if batch.is_empty() {
         return 0;
     }

@@ -277,7 +277,8 @@ impl Filler {
                 return false;
             }
             shared.buffer.kick_evictors();
-            if evictor::evict_batch(&shared, 16, &mut self.reclaim) == 0 {
+            // Free what this fill needs (the queue's pages may be smaller than ours).
+            if evictor::evict_batch(&shared, bytes, evictor::BATCH, &mut self.reclaim) == 0 {
                 // All resident pages are in transition: their owners finish soon.
                 if tries < 16 {
                     std::hint::spin_loop();
