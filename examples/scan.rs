@@ -1,7 +1,8 @@
 //! Scan a file larger than the buffer through umap and check every byte against `pread`.
 //!
 //! ```text
-//! cargo run --release --example scan -- [--file PATH] [--size BYTES] [--buffer BYTES] [--page-size BYTES]
+//! cargo run --release --example scan -- [--file PATH] [--size BYTES] [--buffer BYTES]
+//!     [--page-size BYTES] [--fillers N]
 //! ```
 //!
 //! With no `--file` it writes a file of `--size` bytes (default 512 MiB) of pseudo-random data
@@ -21,6 +22,7 @@ struct Args {
     size: u64,
     buffer: usize,
     page_size: usize,
+    fillers: Option<usize>,
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -51,6 +53,7 @@ fn parse_args() -> Result<Args, String> {
         size: 512 << 20,
         buffer: 32 << 20,
         page_size: 64 << 10,
+        fillers: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -60,6 +63,13 @@ fn parse_args() -> Result<Args, String> {
             "--size" => args.size = parse_size(&value()?)?,
             "--buffer" => args.buffer = parse_size(&value()?)? as usize,
             "--page-size" => args.page_size = parse_size(&value()?)? as usize,
+            "--fillers" => {
+                let v = value()?;
+                args.fillers = Some(
+                    v.parse()
+                        .map_err(|_| format!("--fillers takes a count, not '{v}'"))?,
+                );
+            }
             "-h" | "--help" => {
                 println!(
                     "usage: scan [--file PATH] [--size BYTES] [--buffer BYTES] [--page-size BYTES]"
@@ -128,10 +138,13 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let file = std::fs::File::open(&path)?;
     let len = file.metadata()?.len() as usize;
 
-    let umap = Umap::builder()
+    let mut builder = Umap::builder()
         .buffer_size(args.buffer)
-        .page_size(args.page_size)
-        .start()?;
+        .page_size(args.page_size);
+    if let Some(n) = args.fillers {
+        builder = builder.fillers(n);
+    }
+    let umap = builder.start()?;
     let region = umap.map(FileStore::open_read_only(&path)?, MapOptions::new())?;
     let data = region.as_slice();
 

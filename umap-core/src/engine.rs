@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -28,6 +29,10 @@ pub(crate) struct Shared {
     pub(crate) counters: Counters,
     /// Readable once the engine stops; wakes fillers out of `epoll_wait`.
     pub(crate) stop_fd: EventFd,
+    /// Drops evicted pages in batches.
+    pub(crate) dropper: sys::Dropper,
+    /// How many fillers are polling the userfaultfd instead of sleeping (at most one).
+    pub(crate) spinners: AtomicUsize,
 }
 
 impl Shared {
@@ -123,6 +128,8 @@ impl Umap {
             registry: Registry::default(),
             counters: Counters::default(),
             stop_fd: EventFd::new().map_err(|e| Error::os("eventfd", e))?,
+            spinners: AtomicUsize::new(0),
+            dropper: sys::Dropper::new(),
             config,
         });
         let handle = Arc::new(Handle {
@@ -266,12 +273,13 @@ impl Umap {
         let resident = region.pages.count(CLEAN) * region.page_size;
         shared.buffer.release(resident);
         let (base, len) = (mapping.addr(), mapping.len());
-        let unregistered = shared.uffd.unregister(base, len);
-        drop(mapping);
+        // Unmap without unregistering first: in between, a fault would see plain anonymous
+        // memory (zeros). munmap ends the registration with the range.
+        let unmapped = mapping.unmap();
         // Threads that faulted meanwhile retry and now fault on unmapped memory.
         shared.wake(base, len);
         log::debug!("unmapped {region:?}");
-        unregistered.map_err(Error::from)
+        unmapped.map_err(|e| Error::os("munmap of the region", e))
     }
 
     /// Number of regions currently mapped.

@@ -12,7 +12,6 @@ use crate::buffer::PageRef;
 use crate::engine::Shared;
 use crate::page_table::EVICTING;
 use crate::stats::bump;
-use crate::sys;
 
 /// Pages taken from the queue per batch.
 pub(crate) const BATCH: usize = 64;
@@ -76,27 +75,24 @@ pub(crate) fn evict_batch(
     freed
 }
 
-/// Drops `pages` (ascending, all owned in state Evicting) in runs of adjacent pages, then
-/// makes them Absent, wakes parked faults and releases their bytes.
+/// Drops `pages` (ascending, all owned in state Evicting) in runs of adjacent pages, with one
+/// system call for the whole batch, then makes them Absent, wakes parked faults and releases
+/// their bytes.
 fn drop_pages(shared: &Shared, region: &crate::region::RegionShared, pages: &[usize]) -> usize {
     let ps = region.page_size;
-    let mut k = 0;
-    while k < pages.len() {
-        let mut end = k + 1;
-        while end < pages.len() && pages[end] == pages[end - 1] + 1 {
-            end += 1;
+    let mut runs: Vec<(usize, usize)> = Vec::new();
+    for &p in pages {
+        let addr = region.page_addr(p);
+        match runs.last_mut() {
+            Some((start, len)) if *start + *len == addr => *len += ps,
+            _ => runs.push((addr, ps)),
         }
-        let addr = region.page_addr(pages[k]);
-        // SAFETY: the pages are in the region's registered range, which the gate keeps
-        // mapped; they are clean (identical to the store) and owned by this thread in state
-        // Evicting, so dropping them loses nothing: the next access refills them.
-        if let Err(e) = unsafe { sys::madvise_dontneed(addr, (end - k) * ps) } {
-            log::error!(
-                "MADV_DONTNEED of {} bytes at {addr:#x} failed: {e}",
-                (end - k) * ps
-            );
-        }
-        k = end;
+    }
+    // SAFETY: the pages are in the region's registered range, which the gate keeps mapped;
+    // they are clean (identical to the store) and owned by this thread in state Evicting, so
+    // dropping them loses nothing: the next access refills them.
+    if let Err(e) = unsafe { shared.dropper.drop_ranges(&runs) } {
+        log::error!("dropping {} pages failed: {e}", pages.len());
     }
     for &p in pages {
         debug_assert_eq!(region.pages.state(p), EVICTING);
