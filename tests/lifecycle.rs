@@ -101,6 +101,8 @@ fn invalid_arguments_are_refused_with_clear_errors() {
 struct GatedStore {
     inner: MemStore,
     gated_offset: u64,
+    /// Reads at these offsets take 300 ms.
+    slow_offsets: Vec<u64>,
     released: Mutex<bool>,
     cv: Condvar,
     gated_readers: AtomicUsize,
@@ -118,6 +120,9 @@ impl Store for GatedStore {
         self.inner.len()
     }
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), StoreError> {
+        if self.slow_offsets.contains(&offset) {
+            std::thread::sleep(Duration::from_millis(300));
+        }
         if offset == self.gated_offset {
             self.gated_readers.fetch_add(1, Ordering::SeqCst);
             let mut released = self.released.lock().unwrap();
@@ -152,6 +157,7 @@ fn a_slow_page_does_not_stall_faults_on_other_pages() {
     let store = Arc::new(GatedStore {
         inner: MemStore::from_vec(common::pattern(2, 0, len)),
         gated_offset: 0,
+        slow_offsets: Vec::new(),
         released: Mutex::new(false),
         cv: Condvar::new(),
         gated_readers: AtomicUsize::new(0),
@@ -203,6 +209,62 @@ fn a_slow_page_does_not_stall_faults_on_other_pages() {
         "page 0 read once"
     );
     common::check_pattern(2, 0, &data[..4096]);
+}
+
+/// Faults that reach a filler in one batch with a stuck page are not held back by it: the
+/// filler shares the rest of its batch with idle fillers.
+#[test]
+fn faults_batched_with_a_stuck_page_are_served_meanwhile() {
+    let ps = 4 * KIB;
+    let len = 256 * ps;
+    let store = Arc::new(GatedStore {
+        inner: MemStore::from_vec(common::pattern(3, 0, len)),
+        gated_offset: 0,
+        slow_offsets: vec![200 * ps as u64, 201 * ps as u64],
+        released: Mutex::new(false),
+        cv: Condvar::new(),
+        gated_readers: AtomicUsize::new(0),
+    });
+    let umap = engine(MIB, 2);
+    let region = umap.map_shared(store.clone(), MapOptions::new()).unwrap();
+    let data = region.as_slice();
+    std::thread::scope(|s| {
+        // Keep both fillers busy for 300 ms so the next faults queue up in the kernel.
+        let busy: Vec<_> = [200, 201]
+            .map(|p| {
+                s.spawn(move || common::check_pattern(3, (p * ps) as u64, &data[p * ps..][..8]))
+            })
+            .into_iter()
+            .collect();
+        std::thread::sleep(Duration::from_millis(50));
+        // First in the queue: the page whose read will be stuck; then eight others.
+        let stuck = s.spawn(move || data[0]);
+        std::thread::sleep(Duration::from_millis(20));
+        let others: Vec<_> = (1..=8)
+            .map(|p| {
+                s.spawn(move || common::check_pattern(3, (p * ps) as u64, &data[p * ps..][..ps]))
+            })
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !others.iter().all(|t| t.is_finished()) {
+            assert!(
+                Instant::now() < deadline,
+                "faults queued behind the stuck page were not served"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(!stuck.is_finished(), "page 0 cannot be resident yet");
+        store.release();
+        for t in others.into_iter().chain(busy) {
+            t.join().unwrap();
+        }
+        assert_eq!(stuck.join().unwrap(), data[0]);
+    });
+    assert_eq!(
+        store.gated_readers.load(Ordering::SeqCst),
+        1,
+        "page 0 read once"
+    );
 }
 
 /// A store whose reads always fail.

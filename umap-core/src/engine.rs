@@ -1,7 +1,7 @@
 //! The engine: one userfaultfd, the filler and evictor threads, the buffer, and the registry
 //! of regions they serve. Any number of regions share one engine.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
@@ -29,6 +29,10 @@ pub(crate) struct Shared {
     pub(crate) counters: Counters,
     /// Readable once the engine stops; wakes fillers out of `epoll_wait`.
     pub(crate) stop_fd: EventFd,
+    /// Faults published by a filler that read several at once, for idle fillers to serve.
+    pub(crate) pending: Mutex<VecDeque<filler::Job>>,
+    /// Readable while `pending` may hold work; wakes one idle filler (`EPOLLEXCLUSIVE`).
+    pub(crate) work_fd: EventFd,
     /// Drops evicted pages in batches.
     pub(crate) dropper: sys::Dropper,
     /// How many fillers are polling the userfaultfd instead of sleeping (at most one).
@@ -129,6 +133,8 @@ impl Umap {
             counters: Counters::default(),
             stop_fd: EventFd::new().map_err(|e| Error::os("eventfd", e))?,
             spinners: AtomicUsize::new(0),
+            pending: Mutex::new(VecDeque::new()),
+            work_fd: EventFd::new().map_err(|e| Error::os("eventfd", e))?,
             dropper: sys::Dropper::new(),
             config,
         });

@@ -7,10 +7,13 @@
 //! which wakes the faulting threads. No other thread is involved, so a fault costs one
 //! wake-up (kernel → filler), not two.
 //!
-//! While one filler does I/O, another takes the next events. An event for a page that another
-//! filler is filling is dropped (that filler's COPY wakes its thread); one for a page being
-//! evicted is parked on the page (see [`crate::page_table`]). No filler ever waits for another
-//! page's I/O.
+//! While one filler does I/O, another takes the next events. When one read returns faults on
+//! several pages, the filler serves the first and publishes the rest on the engine's shared
+//! work list, waking one idle filler to help, so no fault waits in a batch behind another
+//! page's I/O. A single fault (the common case) is never handed to another thread. An event
+//! for a page that another filler is filling is dropped (that filler's COPY wakes its thread);
+//! one for a page being evicted is parked on the page (see [`crate::page_table`]). No filler
+//! ever waits for another page's I/O.
 
 use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
@@ -28,6 +31,10 @@ use crate::uffd::{CopyMode, Event, UffdMsg};
 
 const TOKEN_UFFD: u64 = 0;
 const TOKEN_STOP: u64 = 1;
+const TOKEN_WORK: u64 = 2;
+
+/// A fault to serve: a page of a region.
+pub(crate) type Job = (Arc<RegionShared>, usize);
 
 /// Attempts at a store read that fails with a transient error.
 const READ_ATTEMPTS: u32 = 3;
@@ -37,7 +44,7 @@ struct Filler {
     shared: Arc<Shared>,
     scratch: Option<Mapping>,
     reclaim: Vec<PageRef>,
-    seen: Vec<(usize, usize)>,
+    jobs: Vec<Job>,
 }
 
 /// The filler thread's loop.
@@ -45,6 +52,7 @@ pub(crate) fn run(shared: Arc<Shared>) {
     let epoll = match Epoll::new().and_then(|ep| {
         ep.add_readable(shared.uffd.as_raw_fd(), TOKEN_UFFD, true)?;
         ep.add_readable(shared.stop_fd.as_raw_fd(), TOKEN_STOP, false)?;
+        ep.add_readable(shared.work_fd.as_raw_fd(), TOKEN_WORK, true)?;
         Ok(ep)
     }) {
         Ok(ep) => ep,
@@ -58,9 +66,9 @@ pub(crate) fn run(shared: Arc<Shared>) {
         shared,
         scratch: None,
         reclaim: Vec::with_capacity(evictor::BATCH),
-        seen: Vec::new(),
+        jobs: Vec::new(),
     };
-    let mut tokens = [0u64; 2];
+    let mut tokens = [0u64; 4];
     let mut spin = Spin::new();
     let mut just_served = false;
     loop {
@@ -77,9 +85,17 @@ pub(crate) fn run(shared: Arc<Shared>) {
                         continue;
                     }
                 }
-                if let Err(e) = epoll.wait(&mut tokens, 1000) {
-                    log::error!("filler epoll_wait failed: {e}");
-                    std::thread::sleep(Duration::from_millis(1));
+                match epoll.wait(&mut tokens, 1000) {
+                    Ok(n) => {
+                        if tokens[..n].contains(&TOKEN_WORK) {
+                            filler.shared.work_fd.reset();
+                            filler.serve_shared_work();
+                        }
+                    }
+                    Err(e) => {
+                        log::error!("filler epoll_wait failed: {e}");
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
                 }
             }
             Ok(n) => {
@@ -156,7 +172,8 @@ impl Filler {
     fn serve_batch(&mut self, msgs: &[UffdMsg]) {
         let shared = self.shared.clone();
         bump(&shared.counters.event_batches, 1);
-        self.seen.clear();
+        let mut jobs = std::mem::take(&mut self.jobs);
+        jobs.clear();
         let mut last: Option<Arc<RegionShared>> = None;
         for msg in msgs {
             let pf = match Event::decode(msg) {
@@ -183,13 +200,38 @@ impl Filler {
                 },
             };
             let page = region.page_of(pf.address);
-            if self.seen.contains(&(region.base, page)) {
-                // Served earlier in this batch: that fill (or its wake) woke this thread too.
+            if jobs
+                .iter()
+                .any(|(r, p)| *p == page && Arc::ptr_eq(r, &region))
+            {
+                // Twice in this batch: serving it once wakes both threads.
                 bump(&shared.counters.duplicate_faults, 1);
                 continue;
             }
-            self.seen.push((region.base, page));
+            jobs.push((region, page));
+        }
+        if jobs.len() > 1 {
+            // Let an idle filler serve the rest while this one serves the first.
+            shared.pending.lock().extend(jobs.drain(1..));
+            if let Err(e) = shared.work_fd.signal() {
+                log::error!("cannot wake a filler for shared work: {e}");
+            }
+        }
+        if let Some((region, page)) = jobs.pop() {
             self.serve(&region, page);
+        }
+        self.jobs = jobs;
+        self.serve_shared_work();
+    }
+
+    /// Serves faults other fillers published, until none is left.
+    fn serve_shared_work(&mut self) {
+        loop {
+            let job = self.shared.pending.lock().pop_front();
+            match job {
+                Some((region, page)) => self.serve(&region, page),
+                None => return,
+            }
         }
     }
 

@@ -243,6 +243,16 @@ impl EventFd {
     }
 }
 
+impl EventFd {
+    /// Makes the descriptor unreadable again (reads and discards its counter).
+    pub fn reset(&self) {
+        let mut value: u64 = 0;
+        // SAFETY: reads 8 bytes into a valid u64; a non-blocking eventfd that is not readable
+        // fails with EAGAIN, which is what "already reset" means.
+        unsafe { libc::read(self.0.as_raw_fd(), (&mut value as *mut u64).cast(), 8) };
+    }
+}
+
 impl AsRawFd for EventFd {
     fn as_raw_fd(&self) -> RawFd {
         self.0.as_raw_fd()
