@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo bench --bench throughput -- [--quick] [--size BYTES] [--buffer BYTES] [--threads N]
-//!                                   [--fillers N] [--reads N] [--file PATH]
+//!                                   [--fillers N] [--reads N] [--file PATH] [--direct]
 //! ```
 //!
 //! Every run starts cold: the data file is `fdatasync`ed and dropped from the page cache with
@@ -53,6 +53,7 @@ usage: cargo bench --bench throughput -- [OPTIONS]
   --fillers N       umap filler threads (default 2)
   --reads N         random reads in total (default min(size/4096, 200000); 20000 with --quick)
   --file PATH       read this existing file (read-only) instead of generating one
+  --direct          umap reads the file with O_DIRECT (no second copy in the page cache)
   -h, --help        this text
 
 BYTES takes a suffix K, M, G, KiB, MiB or GiB (all binary: 1K = 1024).";
@@ -69,6 +70,8 @@ struct Options {
     /// Random reads in total; `None` for the default, which depends on the file size.
     reads: Option<usize>,
     file: Option<PathBuf>,
+    /// umap's store reads with O_DIRECT.
+    direct: bool,
 }
 
 enum Parsed {
@@ -84,6 +87,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> 
     let mut fillers = None;
     let mut reads = None;
     let mut file = None;
+    let mut direct = false;
 
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
@@ -102,6 +106,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> 
             // cargo passes `--bench` to every bench target.
             "--bench" => {}
             "--quick" => quick = true,
+            "--direct" => direct = true,
             "-h" | "--help" => return Ok(Parsed::Help),
             "--size" => size = Some(parse_size(&value()?).map_err(|e| format!("--size: {e}"))?),
             "--buffer" => {
@@ -153,6 +158,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> 
         fillers: fillers.unwrap_or(2),
         reads,
         file,
+        direct,
     }))
 }
 
@@ -440,6 +446,8 @@ struct Bench {
     size: usize,
     buffer: usize,
     fillers: usize,
+    /// umap's store reads with O_DIRECT.
+    direct: bool,
     /// How long one run may take before the bench declares a hang.
     run_limit: Duration,
 }
@@ -483,7 +491,11 @@ fn measure_umap(bench: &Bench, plan: &Plan, page_size: usize) -> Result<Measurem
         .fillers(bench.fillers)
         .evictors(EVICTORS)
         .start()?;
-    let region = umap.map(FileStore::open_read_only(&bench.path)?, MapOptions::new())?;
+    let store = FileStore::options()
+        .read_only(true)
+        .direct(bench.direct)
+        .open(&bench.path)?;
+    let region = umap.map(store, MapOptions::new())?;
     if region.len() != bench.size {
         return Err(format!(
             "the region is {} bytes, the file {}",
@@ -845,6 +857,7 @@ fn run(options: &Options) -> Result<ExitCode, BoxError> {
         size,
         buffer: options.buffer,
         fillers: options.fillers,
+        direct: options.direct,
         run_limit: Duration::from_secs(if options.quick { 120 } else { 900 }),
     };
     println!("umap read-path throughput");
@@ -865,11 +878,16 @@ fn run(options: &Options) -> Result<ExitCode, BoxError> {
         if options.quick { ", quick run" } else { "" }
     );
     println!(
-        "  reader threads {}, umap buffer {} ({} bytes), fillers {}, evictors {EVICTORS}",
+        "  reader threads {}, umap buffer {} ({} bytes), fillers {}, evictors {EVICTORS}{}",
         options.threads,
         page_label(options.buffer),
         options.buffer,
-        options.fillers
+        options.fillers,
+        if options.direct {
+            ", umap store O_DIRECT"
+        } else {
+            ""
+        }
     );
     println!(
         "  seq-read touches one u64 per 4 KiB ({positions} reads); rand-read {reads} reads at \

@@ -32,3 +32,17 @@ pub use engine::Umap;
 pub use error::{Error, Result};
 pub use region::{MapOptions, Region};
 pub use stats::Stats;
+
+#[cfg(test)]
+mod tests {
+    /// Regions and engines are shared between threads.
+    #[test]
+    fn public_types_are_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<crate::Umap>();
+        check::<crate::Region>();
+        check::<crate::Config>();
+        check::<crate::Stats>();
+        check::<crate::Error>();
+    }
+}
