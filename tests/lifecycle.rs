@@ -116,6 +116,18 @@ struct GatedStore {
 }
 
 impl GatedStore {
+    /// Reads of offset 0 block until released; reads of `slow_offsets` take 300 ms.
+    fn new(data: Vec<u8>, slow_offsets: Vec<u64>) -> Arc<GatedStore> {
+        Arc::new(GatedStore {
+            inner: MemStore::from_vec(data),
+            gated_offset: 0,
+            slow_offsets,
+            released: Mutex::new(false),
+            cv: Condvar::new(),
+            gated_readers: AtomicUsize::new(0),
+        })
+    }
+
     fn release(&self) {
         *self.released.lock().unwrap() = true;
         self.cv.notify_all();
@@ -161,14 +173,7 @@ impl Store for GatedStore {
 #[test]
 fn a_slow_page_does_not_stall_faults_on_other_pages() {
     let len = 256 * 4 * KIB;
-    let store = Arc::new(GatedStore {
-        inner: MemStore::from_vec(common::pattern(2, 0, len)),
-        gated_offset: 0,
-        slow_offsets: Vec::new(),
-        released: Mutex::new(false),
-        cv: Condvar::new(),
-        gated_readers: AtomicUsize::new(0),
-    });
+    let store = GatedStore::new(common::pattern(2, 0, len), Vec::new());
     let umap = engine(MIB, 2);
     let region = umap.map_shared(store.clone(), MapOptions::new()).unwrap();
     let data = region.as_slice();
@@ -224,14 +229,10 @@ fn a_slow_page_does_not_stall_faults_on_other_pages() {
 fn faults_batched_with_a_stuck_page_are_served_meanwhile() {
     let ps = 4 * KIB;
     let len = 256 * ps;
-    let store = Arc::new(GatedStore {
-        inner: MemStore::from_vec(common::pattern(3, 0, len)),
-        gated_offset: 0,
-        slow_offsets: vec![200 * ps as u64, 201 * ps as u64],
-        released: Mutex::new(false),
-        cv: Condvar::new(),
-        gated_readers: AtomicUsize::new(0),
-    });
+    let store = GatedStore::new(
+        common::pattern(3, 0, len),
+        vec![200 * ps as u64, 201 * ps as u64],
+    );
     let umap = engine(MIB, 2);
     let region = umap.map_shared(store.clone(), MapOptions::new()).unwrap();
     let data = region.as_slice();
