@@ -269,7 +269,12 @@ impl Filler {
                     shared.wake(region.page_addr(page), ps);
                     return;
                 }
-                other => unreachable!("page state {other}"),
+                other => {
+                    // Not a state this engine sets; never leave a thread blocked.
+                    log::error!("page {page} of {region:?} in unknown state {other}");
+                    shared.wake(region.page_addr(page), ps);
+                    return;
+                }
             }
         }
     }
