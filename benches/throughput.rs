@@ -258,6 +258,8 @@ impl Workload {
 enum System {
     /// Kernel `mmap(MAP_SHARED, PROT_READ)` of the file, no memory cap.
     Mmap,
+    /// `pread` of the 4 KiB block around each position (O_DIRECT with `--direct`).
+    Pread,
     /// A umap engine with this page size.
     Umap { page_size: usize },
 }
@@ -266,6 +268,7 @@ impl System {
     fn name(self) -> &'static str {
         match self {
             System::Mmap => "mmap",
+            System::Pread => "pread",
             System::Umap { .. } => "umap",
         }
     }
@@ -273,6 +276,7 @@ impl System {
     fn page(self) -> String {
         match self {
             System::Mmap => page_label(system_page_size()),
+            System::Pread => page_label(TOUCH),
             System::Umap { page_size } => page_label(page_size),
         }
     }
@@ -280,7 +284,7 @@ impl System {
 
 /// The systems measured, the baseline (`mmap`) first.
 fn systems() -> Vec<System> {
-    let mut all = vec![System::Mmap];
+    let mut all = vec![System::Mmap, System::Pread];
     all.extend(
         UMAP_PAGE_SIZES
             .iter()
@@ -316,6 +320,17 @@ struct Plan {
 }
 
 impl Plan {
+    /// How many positions the plan touches, over all threads.
+    fn touches(&self) -> usize {
+        self.shares
+            .iter()
+            .map(|share| match share {
+                Share::Range { first, end } => end - first,
+                Share::Offsets(offsets) => offsets.len(),
+            })
+            .sum()
+    }
+
     fn new(workload: Workload, size: usize, threads: usize, reads: usize) -> Plan {
         // Positions p * TOUCH with room for a whole u64 (and a whole 4 KiB page) behind them.
         let positions = size / TOUCH;
@@ -456,8 +471,74 @@ struct Bench {
 fn measure(bench: &Bench, plan: &Plan, system: System) -> Result<Measurement, BoxError> {
     match system {
         System::Mmap => measure_mmap(bench, plan),
+        System::Pread => measure_pread(bench, plan),
         System::Umap { page_size } => measure_umap(bench, plan, page_size),
     }
+}
+
+/// Reads the 4 KiB block around every position with `pread` (the I/O a pager does, without
+/// the pager): each call counts as one "fault".
+fn measure_pread(bench: &Bench, plan: &Plan) -> Result<Measurement, BoxError> {
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    let cached_before = drop_from_page_cache(&bench.path)?;
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    if bench.direct {
+        options.custom_flags(libc::O_DIRECT);
+    }
+    let file = options.open(&bench.path)?;
+    let _watchdog = Watchdog::arm(
+        format!("{} on pread", plan.workload.name()),
+        bench.run_limit,
+        String::new,
+    );
+    let start = Barrier::new(plan.shares.len() + 1);
+    let (elapsed, checksum) = std::thread::scope(|s| {
+        let readers: Vec<_> = plan
+            .shares
+            .iter()
+            .map(|share| {
+                let (start, file) = (&start, &file);
+                s.spawn(move || -> io::Result<u64> {
+                    // A page-aligned block buffer, as O_DIRECT needs.
+                    let mut raw = vec![0u8; 2 * TOUCH];
+                    let skip = raw.as_ptr().align_offset(TOUCH);
+                    let block = &mut raw[skip..skip + TOUCH];
+                    start.wait();
+                    let mut sum = 0u64;
+                    let mut result = Ok(());
+                    share.for_each_offset(|offset| {
+                        if result.is_err() {
+                            return;
+                        }
+                        let base = offset - offset % TOUCH;
+                        result = file.read_exact_at(block, base as u64);
+                        let at = offset - base;
+                        let word: [u8; 8] = block[at..at + 8].try_into().expect("8 bytes");
+                        sum = sum.wrapping_add(u64::from_ne_bytes(word));
+                    });
+                    result.map(|()| sum)
+                })
+            })
+            .collect();
+        start.wait();
+        let t0 = Instant::now();
+        let mut sum = 0u64;
+        for r in readers {
+            sum = sum.wrapping_add(r.join().expect("a reader thread panicked")?);
+        }
+        Ok::<_, io::Error>((t0.elapsed(), sum))
+    })?;
+    Ok(Measurement {
+        workload: plan.workload,
+        system: System::Pread,
+        elapsed,
+        bytes_touched: plan.bytes_touched,
+        faults: plan.touches() as u64,
+        checksum,
+        cached_before,
+        stats: None,
+    })
 }
 
 fn measure_mmap(bench: &Bench, plan: &Plan) -> Result<Measurement, BoxError> {
@@ -715,21 +796,22 @@ fn page_label(bytes: usize) -> String {
 
 /// Prints the results as a table with aligned columns.
 fn print_table(results: &[Measurement]) {
-    const HEADER: [&str; 7] = [
-        "workload", "system", "page", "time s", "MB/s", "faults/s", "vs mmap",
+    const HEADER: [&str; 8] = [
+        "workload", "system", "page", "time s", "MB/s", "faults/s", "vs mmap", "vs pread",
     ];
     // Text columns align left, numbers right.
-    const LEFT: [bool; 7] = [true, true, false, false, false, false, false];
-    let rows: Vec<[String; 7]> = results
+    const LEFT: [bool; 8] = [true, true, false, false, false, false, false, false];
+    let ratio_to = |m: &Measurement, system: System| {
+        results
+            .iter()
+            .find(|b| b.workload == m.workload && b.system == system)
+            .map_or("-".into(), |b| {
+                format!("{:.2}x", m.mb_per_s() / b.mb_per_s())
+            })
+    };
+    let rows: Vec<[String; 8]> = results
         .iter()
         .map(|m| {
-            let baseline = results
-                .iter()
-                .find(|b| b.workload == m.workload && b.system == System::Mmap);
-            let ratio = match baseline {
-                Some(b) => format!("{:.2}x", m.mb_per_s() / b.mb_per_s()),
-                None => "-".into(),
-            };
             [
                 m.workload.name().to_string(),
                 m.system.name().to_string(),
@@ -737,7 +819,8 @@ fn print_table(results: &[Measurement]) {
                 format!("{:.3}", m.secs()),
                 format!("{:.1}", m.mb_per_s()),
                 format!("{:.0}", m.faults_per_s()),
-                ratio,
+                ratio_to(m, System::Mmap),
+                ratio_to(m, System::Pread),
             ]
         })
         .collect();
@@ -747,7 +830,7 @@ fn print_table(results: &[Measurement]) {
             *w = (*w).max(cell.len());
         }
     }
-    let line = |cells: [&str; 7]| {
+    let line = |cells: [&str; 8]| {
         let parts: Vec<String> = cells
             .iter()
             .zip(widths)
