@@ -302,6 +302,90 @@ impl Store for FailingStore {
 }
 
 const CHILD_ENV: &str = "UMAP_TEST_READ_ERROR_CHILD";
+const UNMAP_CHILD_ENV: &str = "UMAP_TEST_UNMAP_CHILD";
+
+/// Runs `test` of this binary in a child process with `env` set; returns its exit status
+/// and output (killed after 60 s: a hang is a failure, not a stuck CI run).
+fn run_child(test: &str, env: &str) -> (std::process::ExitStatus, String) {
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", test, "--nocapture", "--test-threads=1"])
+        .env(env, "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "child {test} hung\nstdout: {}\nstderr: {}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let out = child.wait_with_output().unwrap();
+    let text = format!(
+        "stdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (status, text)
+}
+
+/// Runs in a child process (see `unmap_wakes_threads_faulting_meanwhile`). Does nothing when
+/// run as an ordinary test.
+#[test]
+fn unmap_child() {
+    if std::env::var_os(UNMAP_CHILD_ENV).is_none() {
+        return;
+    }
+    let ps = 4 * KIB;
+    let store = GatedStore::new(common::pattern(4, 0, 64 * ps), Vec::new());
+    // One filler: while it is stuck reading page 0, the fault on page 1 stays queued.
+    let umap = engine(MIB, 1);
+    let region = umap.map_shared(store.clone(), MapOptions::new()).unwrap();
+    let addr = region.as_ptr() as usize;
+    std::thread::spawn(move || {
+        // SAFETY: reads the live region (page 0 blocks in the stuck store read).
+        unsafe { std::ptr::read_volatile(addr as *const u8) }
+    });
+    while store.gated_readers.load(Ordering::SeqCst) == 0 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    std::thread::spawn(move || {
+        // SAFETY: reads the region; after the unmap below this must fault (SIGSEGV), never
+        // return zeros.
+        let v = unsafe { std::ptr::read_volatile((addr + ps + 8) as *const u8) };
+        println!("UNEXPECTED: read {v} from an unmapped region");
+        std::process::exit(3);
+    });
+    std::thread::sleep(Duration::from_millis(50));
+    let unmapper = std::thread::spawn(move || region.unmap());
+    std::thread::sleep(Duration::from_millis(50));
+    store.release();
+    unmapper.join().unwrap().unwrap();
+    // The thread faulting on page 1 is woken and faults again on unmapped memory.
+    std::thread::sleep(Duration::from_secs(20));
+    println!("UNEXPECTED: the faulting thread neither crashed nor returned");
+    std::process::exit(4);
+}
+
+/// A thread whose fault is still queued when its region is unmapped is woken and then
+/// faults like on any unmapped memory (SIGSEGV): it neither hangs nor reads zeros, and the
+/// unmap does not deadlock with the filler.
+#[test]
+fn unmap_wakes_threads_faulting_meanwhile() {
+    use std::os::unix::process::ExitStatusExt;
+    let (status, output) = run_child("unmap_child", UNMAP_CHILD_ENV);
+    assert_eq!(status.signal(), Some(libc::SIGSEGV), "{status:?}\n{output}");
+}
 
 /// Runs in a child process (see `a_failed_store_read_raises_sigbus`): touches a page whose
 /// store read fails. Does nothing when run as an ordinary test.
