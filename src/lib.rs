@@ -19,7 +19,9 @@
 //! This crate re-exports the public API of `umap-core` (the engine) and `umap-store` (the
 //! backing stores).
 
-pub use umap_core::{Config, ConfigBuilder, Error, MapOptions, Region, Result, Stats, Umap};
+pub use umap_core::{
+    Config, ConfigBuilder, Error, MapOptions, Region, Result, Stats, Umap, MIN_BUFFER_PAGES,
+};
 pub use umap_store::{FileStore, FileStoreOptions, MemStore, Store, StoreError};
 
 /// The typed userfaultfd layer, for programs that drive userfaultfd themselves.

@@ -78,7 +78,11 @@ fn invalid_arguments_are_refused_with_clear_errors() {
         ),
         (
             MapOptions::new().page_size(2 * MIB),
-            "must fit in the buffer",
+            "must hold at least 2 such pages",
+        ),
+        (
+            MapOptions::new().page_size(MIB / 2 + 4096),
+            "must hold at least 2 such pages",
         ),
         (
             MapOptions::new().offset(64 * KIB as u64),

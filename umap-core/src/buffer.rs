@@ -8,6 +8,12 @@
 //! - Every resident page has an entry in the eviction queue. The queue may also hold stale
 //!   entries (pages evicted or unmapped since): whoever pops one checks the page's state.
 //!
+//! A page stays resident at least [`MIN_RESIDENCY`] after its fill, so that the thread woken
+//! by the fill gets to touch it: with a buffer of a few pages and more faulting threads than
+//! pages, evicting the newest pages would otherwise let fillers refill each other's pages
+//! forever while the woken threads wait for a CPU (a livelock, not a slowdown). When every
+//! resident page is that young, reclaimers wait for the oldest one to age instead.
+//!
 //! Policy: FIFO. A user-space pager sees a page only when it faults in, never when it is
 //! hit while resident (the kernel keeps the accessed bit to itself), so CLOCK or LRU would
 //! have no reference information to act on and degenerate to FIFO at a higher cost.
@@ -15,17 +21,22 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
 use crate::region::RegionShared;
+
+/// How long a freshly filled page is protected from eviction.
+pub(crate) const MIN_RESIDENCY: Duration = Duration::from_micros(500);
 
 /// A resident page in the eviction queue.
 #[derive(Debug, Clone)]
 pub(crate) struct PageRef {
     pub(crate) region: Arc<RegionShared>,
     pub(crate) page: usize,
+    /// When the fill completed.
+    pub(crate) filled_at: Instant,
 }
 
 /// See the module documentation.
@@ -103,15 +114,28 @@ impl Buffer {
     }
 
     /// Takes the oldest queued pages, up to `max_pages` of them or until their sizes add up
-    /// to `bytes`, whichever comes first.
-    pub(crate) fn pop_oldest(&self, bytes: usize, max_pages: usize, out: &mut Vec<PageRef>) {
+    /// to `bytes`, whichever comes first, but none filled less than [`MIN_RESIDENCY`] ago.
+    /// Returns how long until the next queued page may be taken, if a young page stopped it.
+    pub(crate) fn pop_oldest(
+        &self,
+        bytes: usize,
+        max_pages: usize,
+        out: &mut Vec<PageRef>,
+    ) -> Option<Duration> {
+        let now = Instant::now();
         let mut q = self.queue.lock();
         let mut taken = 0;
         while taken < bytes && out.len() < max_pages {
-            let Some(page) = q.pop_front() else { break };
+            let Some(oldest) = q.front() else { break };
+            let age = now.saturating_duration_since(oldest.filled_at);
+            if age < MIN_RESIDENCY {
+                return Some(MIN_RESIDENCY - age);
+            }
+            let page = q.pop_front().expect("front exists");
             taken += page.region.page_size;
             out.push(page);
         }
+        None
     }
 
     /// Bytes above the low-water mark (what evictors should free).
@@ -207,14 +231,17 @@ mod tests {
     fn pop_oldest_takes_pages_until_the_byte_target() {
         let b = Buffer::new(1 << 30, 90, 70);
         let (small, big) = (region(4096), region(1 << 20));
+        let old = Instant::now() - MIN_RESIDENCY;
         for page in 0..4 {
             b.push(PageRef {
                 region: big.clone(),
                 page,
+                filled_at: old,
             });
             b.push(PageRef {
                 region: small.clone(),
                 page,
+                filled_at: old,
             });
         }
         let mut out = Vec::new();
@@ -231,8 +258,33 @@ mod tests {
         b.pop_oldest(usize::MAX, 3, &mut out);
         assert_eq!(out.len(), 3);
         out.clear();
-        b.pop_oldest(usize::MAX, 64, &mut out);
+        assert_eq!(b.pop_oldest(usize::MAX, 64, &mut out), None);
         assert_eq!(out.len(), 2, "only what is queued");
+    }
+
+    #[test]
+    fn young_pages_are_not_taken() {
+        let b = Buffer::new(1 << 30, 90, 70);
+        let r = region(4096);
+        b.push(PageRef {
+            region: r.clone(),
+            page: 0,
+            filled_at: Instant::now() - MIN_RESIDENCY,
+        });
+        b.push(PageRef {
+            region: r.clone(),
+            page: 1,
+            filled_at: Instant::now(),
+        });
+        let mut out = Vec::new();
+        let wait = b.pop_oldest(usize::MAX, 64, &mut out);
+        assert_eq!(out.len(), 1, "the old page only");
+        let wait = wait.expect("stopped at the young page");
+        assert!(wait > Duration::ZERO && wait <= MIN_RESIDENCY);
+        out.clear();
+        std::thread::sleep(MIN_RESIDENCY);
+        assert_eq!(b.pop_oldest(usize::MAX, 64, &mut out), None);
+        assert_eq!(out.len(), 1, "aged now");
     }
 
     #[test]

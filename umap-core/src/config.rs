@@ -10,7 +10,7 @@ use crate::sys;
 /// | field | default | meaning |
 /// |---|---|---|
 /// | `page_size` | 64 KiB | bytes per umap page (a multiple of the system page), per region overridable |
-/// | `buffer_size` | 1/4 of physical memory | bytes that may be resident across all regions |
+/// | `buffer_size` | 1/4 of physical memory | bytes that may be resident across all regions (at least 2 pages) |
 /// | `fillers` | number of CPUs | threads that serve page faults |
 /// | `evictors` | 1 | threads that keep the buffer under the high-water mark |
 /// | `high_water_percent` | 90 | eviction starts when this much of the buffer is resident |
@@ -80,13 +80,14 @@ impl Config {
     /// Checks every field and says what to change when one is wrong.
     pub fn validate(&self) -> Result<()> {
         validate_page_size(self.page_size)?;
-        if self.buffer_size < self.page_size {
+        if self.buffer_size < MIN_BUFFER_PAGES * self.page_size {
             return Err(Error::invalid(
                 "buffer_size",
                 self.buffer_size,
                 format!(
-                    "the buffer must hold at least one page ({} bytes)",
-                    self.page_size
+                    "the buffer must hold at least {MIN_BUFFER_PAGES} pages ({} bytes): one access \
+                     can straddle two pages, and both must be resident at once",
+                    MIN_BUFFER_PAGES * self.page_size
                 ),
             ));
         }
@@ -131,6 +132,11 @@ impl Config {
         Ok(())
     }
 }
+
+/// The fewest pages a buffer may hold. A single load or store can straddle two pages, and
+/// needs both resident at once to complete; a one-page buffer would evict one to fill the
+/// other forever. (With several threads faulting at once, give it at least two pages each.)
+pub const MIN_BUFFER_PAGES: usize = 2;
 
 /// Checks that `page_size` is a non-zero multiple of the system page size.
 pub(crate) fn validate_page_size(page_size: usize) -> Result<()> {
@@ -218,9 +224,9 @@ mod tests {
                 "multiple of the system page",
             ),
             (
-                Config::builder().page_size(8192).buffer_size(4096),
+                Config::builder().page_size(8192).buffer_size(8192),
                 "buffer_size",
-                "at least one page",
+                "at least 2 pages",
             ),
             (Config::builder().fillers(0), "fillers", "at least one"),
             (Config::builder().evictors(0), "evictors", "at least one"),

@@ -11,7 +11,7 @@ use parking_lot::{Mutex, RwLock};
 use umap_store::Store;
 
 use crate::buffer::Buffer;
-use crate::config::{validate_page_size, Config, ConfigBuilder};
+use crate::config::{validate_page_size, Config, ConfigBuilder, MIN_BUFFER_PAGES};
 use crate::error::{Error, Result};
 use crate::page_table::{PageTable, CLEAN};
 use crate::region::{MapOptions, Region, RegionShared};
@@ -184,12 +184,13 @@ impl Umap {
         let shared = &self.handle.shared;
         let page_size = options.page_size.unwrap_or(shared.config.page_size);
         validate_page_size(page_size)?;
-        if page_size > shared.buffer.capacity() {
+        if MIN_BUFFER_PAGES * page_size > shared.buffer.capacity() {
             return Err(Error::invalid(
                 "page_size",
                 page_size,
                 format!(
-                    "a page must fit in the buffer ({} bytes): use smaller pages or a larger buffer",
+                    "the buffer ({} bytes) must hold at least {MIN_BUFFER_PAGES} such pages: use \
+                     smaller pages or a larger buffer",
                     shared.buffer.capacity()
                 ),
             ));

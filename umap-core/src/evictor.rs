@@ -22,9 +22,10 @@ pub(crate) fn run(shared: Arc<Shared>) {
     while shared.buffer.wait_for_work(Duration::from_millis(200)) {
         while !shared.buffer.at_or_below_low_water() && !shared.buffer.is_stopping() {
             let excess = shared.buffer.excess_over_low_water();
-            if evict_batch(&shared, excess, BATCH, &mut batch) == 0 {
-                // Everything resident is in transition (being filled or evicted elsewhere).
-                std::thread::sleep(Duration::from_micros(200));
+            let (freed, young) = evict_batch(&shared, excess, BATCH, &mut batch);
+            if freed == 0 {
+                // Everything resident is in transition, or too freshly filled to evict.
+                std::thread::sleep(young.unwrap_or(Duration::from_micros(200)));
                 break;
             }
         }
@@ -35,17 +36,18 @@ pub(crate) fn run(shared: Arc<Shared>) {
 }
 
 /// Evicts the oldest resident pages, about `bytes` worth and at most `max_pages`; returns how
-/// many bytes it freed. `batch` is scratch space (left empty).
+/// many bytes it freed and, if it stopped at a page too freshly filled to evict, how long until
+/// that page may go. `batch` is scratch space (left empty).
 pub(crate) fn evict_batch(
     shared: &Shared,
     bytes: usize,
     max_pages: usize,
     batch: &mut Vec<PageRef>,
-) -> usize {
+) -> (usize, Option<Duration>) {
     batch.clear();
-    shared.buffer.pop_oldest(bytes, max_pages, batch);
+    let young = shared.buffer.pop_oldest(bytes, max_pages, batch);
     if batch.is_empty() {
-        return 0;
+        return (0, young);
     }
     // Keep only pages this thread now owns (Clean -> Evicting) in a region still mapped.
     // Sorting groups pages of a region into address order so runs drop in one call.
@@ -72,7 +74,7 @@ pub(crate) fn evict_batch(
         i = j;
     }
     batch.clear();
-    freed
+    (freed, young)
 }
 
 /// Drops `pages` (ascending, all owned in state Evicting) in runs of adjacent pages, with one

@@ -329,6 +329,7 @@ impl Filler {
                 shared.buffer.push(PageRef {
                     region: region.clone(),
                     page,
+                    filled_at: Instant::now(),
                 });
                 bump(&shared.counters.fills, 1);
                 bump(&shared.counters.bytes_read, data_len as u64);
@@ -397,7 +398,15 @@ impl Filler {
             }
             shared.buffer.kick_evictors();
             // Free what this fill needs (the queue's pages may be smaller than ours).
-            if evictor::evict_batch(&shared, bytes, evictor::BATCH, &mut self.reclaim) == 0 {
+            let (freed, young) =
+                evictor::evict_batch(&shared, bytes, evictor::BATCH, &mut self.reclaim);
+            if freed > 0 {
+                // Try the reservation again.
+            } else if let Some(wait) = young {
+                // Every resident page was just filled: let the threads woken by those fills
+                // touch them (sleeping frees this CPU for them) before evicting any.
+                std::thread::sleep(wait);
+            } else {
                 // All resident pages are in transition: their owners finish soon.
                 if tries < 16 {
                     std::hint::spin_loop();

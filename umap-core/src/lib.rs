@@ -27,7 +27,7 @@ mod stats;
 pub mod sys;
 pub mod uffd;
 
-pub use config::{Config, ConfigBuilder};
+pub use config::{Config, ConfigBuilder, MIN_BUFFER_PAGES};
 pub use engine::Umap;
 pub use error::{Error, Result};
 pub use region::{MapOptions, Region};
