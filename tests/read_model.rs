@@ -87,7 +87,7 @@ fn run_case(seed: u64) {
 
 #[test]
 fn random_regions_read_like_the_model() {
-    if let Some(seed) = std::env::var("UMAP_MODEL_SEED").ok() {
+    if let Ok(seed) = std::env::var("UMAP_MODEL_SEED") {
         let seed = u64::from_str_radix(seed.trim_start_matches("0x"), 16)
             .expect("UMAP_MODEL_SEED is a hex number");
         run_case(seed);
