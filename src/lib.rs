@@ -19,6 +19,8 @@
 //! This crate re-exports the public API of `umap-core` (the engine) and `umap-store` (the
 //! backing stores).
 
+#![warn(missing_docs)]
+
 pub use umap_core::{
     Config, ConfigBuilder, Error, MapOptions, Region, Result, Stats, Umap, MIN_BUFFER_PAGES,
 };

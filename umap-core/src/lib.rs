@@ -14,6 +14,8 @@
 //! - `page_table` (per-page state machine), `gate` (region lifetime), `buffer` (capacity and
 //!   eviction order), `filler`, `evictor`, `stats`: the machinery.
 
+#![warn(missing_docs)]
+
 mod buffer;
 mod config;
 mod engine;

@@ -22,6 +22,8 @@
 //! # Ok::<(), umap_store::StoreError>(())
 //! ```
 
+#![warn(missing_docs)]
+
 mod error;
 mod file;
 mod mem;
