@@ -131,9 +131,10 @@ impl Buffer {
             if age < MIN_RESIDENCY {
                 return Some(MIN_RESIDENCY - age);
             }
-            let page = q.pop_front().expect("front exists");
-            taken += page.region.page_size;
-            out.push(page);
+            if let Some(page) = q.pop_front() {
+                taken += page.region.page_size;
+                out.push(page);
+            }
         }
         None
     }

@@ -33,12 +33,7 @@ pub struct MemStore {
 
 impl MemStore {
     /// A writable store of `len` zero bytes.
-    ///
-    /// # Panics
-    ///
-    /// If `len` does not fit in memory's address space (`usize`), or the allocation fails.
-    pub fn new(len: u64) -> Self {
-        let len = usize::try_from(len).expect("MemStore length does not fit in usize");
+    pub fn new(len: usize) -> Self {
         Self::from_vec(vec![0; len])
     }
 
