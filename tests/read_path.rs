@@ -57,7 +57,7 @@ fn large_file_through_small_buffer(page_size: usize) {
         .map(FileStore::open_read_only(&path).unwrap(), MapOptions::new())
         .unwrap();
     assert_eq!(region.len(), len);
-    let monitor = ResidentMonitor::start(region.as_ptr(), region.len());
+    let monitor = ResidentMonitor::start(&umap, &region);
 
     for (i, chunk) in region.as_slice().chunks(4 * MIB).enumerate() {
         check_pattern(1, (i * 4 * MIB) as u64, chunk);
@@ -106,7 +106,7 @@ fn page_sizes_4k_12k_64k_2m() {
             )
             .unwrap();
         assert_eq!(region.page_size(), page_size);
-        let monitor = ResidentMonitor::start(region.as_ptr(), region.len());
+        let monitor = ResidentMonitor::start(&umap, &region);
         check_pattern(2, 0, region.as_slice());
         random_reads(&region, 2, 0, 4, 200, 2 * page_size);
         let max = monitor.finish();
@@ -140,7 +140,7 @@ fn two_regions_with_different_page_sizes_and_stores_read_concurrently() {
         .map(mem, MapOptions::new().page_size(64 * KIB))
         .unwrap();
     assert_eq!(umap.region_count(), 2);
-    let monitor = ResidentMonitor::start_many(&[(a.as_ptr(), a.len()), (b.as_ptr(), b.len())]);
+    let monitor = ResidentMonitor::start_many(&umap, &[&a, &b]);
     std::thread::scope(|s| {
         for t in 0..4u64 {
             let (a, b) = (&a, &b);

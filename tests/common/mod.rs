@@ -101,7 +101,13 @@ pub fn check_pattern(seed: u64, offset: u64, got: &[u8]) {
     }
 }
 
-/// Samples the resident system pages of a range (mincore) until stopped; keeps the maximum.
+/// Samples the resident system pages of regions (mincore) until stopped; keeps the maximum.
+///
+/// One `mincore` call walks the range while fills and evictions go on, so a sample can count a
+/// page that was evicted during the walk and also the page filled in its place. Each sample
+/// therefore subtracts the pages filled while it was taken (the engine's `fills` counter,
+/// read before the walk and a moment after it), times the largest page size: what remains
+/// is a lower bound of the true peak that is still above the buffer if the engine overfills.
 pub struct ResidentMonitor {
     stop: Arc<AtomicBool>,
     max: Arc<AtomicUsize>,
@@ -109,29 +115,34 @@ pub struct ResidentMonitor {
 }
 
 impl ResidentMonitor {
-    pub fn start(addr: *const u8, len: usize) -> ResidentMonitor {
-        Self::start_many(&[(addr, len)])
+    pub fn start(umap: &umap::Umap, region: &umap::Region) -> ResidentMonitor {
+        Self::start_many(umap, &[region])
     }
 
-    /// Samples the sum over several ranges (each sample covers all of them at once).
-    pub fn start_many(ranges: &[(*const u8, usize)]) -> ResidentMonitor {
+    /// Samples the sum over several regions (each sample covers all of them at once).
+    pub fn start_many(umap: &umap::Umap, regions: &[&umap::Region]) -> ResidentMonitor {
         let ps = umap::sys::page_size();
-        let ranges: Vec<(usize, usize)> = ranges
+        let ranges: Vec<(usize, usize)> = regions
             .iter()
-            .map(|&(a, l)| (a as usize, l.next_multiple_of(ps)))
+            .map(|r| (r.as_ptr() as usize, r.len().next_multiple_of(ps)))
             .collect();
+        let largest_page = regions.iter().map(|r| r.page_size()).max().unwrap_or(ps);
+        let umap = umap.clone();
         let stop = Arc::new(AtomicBool::new(false));
         let max = Arc::new(AtomicUsize::new(0));
         let thread = {
             let (stop, max) = (stop.clone(), max.clone());
             std::thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
+                    let fills_before = umap.stats().fills;
                     let pages: usize = ranges
                         .iter()
                         .map(|&(addr, len)| umap::sys::resident_pages(addr, len).expect("mincore"))
                         .sum();
-                    max.fetch_max(pages * ps, Ordering::Relaxed);
                     std::thread::sleep(Duration::from_micros(500));
+                    let filled = (umap.stats().fills - fills_before) as usize;
+                    let lower_bound = (pages * ps).saturating_sub(filled * largest_page);
+                    max.fetch_max(lower_bound, Ordering::Relaxed);
                 }
             })
         };
