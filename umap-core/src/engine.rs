@@ -232,10 +232,10 @@ impl Umap {
         // A forked child must fault loudly on the region, never read zeros; transparent huge
         // pages would bypass the per-page fills.
         mapping
-            .advise(libc::MADV_DONTFORK)
+            .advise(sys::Advice::DontFork)
             .map_err(|e| Error::os("madvise(MADV_DONTFORK)", e))?;
         mapping
-            .advise(libc::MADV_NOHUGEPAGE)
+            .advise(sys::Advice::NoHugePage)
             .map_err(|e| Error::os("madvise(MADV_NOHUGEPAGE)", e))?;
         // SAFETY: the range is a fresh anonymous mapping owned by the region we are building;
         // from now on the engine's fillers serve its faults until it is unmapped.

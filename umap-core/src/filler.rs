@@ -39,9 +39,10 @@ pub(crate) type Job = (Arc<RegionShared>, usize);
 /// Attempts at a store read that fails with a transient error.
 const READ_ATTEMPTS: u32 = 3;
 
-/// One filler thread's state.
-struct Filler {
-    shared: Arc<Shared>,
+/// One filler thread's state. It borrows the engine's shared state from the thread's own
+/// `Arc`, so serving a fault clones no reference count.
+struct Filler<'a> {
+    shared: &'a Shared,
     scratch: Option<Mapping>,
     reclaim: Vec<PageRef>,
     jobs: Vec<Job>,
@@ -63,7 +64,7 @@ pub(crate) fn run(shared: Arc<Shared>) {
     };
     let mut msgs = vec![UffdMsg::zeroed(); shared.config.max_fault_events];
     let mut filler = Filler {
-        shared,
+        shared: &shared,
         scratch: None,
         reclaim: Vec::with_capacity(evictor::BATCH),
         jobs: Vec::new(),
@@ -79,7 +80,7 @@ pub(crate) fn run(shared: Arc<Shared>) {
                 }
                 if just_served {
                     just_served = false;
-                    if let Some(n) = spin.poll(&filler.shared, &mut msgs) {
+                    if let Some(n) = spin.poll(filler.shared, &mut msgs) {
                         filler.serve_batch(&msgs[..n]);
                         just_served = true;
                         continue;
@@ -168,9 +169,9 @@ impl Spin {
     }
 }
 
-impl Filler {
+impl Filler<'_> {
     fn serve_batch(&mut self, msgs: &[UffdMsg]) {
-        let shared = self.shared.clone();
+        let shared = self.shared;
         bump(&shared.counters.event_batches, 1);
         let mut jobs = std::mem::take(&mut self.jobs);
         jobs.clear();
@@ -237,7 +238,7 @@ impl Filler {
 
     /// Serves a missing-page fault on `page` of `region`.
     fn serve(&mut self, region: &Arc<RegionShared>, page: usize) {
-        let shared = self.shared.clone();
+        let shared = self.shared;
         let ps = region.page_size;
         let Some(_inside) = region.gate.enter() else {
             shared.wake(region.page_addr(page), ps);
@@ -281,7 +282,7 @@ impl Filler {
 
     /// Fills `page`, which this thread owns in state Filling.
     fn fill(&mut self, region: &Arc<RegionShared>, page: usize) {
-        let shared = self.shared.clone();
+        let shared = self.shared;
         let ps = region.page_size;
         let addr = region.page_addr(page);
         if !self.reserve(region, ps) {
@@ -380,7 +381,7 @@ impl Filler {
     /// Reserves `bytes` of the buffer for a fill of `region`, reclaiming the oldest pages
     /// itself when the buffer is full. False if the region is being unmapped meanwhile.
     fn reserve(&mut self, region: &RegionShared, bytes: usize) -> bool {
-        let shared = self.shared.clone();
+        let shared = self.shared;
         let mut tries = 0u32;
         loop {
             if let Some(crossed_high) = shared.buffer.try_reserve(bytes) {
@@ -399,7 +400,7 @@ impl Filler {
             shared.buffer.kick_evictors();
             // Free what this fill needs (the queue's pages may be smaller than ours).
             let (freed, young) =
-                evictor::evict_batch(&shared, bytes, evictor::BATCH, &mut self.reclaim);
+                evictor::evict_batch(shared, bytes, evictor::BATCH, &mut self.reclaim);
             if freed > 0 {
                 // Try the reservation again.
             } else if let Some(wait) = young {

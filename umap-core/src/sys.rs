@@ -32,6 +32,16 @@ fn check(rc: libc::c_int) -> io::Result<libc::c_int> {
     }
 }
 
+/// `madvise` advice that leaves a mapping's contents alone (dropping pages is
+/// [`madvise_dontneed`], which is `unsafe`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Advice {
+    /// `MADV_DONTFORK`: a forked child does not inherit the range.
+    DontFork,
+    /// `MADV_NOHUGEPAGE`: no transparent huge pages in the range.
+    NoHugePage,
+}
+
 /// An anonymous private mapping, unmapped on drop.
 #[derive(Debug)]
 pub struct Mapping {
@@ -83,10 +93,13 @@ impl Mapping {
         self.addr as *mut u8
     }
 
-    /// Applies `madvise(advice)` to the whole mapping.
-    pub fn advise(&self, advice: libc::c_int) -> io::Result<()> {
-        // SAFETY: the range is this mapping; the advice values used by the engine
-        // (MADV_DONTFORK, MADV_NOHUGEPAGE) do not change contents.
+    /// Applies `advice` to the whole mapping.
+    pub fn advise(&self, advice: Advice) -> io::Result<()> {
+        let advice = match advice {
+            Advice::DontFork => libc::MADV_DONTFORK,
+            Advice::NoHugePage => libc::MADV_NOHUGEPAGE,
+        };
+        // SAFETY: the range is this mapping, and neither advice changes its contents.
         check(unsafe { libc::madvise(self.addr as *mut _, self.len, advice) }).map(drop)
     }
 }

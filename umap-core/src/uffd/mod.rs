@@ -639,23 +639,11 @@ fn range(addr: usize, len: usize) -> abi::UffdioRange {
 
 /// Records in a failed result how many bytes the kernel handled (a positive count in the
 /// ioctl's result field; negative values are `-errno`).
-fn with_done(res: Result<(), UffdError>, done: i64) -> Result<(), UffdError> {
-    match res {
-        Err(UffdError::Ioctl {
-            op,
-            addr,
-            len,
-            source,
-            ..
-        }) => Err(UffdError::Ioctl {
-            op,
-            addr,
-            len,
-            done: done.max(0) as usize,
-            source,
-        }),
-        other => other,
+fn with_done(mut res: Result<(), UffdError>, handled: i64) -> Result<(), UffdError> {
+    if let Err(UffdError::Ioctl { done, .. }) = &mut res {
+        *done = handled.max(0) as usize;
     }
+    res
 }
 
 fn raw_open(method: OpenMethod) -> io::Result<OwnedFd> {

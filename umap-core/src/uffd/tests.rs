@@ -216,3 +216,22 @@ fn reading_with_no_pending_event_returns_zero() {
     let mut msgs = [UffdMsg::zeroed(); 8];
     assert_eq!(u.read_events(&mut msgs).unwrap(), 0);
 }
+
+#[test]
+fn a_partial_copy_reports_eagain_and_the_bytes_done() {
+    let u = uffd();
+    let map = mapping(2);
+    let ps = page_size();
+    // The second page is present before registration; the first is missing.
+    // SAFETY: the mapping is ours and writable.
+    unsafe { std::ptr::write_bytes(map.as_ptr().add(ps), 1, ps) };
+    // SAFETY: the mapping is ours; nothing faults on it while registered.
+    unsafe { u.register(map.addr(), map.len(), RegisterMode::MISSING) }.unwrap();
+    let src = vec![2u8; 2 * ps];
+    // SAFETY: destination is our registered mapping; `src` is readable for 2 pages.
+    let err = unsafe { u.copy(map.addr(), src.as_ptr(), 2 * ps, CopyMode::default()) }.unwrap_err();
+    assert_eq!(err.errno(), Some(libc::EAGAIN), "{err}");
+    assert_eq!(err.done(), ps, "the first page was copied");
+    // SAFETY: both pages are present now.
+    assert_eq!(unsafe { (*map.as_ptr(), *map.as_ptr().add(ps)) }, (2, 1));
+}
