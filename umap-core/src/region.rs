@@ -157,7 +157,8 @@ impl Region {
         unsafe { std::slice::from_raw_parts(self.shared.base as *const u8, self.shared.len) }
     }
 
-    /// Resident bytes of this region now (pages in the buffer).
+    /// Resident bytes of this region now (pages in the buffer). Counts the page table, so it
+    /// costs one load per page of the region: a diagnostic, not for hot loops.
     pub fn resident_bytes(&self) -> usize {
         self.shared.pages.count(crate::page_table::CLEAN) * self.shared.page_size
     }
