@@ -221,6 +221,7 @@ mod tests {
             len: page_size * 8,
             mapped_len: page_size * 8,
             page_size,
+            writable: false,
             store: Arc::new(umap_store::MemStore::new(0)),
             store_offset: 0,
             pages: crate::page_table::PageTable::new(8),

@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
+use std::ops::Range;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -13,12 +14,12 @@ use umap_store::Store;
 use crate::buffer::Buffer;
 use crate::config::{validate_page_size, Config, ConfigBuilder, MIN_BUFFER_PAGES};
 use crate::error::{Error, Result};
-use crate::page_table::{PageTable, CLEAN};
+use crate::page_table::PageTable;
 use crate::region::{MapOptions, Region, RegionShared};
 use crate::stats::{Counters, Stats};
 use crate::sys::{self, EventFd, Mapping};
 use crate::uffd::{Features, RegisterMode, Uffd};
-use crate::{evictor, filler};
+use crate::{evictor, filler, writeback};
 
 /// What every engine thread shares.
 pub(crate) struct Shared {
@@ -76,6 +77,11 @@ impl Registry {
 
     fn len(&self) -> usize {
         self.regions.read().len()
+    }
+
+    /// Every region, as of now.
+    fn all(&self) -> Vec<Arc<RegionShared>> {
+        self.regions.read().values().cloned().collect()
     }
 }
 
@@ -170,11 +176,12 @@ impl Umap {
         self.handle.shared.uffd.method()
     }
 
-    /// Maps `store` (or the part `options` selects) read-only into the address space.
+    /// Maps `store` (or the part `options` selects) into the address space, read-only unless
+    /// [`MapOptions::writable`].
     ///
     /// Fails before anything is mapped if the length is zero, the offset lies past the end of
-    /// the store, or the page size is not a multiple of the system page size or does not fit
-    /// in the buffer.
+    /// the store, the page size is not a multiple of the system page size or does not fit in
+    /// the buffer, or a writable map is asked of a read-only store.
     pub fn map<S: Store + 'static>(&self, store: S, options: MapOptions) -> Result<Region> {
         self.map_shared(Arc::new(store), options)
     }
@@ -193,6 +200,13 @@ impl Umap {
                      smaller pages or a larger buffer",
                     shared.buffer.capacity()
                 ),
+            ));
+        }
+        if options.writable && store.is_read_only() {
+            return Err(Error::invalid(
+                "writable",
+                true,
+                "the store is read-only: open it writable or map it read-only",
             ));
         }
         let store_len = store.len();
@@ -227,7 +241,12 @@ impl Umap {
             .checked_add(mapped_len as u64)
             .ok_or_else(|| Error::invalid("offset", options.offset, "offset + len overflows"))?;
 
-        let mapping = Mapping::anonymous(mapped_len, libc::PROT_READ, libc::MAP_NORESERVE)
+        let (prot, mode) = if options.writable {
+            (libc::PROT_READ | libc::PROT_WRITE, RegisterMode::MISSING_WP)
+        } else {
+            (libc::PROT_READ, RegisterMode::MISSING)
+        };
+        let mapping = Mapping::anonymous(mapped_len, prot, libc::MAP_NORESERVE)
             .map_err(|e| Error::os("mmap of the region", e))?;
         // A forked child must fault loudly on the region, never read zeros; transparent huge
         // pages would bypass the per-page fills.
@@ -239,16 +258,13 @@ impl Umap {
             .map_err(|e| Error::os("madvise(MADV_NOHUGEPAGE)", e))?;
         // SAFETY: the range is a fresh anonymous mapping owned by the region we are building;
         // from now on the engine's fillers serve its faults until it is unmapped.
-        let ioctls = unsafe {
-            shared
-                .uffd
-                .register(mapping.addr(), mapped_len, RegisterMode::MISSING)
-        }?;
-        if !ioctls.copy() || !ioctls.wake() {
+        let ioctls = unsafe { shared.uffd.register(mapping.addr(), mapped_len, mode) }?;
+        if !ioctls.copy() || !ioctls.wake() || (options.writable && !ioctls.writeprotect()) {
             return Err(Error::invalid(
                 "region",
                 format_args!("{:#x}", mapping.addr()),
-                "the kernel does not allow UFFDIO_COPY and UFFDIO_WAKE on it",
+                "the kernel does not allow UFFDIO_COPY, UFFDIO_WAKE (and, to write, \
+                 UFFDIO_WRITEPROTECT) on it",
             ));
         }
         let region = Arc::new(RegionShared {
@@ -256,6 +272,7 @@ impl Umap {
             len,
             mapped_len,
             page_size,
+            writable: options.writable,
             store,
             store_offset: options.offset,
             pages: PageTable::new(mapped_len / page_size),
@@ -270,14 +287,52 @@ impl Umap {
         })
     }
 
+    /// Writes back every dirty page of every region and syncs their stores. Returns the first
+    /// error; the other regions are flushed all the same. See [`Region::flush`].
+    pub fn flush(&self) -> Result<()> {
+        let regions = self.handle.shared.registry.all();
+        let mut first_error = None;
+        for region in regions {
+            if let Err(e) = self.flush_region(&region, 0..region.pages.len()) {
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Flushes `pages` of `region`: see [`Region::flush`].
+    pub(crate) fn flush_region(&self, region: &RegionShared, pages: Range<usize>) -> Result<()> {
+        if !region.writable {
+            return Ok(());
+        }
+        // A closed gate means the region is being unmapped, which writes it back itself.
+        let Some(_inside) = region.gate.enter() else {
+            return Ok(());
+        };
+        writeback::flush_pages(&self.handle.shared, region, pages)
+    }
+
     /// Unmaps a region: see [`Region::unmap`].
     pub(crate) fn unmap_region(&self, region: &Arc<RegionShared>, mapping: Mapping) -> Result<()> {
         let shared = &self.handle.shared;
-        // After this, no engine thread touches the region's memory or pages.
+        // After this, no engine thread touches the region's memory or pages, and every page
+        // is in a stable state (each transition happens inside the gate).
         region.gate.close();
+        let written = if region.writable {
+            // The mapping is still ours; nobody else owns a page of it now.
+            writeback::flush_pages(shared, region, 0..region.pages.len())
+        } else {
+            Ok(())
+        };
+        if let Err(e) = &written {
+            log::error!(
+                "unmapping {region:?} with dirty pages that could not be written back \
+                 (their data is lost): {e}"
+            );
+        }
         shared.registry.remove(region.base);
         shared.buffer.forget_region(region);
-        let resident = region.pages.count(CLEAN) * region.page_size;
+        let resident = region.pages.count_resident() * region.page_size;
         shared.buffer.release(resident);
         let (base, len) = (mapping.addr(), mapping.len());
         // Unmap without unregistering first: in between, a fault would see plain anonymous
@@ -286,6 +341,7 @@ impl Umap {
         // Threads that faulted meanwhile retry and now fault on unmapped memory.
         shared.wake(base, len);
         log::debug!("unmapped {region:?}");
+        written?;
         unmapped.map_err(|e| Error::os("munmap of the region", e))
     }
 

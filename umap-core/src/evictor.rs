@@ -1,17 +1,23 @@
 //! Eviction: dropping the oldest resident pages to keep the buffer between its watermarks.
 //!
+//! Clean pages are dropped at once; dirty ones are written back first (write-protected, then
+//! written, runs of adjacent pages in one store call; see [`crate::writeback`]) and dropped
+//! once their bytes are in the store. A dirty page whose write fails stays resident and goes
+//! back in the queue.
+//!
 //! Evictor threads sleep until a fill crosses the high-water mark, then evict in batches until
 //! the low-water mark. A filler that finds the buffer completely full reclaims a batch itself
 //! ([`evict_batch`]) rather than wait for an evictor: a cross-CPU wake-up costs more than
 //! dropping clean pages.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::buffer::PageRef;
 use crate::engine::Shared;
-use crate::page_table::EVICTING;
+use crate::page_table::{is_resident, DIRTY, EVICTING, WRITEBACK};
 use crate::stats::bump;
+use crate::writeback;
 
 /// Pages taken from the queue per batch.
 pub(crate) const BATCH: usize = 64;
@@ -49,28 +55,63 @@ pub(crate) fn evict_batch(
     if batch.is_empty() {
         return (0, young);
     }
-    // Keep only pages this thread now owns (Clean -> Evicting) in a region still mapped.
-    // Sorting groups pages of a region into address order so runs drop in one call.
+    // Sorting groups pages of a region into address order, so runs of adjacent pages are
+    // written with one store call and dropped with one range.
     batch.sort_unstable_by_key(|p| p.region.page_addr(p.page));
     let mut freed = 0;
+    let mut drop_list: Vec<usize> = Vec::with_capacity(batch.len());
+    let mut dirty: Vec<usize> = Vec::new();
     let mut i = 0;
     while i < batch.len() {
         let region = batch[i].region.clone();
-        let Some(_inside) = region.gate.enter() else {
-            // Being unmapped: the unmapper accounts for its pages.
-            i += 1;
-            continue;
-        };
         let mut j = i;
         while j < batch.len() && Arc::ptr_eq(&batch[j].region, &region) {
             j += 1;
         }
-        let owned: Vec<usize> = batch[i..j]
-            .iter()
-            .map(|p| p.page)
-            .filter(|&p| region.pages.begin_evict(p))
-            .collect();
-        freed += drop_pages(shared, &region, &owned);
+        let Some(_inside) = region.gate.enter() else {
+            // Being unmapped: the unmapper writes back and accounts for its pages.
+            i = j;
+            continue;
+        };
+        drop_list.clear();
+        dirty.clear();
+        for entry in &batch[i..j] {
+            let p = entry.page;
+            if region.pages.begin_evict(p) {
+                drop_list.push(p);
+            } else if region.pages.claim(p, DIRTY, WRITEBACK) {
+                dirty.push(p);
+            } else if is_resident(region.pages.state(p)) {
+                // Another thread owns it for a moment (a flush, an unprotect): it stays
+                // resident, so it keeps its place in the queue.
+                shared.buffer.push(entry.clone());
+            }
+        }
+        if !dirty.is_empty() {
+            let mut written = 0;
+            writeback::write_back(shared, &region, &dirty, |run, result| match result {
+                Ok(()) => {
+                    for &p in run {
+                        region.pages.hand_over(p, WRITEBACK, EVICTING);
+                        drop_list.push(p);
+                    }
+                    written += run.len();
+                }
+                Err(_) => {
+                    // Logged and counted; the run is dirty and resident again. Retry later.
+                    for &p in run {
+                        shared.buffer.push(PageRef {
+                            region: region.clone(),
+                            page: p,
+                            filled_at: Instant::now(),
+                        });
+                    }
+                }
+            });
+            bump(&shared.counters.dirty_evictions, written as u64);
+            drop_list.sort_unstable();
+        }
+        freed += drop_pages(shared, &region, &drop_list);
         i = j;
     }
     batch.clear();
@@ -90,9 +131,13 @@ fn drop_pages(shared: &Shared, region: &crate::region::RegionShared, pages: &[us
             _ => runs.push((addr, ps)),
         }
     }
+    if pages.is_empty() {
+        return 0;
+    }
     // SAFETY: the pages are in the region's registered range, which the gate keeps mapped;
-    // they are clean (identical to the store) and owned by this thread in state Evicting, so
-    // dropping them loses nothing: the next access refills them.
+    // their bytes are in the store (clean, or written back and still write-protected) and
+    // this thread owns them in state Evicting, so dropping them loses nothing: the next
+    // access refills them.
     if let Err(e) = unsafe { shared.dropper.drop_ranges(&runs) } {
         log::error!("dropping {} pages failed: {e}", pages.len());
     }

@@ -23,18 +23,40 @@ use std::time::{Duration, Instant};
 use crate::buffer::PageRef;
 use crate::engine::Shared;
 use crate::evictor;
-use crate::page_table::{ABSENT, CLEAN, EVICTING, FILLING, POISONED};
+use crate::page_table::{
+    ABSENT, CLEAN, DIRTY, EVICTING, FILLING, POISONED, UNPROTECTING, WRITEBACK,
+};
 use crate::region::RegionShared;
 use crate::stats::bump;
 use crate::sys::{self, Epoll, Mapping};
 use crate::uffd::{CopyMode, Event, UffdMsg};
+use crate::writeback;
 
 const TOKEN_UFFD: u64 = 0;
 const TOKEN_STOP: u64 = 1;
 const TOKEN_WORK: u64 = 2;
 
-/// A fault to serve: a page of a region.
-pub(crate) type Job = (Arc<RegionShared>, usize);
+/// A fault to serve: a page of a region, and what the faulting threads want of it.
+pub(crate) type Job = (Arc<RegionShared>, usize, Access);
+
+/// What a fault asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Access {
+    /// The faulting access was a write.
+    pub(crate) write: bool,
+    /// It hit a write-protected page.
+    pub(crate) write_protect: bool,
+}
+
+impl Access {
+    /// Both faults' needs at once (two events on one page are served as one).
+    fn merge(self, other: Access) -> Access {
+        Access {
+            write: self.write || other.write,
+            write_protect: self.write_protect || other.write_protect,
+        }
+    }
+}
 
 /// Attempts at a store read that fails with a transient error.
 const READ_ATTEMPTS: u32 = 3;
@@ -184,7 +206,18 @@ impl Filler<'_> {
                     continue;
                 }
             };
-            bump(&shared.counters.read_faults, 1);
+            let counter = if pf.write_protect {
+                &shared.counters.wp_faults
+            } else if pf.write {
+                &shared.counters.write_faults
+            } else {
+                &shared.counters.read_faults
+            };
+            bump(counter, 1);
+            let access = Access {
+                write: pf.write || pf.write_protect,
+                write_protect: pf.write_protect,
+            };
             let region = match &last {
                 Some(r) if r.contains(pf.address) => r.clone(),
                 _ => match shared.registry.lookup(pf.address) {
@@ -201,15 +234,16 @@ impl Filler<'_> {
                 },
             };
             let page = region.page_of(pf.address);
-            if jobs
-                .iter()
-                .any(|(r, p)| *p == page && Arc::ptr_eq(r, &region))
+            if let Some(job) = jobs
+                .iter_mut()
+                .find(|(r, p, _)| *p == page && Arc::ptr_eq(r, &region))
             {
-                // Twice in this batch: serving it once wakes both threads.
+                // Twice in this batch: serving it once (for both needs) wakes both threads.
+                job.2 = job.2.merge(access);
                 bump(&shared.counters.duplicate_faults, 1);
                 continue;
             }
-            jobs.push((region, page));
+            jobs.push((region, page, access));
         }
         if jobs.len() > 1 {
             // Let an idle filler serve the rest while this one serves the first.
@@ -218,8 +252,8 @@ impl Filler<'_> {
                 log::error!("cannot wake a filler for shared work: {e}");
             }
         }
-        if let Some((region, page)) = jobs.pop() {
-            self.serve(&region, page);
+        if let Some((region, page, access)) = jobs.pop() {
+            self.serve(&region, page, access);
         }
         self.jobs = jobs;
         self.serve_shared_work();
@@ -230,40 +264,54 @@ impl Filler<'_> {
         loop {
             let job = self.shared.pending.lock().pop_front();
             match job {
-                Some((region, page)) => self.serve(&region, page),
+                Some((region, page, access)) => self.serve(&region, page, access),
                 None => return,
             }
         }
     }
 
-    /// Serves a missing-page fault on `page` of `region`.
-    fn serve(&mut self, region: &Arc<RegionShared>, page: usize) {
+    /// Serves a fault on `page` of `region`.
+    fn serve(&mut self, region: &Arc<RegionShared>, page: usize, access: Access) {
         let shared = self.shared;
         let ps = region.page_size;
         let Some(_inside) = region.gate.enter() else {
             shared.wake(region.page_addr(page), ps);
             return;
         };
+        let write = access.write && region.writable;
         loop {
-            match region.pages.state(page) {
+            let state = region.pages.state(page);
+            match state {
                 ABSENT => {
                     if region.pages.claim_fill(page) {
-                        self.fill(region, page);
+                        self.fill(region, page, write);
                         return;
                     }
                 }
-                FILLING => {
-                    // The owner's UFFDIO_COPY wakes every thread waiting on the page.
+                FILLING if !access.write_protect => {
+                    // The owner's UFFDIO_COPY wakes every thread waiting on the missing page.
                     bump(&shared.counters.duplicate_faults, 1);
                     return;
                 }
-                EVICTING => {
-                    if region.pages.park(page, EVICTING) {
+                CLEAN | DIRTY if write && (state == CLEAN || access.write_protect) => {
+                    // The first write to a clean page (or a writer that found a dirty page
+                    // still protected): make it dirty, then writable.
+                    if region.pages.claim(page, state, UNPROTECTING) {
+                        self.unprotect(region, page, state);
+                        return;
+                    }
+                }
+                FILLING | UNPROTECTING | WRITEBACK | EVICTING => {
+                    // Owned by another thread: it wakes the faulting thread when it is done,
+                    // and the thread retries (a write-protect fault on a page just installed
+                    // protected, or on one being written back, or any fault on a page being
+                    // dropped).
+                    if region.pages.park(page, state) {
                         bump(&shared.counters.parked_faults, 1);
                         return;
                     }
                 }
-                CLEAN | POISONED => {
+                CLEAN | DIRTY | POISONED => {
                     // Stale event: the page was installed (or poisoned) after the fault was
                     // queued. The install woke the thread; wake again in case.
                     bump(&shared.counters.duplicate_faults, 1);
@@ -280,8 +328,28 @@ impl Filler<'_> {
         }
     }
 
-    /// Fills `page`, which this thread owns in state Filling.
-    fn fill(&mut self, region: &Arc<RegionShared>, page: usize) {
+    /// Makes `page` (owned in state Unprotecting, entered from `from`) dirty and writable,
+    /// which wakes the writers waiting on it.
+    fn unprotect(&mut self, region: &RegionShared, page: usize, from: u8) {
+        let shared = self.shared;
+        let ps = region.page_size;
+        let addr = region.page_addr(page);
+        let to = match writeback::protect(shared, addr, ps, false) {
+            Ok(()) => DIRTY,
+            Err(e) => {
+                // Still protected: leave it as it was; the writer is woken and faults again.
+                log::error!("cannot unprotect page at {addr:#x}: {e}");
+                from
+            }
+        };
+        if region.pages.release(page, UNPROTECTING, to) || to != DIRTY {
+            shared.wake(addr, ps);
+        }
+    }
+
+    /// Fills `page`, which this thread owns in state Filling: writable and dirty if `write`,
+    /// else clean (write-protected in a writable region).
+    fn fill(&mut self, region: &Arc<RegionShared>, page: usize, write: bool) {
         let shared = self.shared;
         let ps = region.page_size;
         let addr = region.page_addr(page);
@@ -322,9 +390,16 @@ impl Filler<'_> {
         }
         buf[data_len..].fill(0);
         let src = buf.as_ptr();
-        match self.install(addr, src, ps) {
+        let mode = CopyMode {
+            write_protect: region.writable && !write,
+            ..CopyMode::default()
+        };
+        match self.install(addr, src, ps, mode) {
             Ok(()) => {
-                if region.pages.finish_fill(page, CLEAN) {
+                if region
+                    .pages
+                    .finish_fill(page, if write { DIRTY } else { CLEAN })
+                {
                     shared.wake(addr, ps);
                 }
                 shared.buffer.push(PageRef {
@@ -350,6 +425,7 @@ impl Filler<'_> {
         addr: usize,
         src: *const u8,
         len: usize,
+        mode: CopyMode,
     ) -> Result<(), crate::uffd::UffdError> {
         let uffd = &self.shared.uffd;
         let mut done = 0;
@@ -357,8 +433,7 @@ impl Filler<'_> {
             // SAFETY: `addr..addr + len` is a page of a registered region kept mapped by the
             // caller's gate and owned by this thread (Filling); `src` is this thread's scratch
             // buffer holding `len` initialised bytes.
-            let res =
-                unsafe { uffd.copy(addr + done, src.add(done), len - done, CopyMode::default()) };
+            let res = unsafe { uffd.copy(addr + done, src.add(done), len - done, mode) };
             match res {
                 Ok(()) => return Ok(()),
                 Err(e) if e.errno() == Some(libc::EAGAIN) => {

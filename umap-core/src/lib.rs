@@ -12,7 +12,8 @@
 //! - [`sys`]: mappings, `madvise`, `mincore`, epoll and eventfd;
 //! - `config`, `engine`, `region`: the public API;
 //! - `page_table` (per-page state machine), `gate` (region lifetime), `buffer` (capacity and
-//!   eviction order), `filler`, `evictor`, `stats`: the machinery.
+//!   eviction order), `filler`, `evictor`, `writeback` (dirty pages to the store), `stats`:
+//!   the machinery.
 
 #![warn(missing_docs)]
 
@@ -28,6 +29,7 @@ mod region;
 mod stats;
 pub mod sys;
 pub mod uffd;
+mod writeback;
 
 pub use config::{Config, ConfigBuilder, MIN_BUFFER_PAGES};
 pub use engine::Umap;

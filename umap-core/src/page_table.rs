@@ -1,19 +1,29 @@
 //! The per-page state machine: one atomic byte per umap page of a region.
 //!
 //! ```text
-//! Absent ──claim_fill──▶ Filling ──finish_fill──▶ Clean ──begin_evict──▶ Evicting ──finish_evict──▶ Absent
-//!                           └──fail_fill──▶ Absent (retry later) or Poisoned (store read failed)
+//!            ┌──────────── fill, write fault ───────────────────────┐
+//! Absent ──claim──▶ Filling ──read fault: copy protected──▶ Clean    ▼
+//!                      └──store error──▶ Poisoned          Clean ──WP fault──▶ Unprotecting ──▶ Dirty
+//! Clean ──evict──▶ Evicting ──dropped──▶ Absent
+//! Dirty ──evict or flush──▶ WriteBack ──written, evicting──▶ Evicting ──▶ Absent
+//!                               ├──────written, flushing──▶ Clean (resident, protected)
+//!                               └──────store error────────▶ Dirty (unprotected again)
 //! ```
 //!
 //! Invariants:
-//! - Exactly one thread owns a page in a transitional state (`Filling`, `Evicting`): the one
-//!   whose compare-exchange entered it. Only the owner leaves that state.
-//! - A fault event for a page in `Evicting` is *parked*: the `WAITERS` bit is set and the owner,
-//!   when it leaves the state, wakes the faulting threads (they retry and fault afresh). An
-//!   event for a page in `Filling` needs no parking: the owner's `UFFDIO_COPY` wakes every
-//!   thread waiting on the page's range.
-//! - Threads that touch region memory (fill, evict) do so inside the region's gate, so the
-//!   memory outlives every transition.
+//! - Exactly one thread owns a page in a transitional state (`Filling`, `Unprotecting`,
+//!   `WriteBack`, `Evicting`): the one whose compare-exchange entered it. Only the owner
+//!   leaves that state, and it may hand the page from one transitional state to another
+//!   (`WriteBack` → `Evicting`) without letting go.
+//! - A resident page is writable only in state `Dirty` (and transiently while its owner
+//!   unprotects it, in `Unprotecting`). `Clean` pages of writable regions are write-protected,
+//!   so the first write after a fill or a write-back arrives as a fault.
+//! - A fault event for a page in a transitional state is *parked*: the `WAITERS` bit is set and
+//!   the owner, when it leaves the state, wakes the faulting threads (they retry and fault
+//!   afresh if they still must). Missing-page events for a `Filling` page need no parking: the
+//!   owner's `UFFDIO_COPY` wakes every thread waiting on the page's range.
+//! - Threads that touch region memory (fill, unprotect, write back, evict) do so inside the
+//!   region's gate, so the memory outlives every transition.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
@@ -21,16 +31,28 @@ use std::sync::atomic::{AtomicU8, Ordering};
 pub(crate) const ABSENT: u8 = 0;
 /// A filler owns the page and is reading it from the store.
 pub(crate) const FILLING: u8 = 1;
-/// Resident, identical to the store (write-protected or read-only).
+/// Resident, identical to the store (write-protected, or in a read-only region).
 pub(crate) const CLEAN: u8 = 2;
-/// An evictor owns the page and is dropping it.
+/// An evictor owns the page and is dropping it (its data is in the store).
 pub(crate) const EVICTING: u8 = 3;
 /// The store could not be read; the page holds a poison marker (accesses raise `SIGBUS`).
 pub(crate) const POISONED: u8 = 4;
+/// Resident and writable: written since it was filled or last written back.
+pub(crate) const DIRTY: u8 = 5;
+/// A filler owns the page and is lifting its write protection (on the way to `Dirty`).
+pub(crate) const UNPROTECTING: u8 = 6;
+/// An evictor or a flush owns the page: write-protected, its bytes going to the store.
+pub(crate) const WRITEBACK: u8 = 7;
 
 const STATE_MASK: u8 = 0x0f;
 /// Set on a transitional state when fault events wait for the owner to finish.
 const WAITERS: u8 = 0x10;
+
+/// Whether `state` holds the page in memory (counts against the buffer).
+#[inline]
+pub(crate) fn is_resident(state: u8) -> bool {
+    matches!(state, CLEAN | DIRTY | UNPROTECTING | WRITEBACK)
+}
 
 /// The states of every umap page of one region.
 #[derive(Debug)]
@@ -57,36 +79,67 @@ impl PageTable {
         self.states[page].load(Ordering::Acquire) & STATE_MASK
     }
 
+    /// `from` → `to`, if the page is in the stable state `from` (no waiters bit can be set on
+    /// a stable state). True if this thread made the transition and so owns the page, when
+    /// `to` is transitional.
+    #[inline]
+    pub(crate) fn claim(&self, page: usize, from: u8, to: u8) -> bool {
+        self.states[page]
+            .compare_exchange(from, to, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
     /// `Absent` → `Filling`. True if this thread now owns the fill.
     #[inline]
     pub(crate) fn claim_fill(&self, page: usize) -> bool {
-        self.states[page]
-            .compare_exchange(ABSENT, FILLING, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
+        self.claim(page, ABSENT, FILLING)
+    }
+
+    /// Leaves the transitional state `from` (owned by the caller) for `to`. Returns whether
+    /// events were parked on the page meanwhile (the caller wakes them).
+    #[inline]
+    pub(crate) fn release(&self, page: usize, from: u8, to: u8) -> bool {
+        let old = self.states[page].swap(to, Ordering::AcqRel);
+        debug_assert_eq!(old & STATE_MASK, from, "page {page} left by a non-owner");
+        old & WAITERS != 0
+    }
+
+    /// Hands an owned page from the transitional state `from` to the transitional state `to`,
+    /// keeping the waiters bit (the final owner's release wakes them).
+    #[inline]
+    pub(crate) fn hand_over(&self, page: usize, from: u8, to: u8) {
+        let cell = &self.states[page];
+        let mut cur = cell.load(Ordering::Acquire);
+        loop {
+            debug_assert_eq!(
+                cur & STATE_MASK,
+                from,
+                "page {page} handed over by a non-owner"
+            );
+            let next = (cur & WAITERS) | to;
+            match cell.compare_exchange_weak(cur, next, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return,
+                Err(actual) => cur = actual,
+            }
+        }
     }
 
     /// `Filling` → `to` (by the owner). Returns whether events were parked on the page.
     #[inline]
     pub(crate) fn finish_fill(&self, page: usize, to: u8) -> bool {
-        let old = self.states[page].swap(to, Ordering::AcqRel);
-        debug_assert_eq!(old & STATE_MASK, FILLING);
-        old & WAITERS != 0
+        self.release(page, FILLING, to)
     }
 
     /// `Clean` → `Evicting`. True if this thread now owns the eviction.
     #[inline]
     pub(crate) fn begin_evict(&self, page: usize) -> bool {
-        self.states[page]
-            .compare_exchange(CLEAN, EVICTING, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
+        self.claim(page, CLEAN, EVICTING)
     }
 
     /// `Evicting` → `Absent` (by the owner). Returns whether events were parked on the page.
     #[inline]
     pub(crate) fn finish_evict(&self, page: usize) -> bool {
-        let old = self.states[page].swap(ABSENT, Ordering::AcqRel);
-        debug_assert_eq!(old & STATE_MASK, EVICTING);
-        old & WAITERS != 0
+        self.release(page, EVICTING, ABSENT)
     }
 
     /// Parks a fault event on `page` if it is still in the transitional state `state`: sets the
@@ -118,6 +171,13 @@ impl PageTable {
     /// How many pages are in `state`.
     pub(crate) fn count(&self, state: u8) -> usize {
         (0..self.len()).filter(|&p| self.state(p) == state).count()
+    }
+
+    /// How many pages are resident (count against the buffer).
+    pub(crate) fn count_resident(&self) -> usize {
+        (0..self.len())
+            .filter(|&p| is_resident(self.state(p)))
+            .count()
     }
 }
 

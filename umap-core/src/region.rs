@@ -1,12 +1,13 @@
 //! Regions: a mapped range of a store, its page table, and the handle the application holds.
 
 use std::fmt;
+use std::ops::Range;
 use std::sync::Arc;
 
 use umap_store::Store;
 
 use crate::engine::Umap;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::gate::Gate;
 use crate::page_table::PageTable;
 use crate::sys::Mapping;
@@ -22,6 +23,7 @@ pub struct MapOptions {
     pub(crate) page_size: Option<usize>,
     pub(crate) offset: u64,
     pub(crate) len: Option<usize>,
+    pub(crate) writable: bool,
 }
 
 impl MapOptions {
@@ -45,6 +47,12 @@ impl MapOptions {
         self.len = Some(len);
         self
     }
+    /// Map the region writable (default: read-only). Writes go to the store when a dirty
+    /// page is evicted, on [`Region::flush`], and on unmap. The store must be writable.
+    pub fn writable(mut self, writable: bool) -> MapOptions {
+        self.writable = writable;
+        self
+    }
 }
 
 /// What the engine threads know of a region.
@@ -56,6 +64,8 @@ pub(crate) struct RegionShared {
     /// `len` rounded up to the page size: the registered range.
     pub(crate) mapped_len: usize,
     pub(crate) page_size: usize,
+    /// Mapped writable, registered for write-protect faults too.
+    pub(crate) writable: bool,
     pub(crate) store: Arc<dyn Store>,
     pub(crate) store_offset: u64,
     pub(crate) pages: PageTable,
@@ -93,6 +103,25 @@ impl RegionShared {
     pub(crate) fn page_store_offset(&self, page: usize) -> u64 {
         self.store_offset + (page * self.page_size) as u64
     }
+
+    /// The pages that overlap `[offset, offset + len)` of the region, or an error naming the
+    /// bad bound.
+    pub(crate) fn page_range(&self, offset: usize, len: usize) -> Result<Range<usize>> {
+        let end = offset
+            .checked_add(len)
+            .filter(|&end| end <= self.len)
+            .ok_or_else(|| {
+                Error::invalid(
+                    "range",
+                    format_args!("{offset}..{}", offset as u128 + len as u128),
+                    format!("lies outside the region (0..{})", self.len),
+                )
+            })?;
+        if len == 0 {
+            return Ok(0..0);
+        }
+        Ok(offset / self.page_size..end.div_ceil(self.page_size))
+    }
 }
 
 impl fmt::Debug for RegionShared {
@@ -101,16 +130,36 @@ impl fmt::Debug for RegionShared {
             .field("base", &format_args!("{:#x}", self.base))
             .field("len", &self.len)
             .field("page_size", &self.page_size)
+            .field("writable", &self.writable)
             .field("store_offset", &self.store_offset)
             .finish()
     }
 }
 
-/// A store mapped into the address space. Reading its memory pages data in from the store
+/// A store mapped into the address space. Touching its memory pages data in from the store
 /// through the engine; resident pages stay within the engine's buffer.
 ///
-/// Dropping a region unmaps it (and logs an error it cannot return); [`Region::unmap`] does
-/// the same and returns the error.
+/// A writable region ([`MapOptions::writable`]) tracks which pages are written (the first
+/// write to a clean page is a write-protect fault) and writes them back to the store when
+/// they are evicted, on [`flush`](Region::flush), and when the region is unmapped.
+///
+/// Dropping a region writes back and unmaps it (and logs an error it cannot return);
+/// [`Region::unmap`] does the same and returns the error.
+///
+/// ```
+/// use umap_core::{MapOptions, Umap};
+/// use umap_store::MemStore;
+/// use std::sync::Arc;
+///
+/// let umap = Umap::builder().buffer_size(1 << 20).page_size(4096).fillers(1).start()?;
+/// let store = Arc::new(MemStore::new(4 << 20));
+/// let mut region = umap.map_shared(store.clone(), MapOptions::new().writable(true))?;
+/// region.as_mut_slice()?[3 << 20] = 42; // 4 MiB through a 1 MiB buffer
+/// region.flush()?;                        // now in the store
+/// assert_eq!(store.to_vec()[3 << 20], 42);
+/// region.unmap()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub struct Region {
     pub(crate) shared: Arc<RegionShared>,
     /// The address range; `None` once unmapped.
@@ -144,28 +193,89 @@ impl Region {
         self.shared.store_offset
     }
 
+    /// Whether the region was mapped writable.
+    pub fn is_writable(&self) -> bool {
+        self.shared.writable
+    }
+
     /// The region as a byte slice. Touching it faults pages in from the store.
     ///
-    /// Regions are mapped read-only, so the contents never change while the slice is
-    /// borrowed: an evicted page is filled again with the same bytes from the store (as long
-    /// as nobody else changes the store underneath, the same caveat as a file `mmap`).
+    /// The contents do not change while the slice is borrowed (writing through
+    /// [`as_mut_slice`](Region::as_mut_slice) needs `&mut self`): an evicted page is filled
+    /// again with the bytes it had, from the store (as long as nobody else changes the store
+    /// underneath, the same caveat as a file `mmap`). Writes through
+    /// [`as_mut_ptr`](Region::as_mut_ptr) while the slice is borrowed are the caller's
+    /// responsibility, as with any raw pointer.
     pub fn as_slice(&self) -> &[u8] {
-        // SAFETY: the range [base, base + len) is mapped (read-only) for as long as `self` is
-        // borrowed: unmapping takes `self` by value or happens in Drop. Every access is served
-        // by the engine (missing pages are filled from the store), so all bytes are
-        // initialised, and nothing writes to the range while it is mapped read-only.
+        // SAFETY: the range [base, base + len) is mapped for as long as `self` is borrowed:
+        // unmapping takes `self` by value or happens in Drop. Every access is served by the
+        // engine (missing pages are filled from the store, and written pages are written back
+        // before they are dropped), so all bytes are initialised and keep their values.
         unsafe { std::slice::from_raw_parts(self.shared.base as *const u8, self.shared.len) }
+    }
+
+    /// The region as a mutable byte slice, or an error if it was mapped read-only.
+    ///
+    /// Writes are seen by the engine page by page and reach the store on eviction, on
+    /// [`flush`](Region::flush) and on unmap. Split the slice (`chunks_mut`, `split_at_mut`,
+    /// rayon) to write from several threads.
+    pub fn as_mut_slice(&mut self) -> Result<&mut [u8]> {
+        if !self.shared.writable {
+            return Err(Error::invalid(
+                "region",
+                format_args!("{:#x}", self.shared.base),
+                "is mapped read-only: map it with MapOptions::writable(true) to write",
+            ));
+        }
+        // SAFETY: as in `as_slice`, the range is mapped and initialised while `self` is
+        // borrowed, here exclusively; it is mapped PROT_READ | PROT_WRITE, and the engine
+        // makes every page writable on its first write (write-protect faults).
+        Ok(unsafe { std::slice::from_raw_parts_mut(self.shared.base as *mut u8, self.shared.len) })
+    }
+
+    /// The start of the region as a raw pointer, for threads that share the region and
+    /// synchronise their accesses themselves (as with a shared `mmap`). Writing through it
+    /// is allowed only in a writable region (in a read-only one a write raises `SIGSEGV`), and
+    /// only within [`len`](Region::len) bytes while the region is mapped.
+    pub fn as_mut_ptr(&self) -> *mut u8 {
+        self.shared.base as *mut u8
+    }
+
+    /// Writes every dirty page of the region back to the store, then syncs the store
+    /// ([`Store::sync`]: `fdatasync` for files). Pages stay resident, clean and
+    /// write-protected. Returns the first error; pages whose write failed stay dirty (and
+    /// resident), so a later flush retries them.
+    ///
+    /// Writes that other threads make while the flush runs may or may not be included; all
+    /// writes that happened before the call are. Other pages keep being faulted, filled and
+    /// evicted meanwhile: the flush holds no lock, only each page for its own write-back.
+    pub fn flush(&self) -> Result<()> {
+        self.flush_range(0, self.shared.len)
+    }
+
+    /// As [`flush`](Region::flush), for the pages overlapping `[offset, offset + len)` of the
+    /// region; an error if the range does not lie inside the region.
+    pub fn flush_range(&self, offset: usize, len: usize) -> Result<()> {
+        let pages = self.shared.page_range(offset, len)?;
+        self.engine.flush_region(&self.shared, pages)
     }
 
     /// Resident bytes of this region now (pages in the buffer). Counts the page table, so it
     /// costs one load per page of the region: a diagnostic, not for hot loops.
     pub fn resident_bytes(&self) -> usize {
-        self.shared.pages.count(crate::page_table::CLEAN) * self.shared.page_size
+        self.shared.pages.count_resident() * self.shared.page_size
     }
 
-    /// Unmaps the region: waits for in-flight fills and evictions, releases its share of the
-    /// buffer, and removes the address range. Threads still touching the range afterwards
-    /// fault as on any unmapped memory.
+    /// Bytes of this region written since they were last written back (dirty pages). A
+    /// diagnostic, as [`resident_bytes`](Region::resident_bytes).
+    pub fn dirty_bytes(&self) -> usize {
+        self.shared.pages.count(crate::page_table::DIRTY) * self.shared.page_size
+    }
+
+    /// Writes back every dirty page, syncs the store, and unmaps the region: waits for
+    /// in-flight fills and evictions, releases its share of the buffer, and removes the
+    /// address range. Threads still touching the range afterwards fault as on any unmapped
+    /// memory. Returns the first write-back or sync error (the range is unmapped anyway).
     pub fn unmap(mut self) -> Result<()> {
         self.unmap_inner()
     }
@@ -192,6 +302,7 @@ impl fmt::Debug for Region {
             .field("addr", &format_args!("{:#x}", self.shared.base))
             .field("len", &self.shared.len)
             .field("page_size", &self.shared.page_size)
+            .field("writable", &self.shared.writable)
             .field("store_offset", &self.shared.store_offset)
             .finish()
     }

@@ -7,11 +7,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     pub(crate) read_faults: AtomicU64,
+    pub(crate) write_faults: AtomicU64,
+    pub(crate) wp_faults: AtomicU64,
     pub(crate) duplicate_faults: AtomicU64,
     pub(crate) parked_faults: AtomicU64,
     pub(crate) fills: AtomicU64,
     pub(crate) bytes_read: AtomicU64,
     pub(crate) evictions: AtomicU64,
+    pub(crate) dirty_evictions: AtomicU64,
+    pub(crate) pages_written: AtomicU64,
+    pub(crate) bytes_written: AtomicU64,
+    pub(crate) write_errors: AtomicU64,
+    pub(crate) flushes: AtomicU64,
     pub(crate) read_errors: AtomicU64,
     pub(crate) buffer_full_waits: AtomicU64,
     pub(crate) high_water_hits: AtomicU64,
@@ -27,8 +34,13 @@ pub(crate) fn bump(counter: &AtomicU64, by: u64) {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stats {
-    /// Page-fault events on missing pages read from the kernel.
+    /// Page-fault events for reads of missing pages.
     pub read_faults: u64,
+    /// Page-fault events for writes to missing pages (filled writable, dirty).
+    pub write_faults: u64,
+    /// Write-protect faults: first writes to clean pages, and writes to pages being written
+    /// back.
+    pub wp_faults: u64,
     /// Events for a page another thread was already filling, or that was already resident.
     pub duplicate_faults: u64,
     /// Events parked on a page in transition and woken when it settled.
@@ -37,8 +49,18 @@ pub struct Stats {
     pub fills: u64,
     /// Bytes read from stores.
     pub bytes_read: u64,
-    /// Pages evicted.
+    /// Pages evicted (clean and dirty).
     pub evictions: u64,
+    /// Of those, pages written back to the store before they were dropped.
+    pub dirty_evictions: u64,
+    /// Pages written back to stores (by evictions and flushes).
+    pub pages_written: u64,
+    /// Bytes written to stores.
+    pub bytes_written: u64,
+    /// Store writes that failed (their pages stayed dirty and resident).
+    pub write_errors: u64,
+    /// Flushes of a region or range (including those done by unmap).
+    pub flushes: u64,
     /// Store reads that failed (the page was poisoned: accesses raise `SIGBUS`).
     pub read_errors: u64,
     /// Fills that found the buffer full and had to reclaim or wait.
@@ -58,11 +80,18 @@ impl Counters {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         Stats {
             read_faults: get(&self.read_faults),
+            write_faults: get(&self.write_faults),
+            wp_faults: get(&self.wp_faults),
             duplicate_faults: get(&self.duplicate_faults),
             parked_faults: get(&self.parked_faults),
             fills: get(&self.fills),
             bytes_read: get(&self.bytes_read),
             evictions: get(&self.evictions),
+            dirty_evictions: get(&self.dirty_evictions),
+            pages_written: get(&self.pages_written),
+            bytes_written: get(&self.bytes_written),
+            write_errors: get(&self.write_errors),
+            flushes: get(&self.flushes),
             read_errors: get(&self.read_errors),
             buffer_full_waits: get(&self.buffer_full_waits),
             high_water_hits: get(&self.high_water_hits),
@@ -75,13 +104,20 @@ impl Counters {
 
 impl fmt::Display for Stats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let rows: [(&str, u64); 12] = [
+        let rows: [(&str, u64); 19] = [
             ("read faults", self.read_faults),
+            ("write faults", self.write_faults),
+            ("wp faults", self.wp_faults),
             ("duplicate faults", self.duplicate_faults),
             ("parked faults", self.parked_faults),
             ("fills", self.fills),
             ("bytes read", self.bytes_read),
             ("evictions", self.evictions),
+            ("dirty evictions", self.dirty_evictions),
+            ("pages written", self.pages_written),
+            ("bytes written", self.bytes_written),
+            ("write errors", self.write_errors),
+            ("flushes", self.flushes),
             ("read errors", self.read_errors),
             ("buffer-full waits", self.buffer_full_waits),
             ("high-water hits", self.high_water_hits),

@@ -1,0 +1,215 @@
+//! Write-back: putting dirty pages' bytes into the store, for evictors and flushes alike.
+//!
+//! The protocol (invariant 2 of the design): the caller owns each page in state `WriteBack`;
+//! the page is write-protected *first* (one `UFFDIO_WRITEPROTECT` per run of adjacent pages,
+//! which also flushes the TLBs, so no CPU can still be writing it), and only then are its bytes
+//! read for the store (one store write per run). A thread that writes to the page meanwhile
+//! blocks in a write-protect fault, which a filler parks on the page; the owner wakes it when
+//! it leaves `WriteBack`, and it then finds the page `Clean` (flush: it faults again and makes
+//! it `Dirty`) or `Absent` (eviction: it is filled again with the bytes just written). No write
+//! is lost and nothing is written back half-updated.
+//!
+//! A store write that fails leaves the run `Dirty` and writable again: nothing is dropped.
+
+use std::ops::Range;
+use std::time::Duration;
+
+use crate::engine::Shared;
+use crate::error::{Error, Result};
+use crate::page_table::{DIRTY, FILLING, UNPROTECTING, WRITEBACK};
+use crate::region::RegionShared;
+use crate::stats::bump;
+
+/// Attempts at a store write that fails with a transient error.
+const WRITE_ATTEMPTS: u32 = 3;
+
+/// The most bytes a flush writes in one store call: long enough to amortise the call, short
+/// enough that writers blocked on the run wait for one bounded write.
+const FLUSH_RUN_BYTES: usize = 4 << 20;
+
+/// Writes back `pages` of `region` (ascending, each owned by the caller in state `WriteBack`),
+/// one run of adjacent pages at a time, and calls `done(run, result)` for every run. On
+/// success the run's pages are still `WriteBack` (protected, their bytes in the store) and the
+/// caller moves them on; on failure they are already `Dirty` and writable again, and any
+/// threads parked on them woken.
+///
+/// The caller is inside the region's gate.
+pub(crate) fn write_back(
+    shared: &Shared,
+    region: &RegionShared,
+    pages: &[usize],
+    mut done: impl FnMut(&[usize], Result<()>),
+) {
+    let mut start = 0;
+    while start < pages.len() {
+        let mut end = start + 1;
+        while end < pages.len() && pages[end] == pages[end - 1] + 1 {
+            end += 1;
+        }
+        let run = &pages[start..end];
+        let result = write_run(shared, region, run);
+        if result.is_err() {
+            restore_dirty(shared, region, run);
+        }
+        done(run, result);
+        start = end;
+    }
+}
+
+/// Write-protects the run, then writes its bytes to the store.
+fn write_run(shared: &Shared, region: &RegionShared, run: &[usize]) -> Result<()> {
+    let (first, last) = (run[0], run[run.len() - 1]);
+    let addr = region.page_addr(first);
+    let span = (last + 1 - first) * region.page_size;
+    protect(shared, addr, span, true)?;
+    // Bytes past the region's length are the zero tail of the last page: never written.
+    let data_len = (last - first) * region.page_size + region.page_data_len(last);
+    // SAFETY: the run's pages are resident (owned in WriteBack, so nobody drops them), lie in
+    // the region's range which the caller's gate keeps mapped, and are write-protected since
+    // the call above returned (with the TLBs flushed), so nothing changes these bytes while
+    // the store reads them, like the kernel reading an mmap'd buffer for write(2).
+    let bytes = unsafe { std::slice::from_raw_parts(addr as *const u8, data_len) };
+    let offset = region.page_store_offset(first);
+    let mut attempt = 1;
+    loop {
+        match region.store.write_at(bytes, offset) {
+            Ok(()) => break,
+            Err(e) if e.is_transient() && attempt < WRITE_ATTEMPTS => {
+                attempt += 1;
+                std::thread::sleep(Duration::from_micros(100 << attempt));
+            }
+            Err(e) => {
+                bump(&shared.counters.write_errors, 1);
+                log::error!(
+                    "store write of {} page(s) ({data_len} bytes at offset {offset}) failed; \
+                     they stay dirty and resident: {e}",
+                    run.len()
+                );
+                return Err(Error::Store(e));
+            }
+        }
+    }
+    bump(&shared.counters.pages_written, run.len() as u64);
+    bump(&shared.counters.bytes_written, data_len as u64);
+    Ok(())
+}
+
+/// After a failed write-back: lifts the protection and makes the run `Dirty` again.
+fn restore_dirty(shared: &Shared, region: &RegionShared, run: &[usize]) {
+    let addr = region.page_addr(run[0]);
+    let span = run.len() * region.page_size;
+    if let Err(e) = protect(shared, addr, span, false) {
+        // The pages stay protected: a writer faults, and the filler unprotects them then.
+        log::error!("cannot unprotect {span} bytes at {addr:#x} after a failed write-back: {e}");
+    }
+    for &p in run {
+        if region.pages.release(p, WRITEBACK, DIRTY) {
+            shared.wake(region.page_addr(p), region.page_size);
+        }
+    }
+}
+
+/// Write-protects (or unprotects, waking the writers waiting on the range) `[addr, addr+len)`,
+/// retrying while the address space is changing (`EAGAIN`).
+pub(crate) fn protect(shared: &Shared, addr: usize, len: usize, on: bool) -> Result<()> {
+    let mut tries = 0;
+    loop {
+        match shared.uffd.writeprotect(addr, len, on, false) {
+            Err(e) if e.errno() == Some(libc::EAGAIN) && tries < 1000 => {
+                tries += 1;
+                std::thread::yield_now();
+            }
+            other => return other.map_err(Error::from),
+        }
+    }
+}
+
+/// Writes back every dirty page among `pages` of `region` and leaves them resident, clean
+/// and protected; waits for pages that are in transition (their data may be newer than the
+/// store: a fill for a write, an unprotect, another thread's write-back) and writes them too
+/// if they end up dirty. Returns the first error; runs that fail stay dirty.
+///
+/// The caller keeps the region mapped (is inside its gate, or has closed it). No lock is held:
+/// pages are owned one by one through the page table, so faults, fills and evictions of other
+/// pages go on meanwhile.
+pub(crate) fn flush_pages(
+    shared: &Shared,
+    region: &RegionShared,
+    pages: Range<usize>,
+) -> Result<()> {
+    let max_run = (FLUSH_RUN_BYTES / region.page_size).max(1);
+    let mut first_error: Option<Error> = None;
+    let mut record = |result: Result<()>| {
+        if let Err(e) = result {
+            first_error.get_or_insert(e);
+        }
+    };
+    let mut run: Vec<usize> = Vec::with_capacity(max_run.min(pages.len()));
+    let mut busy = Vec::new();
+    let write_run_now = |run: &mut Vec<usize>, record: &mut dyn FnMut(Result<()>)| {
+        if run.is_empty() {
+            return;
+        }
+        write_back(shared, region, run, |written, result| {
+            if result.is_ok() {
+                for &p in written {
+                    if region.pages.release(p, WRITEBACK, crate::page_table::CLEAN) {
+                        shared.wake(region.page_addr(p), region.page_size);
+                    }
+                }
+            }
+            record(result);
+        });
+        run.clear();
+    };
+    for p in pages {
+        if region.pages.claim(p, DIRTY, WRITEBACK) {
+            run.push(p);
+            if run.len() == max_run {
+                write_run_now(&mut run, &mut record);
+            }
+            continue;
+        }
+        write_run_now(&mut run, &mut record);
+        if matches!(region.pages.state(p), FILLING | UNPROTECTING | WRITEBACK) {
+            busy.push(p);
+        }
+    }
+    write_run_now(&mut run, &mut record);
+    for p in busy {
+        let mut spins = 0u32;
+        loop {
+            match region.pages.state(p) {
+                FILLING | UNPROTECTING | WRITEBACK => {
+                    backoff(spins);
+                    spins = spins.saturating_add(1);
+                }
+                DIRTY => {
+                    if region.pages.claim(p, DIRTY, WRITEBACK) {
+                        run.push(p);
+                        write_run_now(&mut run, &mut record);
+                        break;
+                    }
+                }
+                _ => break,
+            }
+        }
+    }
+    bump(&shared.counters.flushes, 1);
+    if let Some(e) = first_error {
+        return Err(e);
+    }
+    region.store.sync().map_err(Error::Store)
+}
+
+/// Waiting for another thread's page transition (one store I/O at most): spin, then yield,
+/// then sleep.
+fn backoff(spins: u32) {
+    if spins < 64 {
+        std::hint::spin_loop();
+    } else if spins < 128 {
+        std::thread::yield_now();
+    } else {
+        std::thread::sleep(Duration::from_micros(50));
+    }
+}
