@@ -170,10 +170,15 @@ pub(crate) fn flush_pages(
             }
             continue;
         }
-        write_run_now(&mut run, &mut record);
-        if matches!(region.pages.state(p), FILLING | UNPROTECTING | WRITEBACK) {
+        // Classify the page *before* writing the run (which takes time): a page in transition
+        // now may be dirty by the time the write returns, and must not be missed.
+        if matches!(
+            region.pages.state(p),
+            FILLING | UNPROTECTING | WRITEBACK | DIRTY
+        ) {
             busy.push(p);
         }
+        write_run_now(&mut run, &mut record);
     }
     write_run_now(&mut run, &mut record);
     for p in busy {
