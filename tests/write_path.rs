@@ -1,0 +1,421 @@
+//! The write path: dirty tracking through write-protect faults, write-back on eviction,
+//! flush, and unmap.
+
+mod common;
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use umap::{Error, FileStore, MapOptions, MemStore, Store, StoreError, Umap};
+
+const PS: usize = 4096;
+
+fn engine(buffer: usize, fillers: usize) -> Umap {
+    Umap::builder()
+        .buffer_size(buffer)
+        .page_size(PS)
+        .fillers(fillers)
+        .start()
+        .expect("userfaultfd engine (needs Linux userfaultfd with write-protect support)")
+}
+
+/// Waits (up to 10 s) until `value()` equals `want`, and asserts it does. The page state a
+/// diagnostic such as `dirty_bytes` reads is settled by the filler just after the faulting
+/// thread is woken, so it can lag an access by a moment.
+fn settles_to(what: &str, want: usize, value: impl Fn() -> usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut got = value();
+    while got != want && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+        got = value();
+    }
+    assert_eq!(got, want, "{what}");
+}
+
+fn writable() -> MapOptions {
+    MapOptions::new().writable(true)
+}
+
+/// A store that counts its writes, and can make each one slow.
+struct CountingStore {
+    inner: MemStore,
+    writes: AtomicUsize,
+    delay: Duration,
+}
+
+impl CountingStore {
+    fn new(inner: MemStore, delay: Duration) -> CountingStore {
+        CountingStore {
+            inner,
+            writes: AtomicUsize::new(0),
+            delay,
+        }
+    }
+}
+
+impl Store for CountingStore {
+    fn len(&self) -> u64 {
+        self.inner.len()
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), StoreError> {
+        self.inner.read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), StoreError> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        if !self.delay.is_zero() {
+            std::thread::sleep(self.delay);
+        }
+        self.inner.write_at(buf, offset)
+    }
+    fn sync(&self) -> Result<(), StoreError> {
+        self.inner.sync()
+    }
+    fn is_read_only(&self) -> bool {
+        false
+    }
+}
+
+#[test]
+fn read_only_maps_refuse_writes_with_a_clear_error() {
+    let umap = engine(1 << 20, 1);
+    let err = umap
+        .map(MemStore::new(1 << 16).read_only(), writable())
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::InvalidArgument {
+                name: "writable",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("read-only"), "{err}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = common::pattern_file(dir.path(), "ro", 1, 1 << 16);
+    let store = FileStore::open_read_only(&path).unwrap();
+    assert!(umap.map(store, writable()).is_err());
+
+    let mut region = umap.map(MemStore::new(1 << 16), MapOptions::new()).unwrap();
+    assert!(!region.is_writable());
+    let err = region.as_mut_slice().unwrap_err();
+    assert!(err.to_string().contains("writable(true)"), "{err}");
+    // Flushing a read-only region is a no-op, not an error.
+    region.flush().unwrap();
+    assert_eq!(umap.stats().pages_written, 0);
+}
+
+#[test]
+fn first_writes_are_tracked_and_flush_keeps_pages_resident_and_clean() {
+    let umap = engine(1 << 20, 2);
+    let store = Arc::new(MemStore::from_vec(common::pattern(7, 0, 64 * PS)));
+    let mut region = umap.map_shared(store.clone(), writable()).unwrap();
+
+    // Read 16 pages (filled clean, write-protected), then write to 8 of them: 8 WP faults.
+    let sum: u64 = region.as_slice()[..16 * PS].iter().map(|&b| b as u64).sum();
+    assert!(sum > 0);
+    let before = umap.stats();
+    assert_eq!(before.wp_faults, 0);
+    for page in 0..8 {
+        region.as_mut_slice().unwrap()[page * PS + 5] = 0xAB;
+    }
+    let after = umap.stats();
+    assert_eq!(after.wp_faults, 8, "{after:?}");
+    settles_to("dirty bytes", 8 * PS, || region.dirty_bytes());
+    // Nothing reached the store yet.
+    assert_ne!(store.to_vec()[5], 0xAB);
+
+    region.flush().unwrap();
+    let flushed = umap.stats();
+    assert_eq!(flushed.pages_written - after.pages_written, 8);
+    assert_eq!(region.dirty_bytes(), 0);
+    settles_to("flush keeps pages resident", 16 * PS, || {
+        region.resident_bytes()
+    });
+    let bytes = store.to_vec();
+    for page in 0..8 {
+        assert_eq!(bytes[page * PS + 5], 0xAB);
+    }
+    // Nothing dirty: a second flush writes nothing.
+    region.flush().unwrap();
+    assert_eq!(umap.stats().pages_written, flushed.pages_written);
+
+    // Written back pages are protected again: the next write faults and is flushed.
+    region.as_mut_slice().unwrap()[3 * PS] = 0xCD;
+    assert_eq!(umap.stats().wp_faults, flushed.wp_faults + 1);
+    region.flush().unwrap();
+    assert_eq!(umap.stats().pages_written, flushed.pages_written + 1);
+    assert_eq!(store.to_vec()[3 * PS], 0xCD);
+    region.unmap().unwrap();
+}
+
+#[test]
+fn a_write_to_a_missing_page_fills_it_writable() {
+    let umap = engine(1 << 20, 1);
+    let store = Arc::new(MemStore::from_vec(common::pattern(3, 0, 16 * PS)));
+    let mut region = umap.map_shared(store.clone(), writable()).unwrap();
+    region.as_mut_slice().unwrap()[2 * PS + 100] = 1;
+    let stats = umap.stats();
+    assert_eq!(stats.write_faults, 1, "{stats:?}");
+    assert_eq!(stats.wp_faults, 0, "installed writable: no second fault");
+    settles_to("dirty bytes", PS, || region.dirty_bytes());
+    // The rest of the page came from the store.
+    common::check_pattern(3, 2 * PS as u64, &region.as_slice()[2 * PS..2 * PS + 100]);
+    region.unmap().unwrap();
+    let bytes = store.to_vec();
+    assert_eq!(bytes[2 * PS + 100], 1);
+    common::check_pattern(3, 2 * PS as u64 + 101, &bytes[2 * PS + 101..3 * PS]);
+}
+
+#[test]
+fn flush_range_writes_only_the_pages_it_covers_and_checks_bounds() {
+    let umap = engine(1 << 20, 2);
+    let store = Arc::new(MemStore::new(32 * PS - 100));
+    let mut region = umap.map_shared(store.clone(), writable()).unwrap();
+    let len = region.len();
+    region.as_mut_slice().unwrap().fill(9);
+    settles_to("dirty bytes", 32 * PS, || region.dirty_bytes());
+
+    // Bytes 1.5 pages .. 3.5 pages: pages 1, 2 and 3.
+    region.flush_range(PS + PS / 2, 2 * PS).unwrap();
+    assert_eq!(umap.stats().pages_written, 3);
+    settles_to("dirty bytes", 29 * PS, || region.dirty_bytes());
+    let bytes = store.to_vec();
+    assert!(bytes[PS..4 * PS].iter().all(|&b| b == 9));
+    assert!(bytes[..PS].iter().all(|&b| b == 0));
+    assert!(bytes[4 * PS..].iter().all(|&b| b == 0));
+
+    // An empty range is fine; ranges past the end are errors naming the bounds.
+    region.flush_range(len, 0).unwrap();
+    for (offset, n) in [(len, 1), (0, len + 1), (usize::MAX, 2)] {
+        let err = region.flush_range(offset, n).unwrap_err();
+        assert!(
+            matches!(err, Error::InvalidArgument { name: "range", .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("outside the region"), "{err}");
+    }
+
+    // The last page is partial: the store keeps its length.
+    region.flush().unwrap();
+    assert_eq!(store.len(), (32 * PS - 100) as u64);
+    assert!(store.to_vec().iter().all(|&b| b == 9));
+    region.unmap().unwrap();
+}
+
+#[test]
+fn umap_flush_flushes_every_region_and_drop_writes_back() {
+    let umap = engine(1 << 20, 2);
+    let a = Arc::new(MemStore::new(8 * PS));
+    let b = Arc::new(MemStore::new(8 * PS));
+    let mut ra = umap.map_shared(a.clone(), writable()).unwrap();
+    let mut rb = umap.map_shared(b.clone(), writable()).unwrap();
+    ra.as_mut_slice().unwrap()[10] = 1;
+    rb.as_mut_slice().unwrap()[PS * 7] = 2;
+    umap.flush().unwrap();
+    assert_eq!(a.to_vec()[10], 1);
+    assert_eq!(b.to_vec()[PS * 7], 2);
+
+    ra.as_mut_slice().unwrap()[11] = 3;
+    drop(ra);
+    assert_eq!(a.to_vec()[11], 3, "Drop writes back");
+    drop(rb);
+    assert_eq!(umap.region_count(), 0);
+}
+
+#[test]
+fn eviction_writes_dirty_pages_back_in_coalesced_runs() {
+    // 256 pages through a 32-page buffer, written in address order: the evictor sees runs
+    // of adjacent dirty pages and writes each run with one store call.
+    let umap = engine(32 * PS, 1);
+    let store = Arc::new(CountingStore::new(MemStore::new(256 * PS), Duration::ZERO));
+    let mut region = umap.map_shared(store.clone(), writable()).unwrap();
+    let monitor = common::ResidentMonitor::start(&umap, &region);
+    for (i, chunk) in region.as_mut_slice().unwrap().chunks_mut(PS).enumerate() {
+        chunk.fill(i as u8 ^ 0x5A);
+    }
+    let peak = monitor.finish();
+    assert!(peak <= 32 * PS, "resident peak {peak} above the buffer");
+    let evicted = umap.stats();
+    assert!(evicted.dirty_evictions >= 200, "{evicted:?}");
+    let writes = store.writes.load(Ordering::Relaxed);
+    assert!(
+        writes * 4 <= evicted.pages_written as usize,
+        "{writes} store writes for {} pages: runs were not coalesced",
+        evicted.pages_written
+    );
+    region.unmap().unwrap();
+    let bytes = store.inner.to_vec();
+    for (i, chunk) in bytes.chunks(PS).enumerate() {
+        assert!(chunk.iter().all(|&b| b == i as u8 ^ 0x5A), "page {i}");
+    }
+}
+
+/// Slot `i` of the array of u64 words starting at `base`.
+///
+/// # Safety
+/// `base` must point to a mapped, 8-byte aligned region of more than `i` words.
+unsafe fn slot<'a>(base: *mut u8, i: usize) -> &'a AtomicU64 {
+    // SAFETY: by the caller's contract the word is mapped and aligned; AtomicU64 has the
+    // layout of u64, and every access to the region in these tests is atomic.
+    unsafe { &*(base.add(i * 8) as *const AtomicU64) }
+}
+
+/// A base pointer that may cross threads (the region outlives the scoped threads).
+#[derive(Clone, Copy)]
+struct Base(*mut u8);
+// SAFETY: the pointer is only dereferenced through atomics while the region is mapped.
+unsafe impl Send for Base {}
+// SAFETY: as above.
+unsafe impl Sync for Base {}
+
+#[test]
+fn concurrent_versioned_slots_never_go_backwards_and_all_reach_the_file() {
+    const WRITERS: usize = 16;
+    const READERS: usize = 2;
+    const REGION: usize = 2 << 20;
+    const SLOTS: usize = REGION / 8;
+    const STEPS: usize = 6_000;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("slots");
+    FileStore::create(&path, REGION as u64).unwrap();
+    // A buffer of 1/8 of the region: random writes evict constantly.
+    let umap = Umap::builder()
+        .buffer_size(REGION / 8)
+        .page_size(PS)
+        .fillers(4)
+        .evictors(2)
+        .start()
+        .expect("userfaultfd engine");
+    let region = umap
+        .map(FileStore::open(&path).unwrap(), writable())
+        .unwrap();
+    let base = Base(region.as_mut_ptr());
+    let done = AtomicUsize::new(0);
+    let finals: Vec<Vec<u64>> = std::thread::scope(|s| {
+        let writers: Vec<_> = (0..WRITERS)
+            .map(|w| {
+                let done = &done;
+                s.spawn(move || {
+                    let base = base;
+                    // Writer w owns slots w, w + 16, w + 32, ...: every page is shared by
+                    // all writers.
+                    let mut versions = vec![0u64; SLOTS / WRITERS];
+                    let mut rng = common::Rng::new(0xABC0 + w as u64);
+                    for _ in 0..STEPS {
+                        let k = rng.below(versions.len() as u64) as usize;
+                        versions[k] += 1;
+                        // SAFETY: slot index < SLOTS, inside the mapped region.
+                        let cell = unsafe { slot(base.0, k * WRITERS + w) };
+                        cell.store(versions[k], Ordering::Release);
+                    }
+                    done.fetch_add(1, Ordering::Release);
+                    versions
+                })
+            })
+            .collect();
+        for r in 0..READERS {
+            let done = &done;
+            s.spawn(move || {
+                let base = base;
+                let mut seen = vec![0u64; SLOTS];
+                let mut rng = common::Rng::new(0xDEF0 + r as u64);
+                while done.load(Ordering::Acquire) < WRITERS {
+                    let i = rng.below(SLOTS as u64) as usize;
+                    // SAFETY: i < SLOTS.
+                    let v = unsafe { slot(base.0, i) }.load(Ordering::Acquire);
+                    assert!(v >= seen[i], "slot {i} went back from {} to {v}", seen[i]);
+                    seen[i] = v;
+                }
+            });
+        }
+        // Flushes race the writers too.
+        s.spawn(|| {
+            while done.load(Ordering::Acquire) < WRITERS {
+                region.flush().unwrap();
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        writers.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    let stats = umap.stats();
+    assert!(
+        stats.dirty_evictions > 1000 && stats.wp_faults > 0,
+        "the buffer did not force write-back: {stats:?}"
+    );
+    region.unmap().unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    for (w, versions) in finals.iter().enumerate() {
+        for (k, &want) in versions.iter().enumerate() {
+            let i = k * WRITERS + w;
+            let got = u64::from_ne_bytes(bytes[i * 8..i * 8 + 8].try_into().unwrap());
+            assert_eq!(got, want, "slot {i} (writer {w}) lost its last version");
+        }
+    }
+}
+
+#[test]
+fn writes_racing_a_slow_write_back_are_not_lost() {
+    // Every store write takes 2 ms; 4 threads keep incrementing counters that share the same
+    // 8 pages while evictions (a 2-page buffer) and flushes write those pages back: writers
+    // hit pages under write-back constantly.
+    const PAGES: usize = 8;
+    const THREADS: usize = 4;
+    const ROUNDS: u64 = 400;
+    let umap = Umap::builder()
+        .buffer_size(2 * PS)
+        .page_size(PS)
+        .fillers(2)
+        .start()
+        .expect("userfaultfd engine");
+    let store = Arc::new(CountingStore::new(
+        MemStore::new(PAGES * PS),
+        Duration::from_millis(2),
+    ));
+    let region = umap.map_shared(store.clone(), writable()).unwrap();
+    let base = Base(region.as_mut_ptr());
+    let done = AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        for t in 0..THREADS {
+            let done = &done;
+            s.spawn(move || {
+                let base = base;
+                for round in 1..=ROUNDS {
+                    // A few words on every page, interleaved with the other threads'.
+                    for p in 0..PAGES {
+                        let i = (p * PS / 8) + t + (round as usize % 16) * THREADS;
+                        // SAFETY: i < PAGES * PS / 8.
+                        unsafe { slot(base.0, i) }.fetch_add(1, Ordering::AcqRel);
+                    }
+                }
+                done.fetch_add(1, Ordering::Release);
+            });
+        }
+        s.spawn(|| {
+            while done.load(Ordering::Acquire) < THREADS {
+                region.flush().unwrap();
+            }
+        });
+    });
+    let stats = umap.stats();
+    assert!(
+        stats.parked_faults > 0,
+        "no write met a write-back: {stats:?}"
+    );
+    region.unmap().unwrap();
+    let bytes = store.inner.to_vec();
+    for p in 0..PAGES {
+        for t in 0..THREADS {
+            for k in 0..16 {
+                let i = (p * PS / 8) + t + k * THREADS;
+                let got = u64::from_ne_bytes(bytes[i * 8..i * 8 + 8].try_into().unwrap());
+                // Rounds 1..=ROUNDS with round % 16 == k.
+                let want = (1..=ROUNDS).filter(|r| *r as usize % 16 == k).count() as u64;
+                assert_eq!(got, want, "word {i} (page {p}, thread {t}) lost increments");
+            }
+        }
+    }
+}
