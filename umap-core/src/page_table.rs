@@ -206,6 +206,38 @@ mod tests {
     }
 
     #[test]
+    fn write_back_keeps_parked_waiters_across_a_hand_over() {
+        let t = PageTable::new(1);
+        assert!(t.claim_fill(0));
+        assert!(!t.finish_fill(0, DIRTY));
+        assert!(is_resident(t.state(0)));
+        assert!(!t.begin_evict(0), "dirty pages are written back, not dropped");
+        assert!(t.claim(0, DIRTY, WRITEBACK));
+        assert!(!t.claim(0, DIRTY, WRITEBACK), "one owner per write-back");
+        assert!(t.park(0, WRITEBACK), "a writer waits for the write-back");
+        t.hand_over(0, WRITEBACK, EVICTING);
+        assert_eq!(t.state(0), EVICTING);
+        assert!(t.finish_evict(0), "the waiter survived the hand-over");
+        assert_eq!(t.state(0), ABSENT);
+        assert!(!is_resident(ABSENT));
+    }
+
+    #[test]
+    fn flush_and_unprotect_transitions() {
+        let t = PageTable::new(1);
+        assert!(t.claim_fill(0));
+        t.finish_fill(0, CLEAN);
+        assert!(t.claim(0, CLEAN, UNPROTECTING));
+        assert!(!t.begin_evict(0), "a page being unprotected is not evicted");
+        assert!(t.park(0, UNPROTECTING));
+        assert!(t.release(0, UNPROTECTING, DIRTY));
+        assert!(t.claim(0, DIRTY, WRITEBACK));
+        assert!(!t.release(0, WRITEBACK, CLEAN));
+        assert_eq!(t.state(0), CLEAN);
+        assert_eq!(t.count_resident(), 1);
+    }
+
+    #[test]
     fn exactly_one_of_many_racing_threads_claims_a_fill() {
         let t = Arc::new(PageTable::new(64));
         let wins = Arc::new(AtomicUsize::new(0));
