@@ -211,7 +211,10 @@ mod tests {
         assert!(t.claim_fill(0));
         assert!(!t.finish_fill(0, DIRTY));
         assert!(is_resident(t.state(0)));
-        assert!(!t.begin_evict(0), "dirty pages are written back, not dropped");
+        assert!(
+            !t.begin_evict(0),
+            "dirty pages are written back, not dropped"
+        );
         assert!(t.claim(0, DIRTY, WRITEBACK));
         assert!(!t.claim(0, DIRTY, WRITEBACK), "one owner per write-back");
         assert!(t.park(0, WRITEBACK), "a writer waits for the write-back");

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use crate::engine::Shared;
 use crate::error::{Error, Result};
-use crate::page_table::{DIRTY, FILLING, UNPROTECTING, WRITEBACK};
+use crate::page_table::{CLEAN, DIRTY, FILLING, UNPROTECTING, WRITEBACK};
 use crate::region::RegionShared;
 use crate::stats::bump;
 
@@ -127,7 +127,8 @@ pub(crate) fn protect(shared: &Shared, addr: usize, len: usize, on: bool) -> Res
 /// Writes back every dirty page among `pages` of `region` and leaves them resident, clean
 /// and protected; waits for pages that are in transition (their data may be newer than the
 /// store: a fill for a write, an unprotect, another thread's write-back) and writes them too
-/// if they end up dirty. Returns the first error; runs that fail stay dirty.
+/// if they end up dirty. Then syncs the store. Returns the first error; runs that fail stay
+/// dirty.
 ///
 /// The caller keeps the region mapped (is inside its gate, or has closed it). No lock is held:
 /// pages are owned one by one through the page table, so faults, fills and evictions of other
@@ -137,50 +138,30 @@ pub(crate) fn flush_pages(
     region: &RegionShared,
     pages: Range<usize>,
 ) -> Result<()> {
-    let max_run = (FLUSH_RUN_BYTES / region.page_size).max(1);
-    let mut first_error: Option<Error> = None;
-    let mut record = |result: Result<()>| {
-        if let Err(e) = result {
-            first_error.get_or_insert(e);
-        }
+    let mut flush = Flush {
+        shared,
+        region,
+        max_run: (FLUSH_RUN_BYTES / region.page_size).max(1),
+        run: Vec::new(),
+        first_error: None,
     };
-    let mut run: Vec<usize> = Vec::with_capacity(max_run.min(pages.len()));
     let mut busy = Vec::new();
-    let write_run_now = |run: &mut Vec<usize>, record: &mut dyn FnMut(Result<()>)| {
-        if run.is_empty() {
-            return;
-        }
-        write_back(shared, region, run, |written, result| {
-            if result.is_ok() {
-                for &p in written {
-                    if region.pages.release(p, WRITEBACK, crate::page_table::CLEAN) {
-                        shared.wake(region.page_addr(p), region.page_size);
-                    }
-                }
-            }
-            record(result);
-        });
-        run.clear();
-    };
     for p in pages {
         if region.pages.claim(p, DIRTY, WRITEBACK) {
-            run.push(p);
-            if run.len() == max_run {
-                write_run_now(&mut run, &mut record);
-            }
+            flush.push(p);
             continue;
         }
-        // Classify the page *before* writing the run (which takes time): a page in transition
-        // now may be dirty by the time the write returns, and must not be missed.
+        // Classify the page *before* writing the pending run (which takes time): a page in
+        // transition now may be dirty by the time the write returns, and must not be missed.
         if matches!(
             region.pages.state(p),
             FILLING | UNPROTECTING | WRITEBACK | DIRTY
         ) {
             busy.push(p);
         }
-        write_run_now(&mut run, &mut record);
+        flush.write_run();
     }
-    write_run_now(&mut run, &mut record);
+    flush.write_run();
     for p in busy {
         let mut spins = 0u32;
         loop {
@@ -191,8 +172,8 @@ pub(crate) fn flush_pages(
                 }
                 DIRTY => {
                     if region.pages.claim(p, DIRTY, WRITEBACK) {
-                        run.push(p);
-                        write_run_now(&mut run, &mut record);
+                        flush.push(p);
+                        flush.write_run();
                         break;
                     }
                 }
@@ -201,10 +182,52 @@ pub(crate) fn flush_pages(
         }
     }
     bump(&shared.counters.flushes, 1);
-    if let Some(e) = first_error {
+    if let Some(e) = flush.first_error {
         return Err(e);
     }
     region.store.sync().map_err(Error::Store)
+}
+
+/// A flush in progress: the run of adjacent pages it owns in `WriteBack`, and the first error.
+struct Flush<'a> {
+    shared: &'a Shared,
+    region: &'a RegionShared,
+    max_run: usize,
+    run: Vec<usize>,
+    first_error: Option<Error>,
+}
+
+impl Flush<'_> {
+    /// Adds `page` (owned in `WriteBack`, adjacent to the run) and writes the run when full.
+    fn push(&mut self, page: usize) {
+        debug_assert!(self.run.last().is_none_or(|&last| last + 1 == page));
+        self.run.push(page);
+        if self.run.len() == self.max_run {
+            self.write_run();
+        }
+    }
+
+    /// Writes the run back and leaves its pages `Clean` (or `Dirty`, on error).
+    fn write_run(&mut self) {
+        if self.run.is_empty() {
+            return;
+        }
+        let (shared, region) = (self.shared, self.region);
+        let first_error = &mut self.first_error;
+        write_back(shared, region, &self.run, |written, result| match result {
+            Ok(()) => {
+                for &p in written {
+                    if region.pages.release(p, WRITEBACK, CLEAN) {
+                        shared.wake(region.page_addr(p), region.page_size);
+                    }
+                }
+            }
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        });
+        self.run.clear();
+    }
 }
 
 /// Waiting for another thread's page transition (one store I/O at most): spin, then yield,
