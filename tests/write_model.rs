@@ -173,7 +173,7 @@ fn run(page: usize, salt: u64) {
     }
     let cases: u64 = std::env::var("UMAP_WRITE_CASES")
         .map(|c| c.parse().expect("UMAP_WRITE_CASES must be a number"))
-        .unwrap_or(4);
+        .unwrap_or(6);
     for case in 0..cases {
         run_case(page, salt.wrapping_mul(0x1_0000).wrapping_add(case));
     }
