@@ -1,15 +1,24 @@
-//! Read-path throughput: umap at several page sizes against kernel `mmap` of the same file.
+//! Read and write throughput: umap at several page sizes against kernel `mmap` of the same
+//! file and against `pread`/`pwrite`.
 //!
 //! ```text
 //! cargo bench --bench throughput -- [--quick] [--size BYTES] [--buffer BYTES] [--threads N]
-//!                                   [--fillers N] [--reads N] [--file PATH] [--direct]
+//!                                   [--fillers N] [--reads N] [--writes N] [--file PATH]
+//!                                   [--direct]
 //! ```
 //!
 //! Every run starts cold: the data file is `fdatasync`ed and dropped from the page cache with
 //! `posix_fadvise(POSIX_FADV_DONTNEED)` first. The results form a table of workloads (rows of
 //! [`Workload::ALL`]) by systems ([`systems`]); each (workload, system) pair is one
 //! [`Measurement`], made by [`measure`].
+//!
+//! The write workloads come last and change the data file. Their time includes writing the
+//! changes back to the disk (umap `Region::flush`, `msync(MS_SYNC)`, `fdatasync`). After each
+//! write run, [`check_and_restore`] reads the whole file, checks that it holds exactly what the
+//! run wrote (and the pattern everywhere else) and puts the pattern back, so every run starts
+//! from the same file.
 
+use std::collections::BTreeMap;
 use std::error::Error;
 use std::fs::File;
 use std::io::{self, Write};
@@ -37,6 +46,9 @@ const UMAP_PAGE_SIZES: [usize; 3] = [4 << 10, 64 << 10, 1 << 20];
 const PATTERN_SEED: u64 = 0x756d_6170_2d72_7321;
 /// Seed of the random-read positions (thread `t` uses `RANDOM_SEED + t`).
 const RANDOM_SEED: u64 = 0x5eed_0000_0000_0001;
+/// Seed of the random-write positions (thread `t` uses `WRITE_SEED + t`); rand-write and rmw
+/// use the same positions.
+const WRITE_SEED: u64 = 0x5eed_0000_0000_0f01;
 /// Evictor threads per engine.
 const EVICTORS: usize = 1;
 
@@ -46,14 +58,18 @@ const EVICTORS: usize = 1;
 const USAGE: &str = "\
 usage: cargo bench --bench throughput -- [OPTIONS]
 
-  --quick           small run (128 MiB file, 16 MiB buffer, 20000 random reads)
+  --quick           small run (128 MiB file, 16 MiB buffer, 20000 random reads, 4000 writes)
   --size BYTES      data file size (default 1 GiB; 128 MiB with --quick)
   --buffer BYTES    umap buffer size (default 128 MiB; 16 MiB with --quick)
-  --threads N       reader threads (default 2)
+  --threads N       reader (and writer) threads (default 2)
   --fillers N       umap filler threads (default 2)
   --reads N         random reads in total (default min(size/4096, 200000); 20000 with --quick)
-  --file PATH       read this existing file (read-only) instead of generating one
-  --direct          umap reads the file with O_DIRECT (no second copy in the page cache)
+  --writes N        operations of rand-write and of rmw in total (default as --reads; 4000
+                    with --quick)
+  --file PATH       read this existing file (read-only) instead of generating one; the write
+                    workloads are skipped
+  --direct          umap reads and writes the file with O_DIRECT (no second copy in the page
+                    cache), and so do pread and pwrite
   -h, --help        this text
 
 BYTES takes a suffix K, M, G, KiB, MiB or GiB (all binary: 1K = 1024).";
@@ -69,8 +85,10 @@ struct Options {
     fillers: usize,
     /// Random reads in total; `None` for the default, which depends on the file size.
     reads: Option<usize>,
+    /// Operations of each write workload in total; `None` for the default.
+    writes: Option<usize>,
     file: Option<PathBuf>,
-    /// umap's store reads with O_DIRECT.
+    /// umap's store (and pread/pwrite) use O_DIRECT.
     direct: bool,
 }
 
@@ -86,6 +104,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> 
     let mut threads = None;
     let mut fillers = None;
     let mut reads = None;
+    let mut writes = None;
     let mut file = None;
     let mut direct = false;
 
@@ -116,6 +135,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> 
             "--threads" => threads = Some(parse_count(&value()?, "--threads")?),
             "--fillers" => fillers = Some(parse_count(&value()?, "--fillers")?),
             "--reads" => reads = Some(parse_count(&value()?, "--reads")?),
+            "--writes" => writes = Some(parse_count(&value()?, "--writes")?),
             "--file" => file = Some(PathBuf::from(value()?)),
             _ => return Err(format!("unknown argument `{arg}`")),
         }
@@ -157,6 +177,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> 
         threads,
         fillers: fillers.unwrap_or(2),
         reads,
+        writes,
         file,
         direct,
     }))
@@ -233,41 +254,80 @@ impl SplitMix64 {
 // ---------------------------------------------------------------------------------------------
 // Workloads and systems
 
-/// What the reader threads do.
+/// What the reader (or writer) threads do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Workload {
     /// Each thread reads one contiguous share of the mapping, one `u64` per 4 KiB.
     SeqRead,
     /// Each thread reads one `u64` at each of its random 4 KiB-aligned positions.
     RandRead,
+    /// Each thread writes one `u64` ([`written_value`]) at each of its random 4 KiB-aligned
+    /// positions; no two threads write the same position.
+    RandWrite,
+    /// Read-modify-write: each thread reads the `u64` at each of its random 4 KiB-aligned
+    /// positions and writes it back plus one; no two threads touch the same position.
+    Rmw,
 }
 
 impl Workload {
-    const ALL: [Workload; 2] = [Workload::SeqRead, Workload::RandRead];
+    /// In the order they run: the write workloads last, after the read workloads that check
+    /// the file's pattern (they also restore it after each run, see [`check_and_restore`]).
+    const ALL: [Workload; 4] = [
+        Workload::SeqRead,
+        Workload::RandRead,
+        Workload::RandWrite,
+        Workload::Rmw,
+    ];
 
     fn name(self) -> &'static str {
         match self {
             Workload::SeqRead => "seq-read",
             Workload::RandRead => "rand-read",
+            Workload::RandWrite => "rand-write",
+            Workload::Rmw => "rmw",
         }
     }
+
+    /// Whether the workload changes the data file.
+    fn writes(self) -> bool {
+        matches!(self, Workload::RandWrite | Workload::Rmw)
+    }
+
+    /// One operation of a write workload on the `u64` at byte offset `offset`, which holds
+    /// `old` (read only by [`Workload::Rmw`]): the value to store there.
+    fn new_value(self, offset: usize, old: impl FnOnce() -> u64) -> u64 {
+        match self {
+            Workload::Rmw => old().wrapping_add(1),
+            _ => written_value(offset),
+        }
+    }
+}
+
+/// What rand-write stores at byte offset `offset`: the complement of the pattern, so a write
+/// that is lost shows.
+fn written_value(offset: usize) -> u64 {
+    !pattern((offset / 8) as u64)
 }
 
 /// What serves the mapping.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum System {
-    /// Kernel `mmap(MAP_SHARED, PROT_READ)` of the file, no memory cap.
+    /// Kernel `mmap(MAP_SHARED)` of the file, no memory cap: `PROT_READ` for the read
+    /// workloads, `PROT_READ | PROT_WRITE` for the write workloads.
     Mmap,
-    /// `pread` of the 4 KiB block around each position (O_DIRECT with `--direct`).
+    /// `pread` of the 4 KiB block around each position (O_DIRECT with `--direct`); for the
+    /// write workloads, `pwrite` of each `u64` (of the whole block with `--direct`, read first).
     Pread,
-    /// A umap engine with this page size.
+    /// A umap engine with this page size (a writable region for the write workloads).
     Umap { page_size: usize },
 }
 
 impl System {
-    fn name(self) -> &'static str {
+    /// The system's name in rows of `workload`.
+    fn name(self, workload: Workload) -> &'static str {
         match self {
             System::Mmap => "mmap",
+            System::Pread if workload.writes() => "pwrite",
             System::Pread => "pread",
             System::Umap { .. } => "umap",
         }
@@ -331,7 +391,8 @@ impl Plan {
             .sum()
     }
 
-    fn new(workload: Workload, size: usize, threads: usize, reads: usize) -> Plan {
+    /// `ops`: the operations of a random workload (rand-read, rand-write, rmw) in total.
+    fn new(workload: Workload, size: usize, threads: usize, ops: usize) -> Plan {
         // Positions p * TOUCH with room for a whole u64 (and a whole 4 KiB page) behind them.
         let positions = size / TOUCH;
         match workload {
@@ -351,7 +412,7 @@ impl Plan {
             Workload::RandRead => {
                 let shares = (0..threads)
                     .map(|t| {
-                        let n = reads * (t + 1) / threads - reads * t / threads;
+                        let n = ops * (t + 1) / threads - ops * t / threads;
                         let mut rng = SplitMix64(RANDOM_SEED.wrapping_add(t as u64));
                         Share::Offsets(
                             (0..n)
@@ -363,10 +424,53 @@ impl Plan {
                 Plan {
                     workload,
                     shares,
-                    bytes_touched: (reads * TOUCH) as u64,
+                    bytes_touched: (ops * TOUCH) as u64,
+                }
+            }
+            Workload::RandWrite | Workload::Rmw => {
+                // Thread t takes the positions p with p % threads == t, so no two threads
+                // touch the same u64 and the file's final content does not depend on timing;
+                // the positions still spread over the whole file, as rand-read's do.
+                let shares = (0..threads)
+                    .map(|t| {
+                        let n = ops * (t + 1) / threads - ops * t / threads;
+                        // Positions p < `positions` with p % threads == t.
+                        let own = (positions + threads - 1 - t) / threads;
+                        if own == 0 {
+                            return Share::Offsets(Vec::new());
+                        }
+                        let mut rng = SplitMix64(WRITE_SEED.wrapping_add(t as u64));
+                        Share::Offsets(
+                            (0..n)
+                                .map(|_| (rng.below(own as u64) as usize * threads + t) * TOUCH)
+                                .collect(),
+                        )
+                    })
+                    .collect();
+                Plan {
+                    workload,
+                    shares,
+                    bytes_touched: (ops * TOUCH) as u64,
                 }
             }
         }
+    }
+
+    /// What a write plan must leave behind in a file that held [`pattern`]: the final value of
+    /// every `u64` it wrote, by byte offset, and the wrapping sum of the values it wrote (which
+    /// is the run's checksum).
+    fn expected_writes(&self) -> (BTreeMap<usize, u64>, u64) {
+        let mut file = BTreeMap::new();
+        let mut sum = 0u64;
+        for share in &self.shares {
+            share.for_each_offset(|o| {
+                let old = *file.get(&o).unwrap_or(&pattern((o / 8) as u64));
+                let new = self.workload.new_value(o, || old);
+                file.insert(o, new);
+                sum = sum.wrapping_add(new);
+            });
+        }
+        (file, sum)
     }
 
     /// The checksum a run must produce if the `u64` at byte offset `o` is `value(o)`.
@@ -428,14 +532,110 @@ fn read_share(data: &[u8], share: &Share) -> u64 {
     sum
 }
 
+/// A writable mapping, as the writer threads share it.
+#[derive(Debug, Clone, Copy)]
+struct RawMemory {
+    base: *mut u8,
+    len: usize,
+}
+
+// SAFETY: a `RawMemory` is an address range; it is only dereferenced by `write_share`, which
+// the threads of one `run_write_plan` call on the disjoint positions of their own shares (no
+// two threads access the same bytes), while the mapping outlives the threads (the callers
+// unmap only after `run_write_plan` has joined them).
+unsafe impl Send for RawMemory {}
+// SAFETY: as for `Send`: shared access only touches disjoint `u64`s, one thread each.
+unsafe impl Sync for RawMemory {}
+
+/// Runs the write plan `plan` over `memory` with one thread per share, then `write_back`;
+/// returns the time from the moment all threads are ready to the end of `write_back`, the
+/// time `write_back` took, and the wrapping sum of every `u64` written.
+///
+/// `memory` must be mapped readable and writable for the duration of the call, and nothing
+/// else may access it meanwhile.
+fn run_write_plan(
+    memory: RawMemory,
+    plan: &Plan,
+    write_back: impl FnOnce() -> Result<(), BoxError>,
+) -> Result<(Duration, Duration, u64), BoxError> {
+    if memory.base as usize % std::mem::align_of::<u64>() != 0 {
+        return Err(format!("the mapping at {:p} is not u64-aligned", memory.base).into());
+    }
+    let mut out_of_bounds = None;
+    for share in &plan.shares {
+        share.for_each_offset(|o| {
+            if o.checked_add(8).is_none_or(|end| end > memory.len) {
+                out_of_bounds = Some(o);
+            }
+        });
+    }
+    if let Some(o) = out_of_bounds {
+        return Err(format!("offset {o} is out of the {}-byte mapping", memory.len).into());
+    }
+    let start = Barrier::new(plan.shares.len() + 1);
+    let (t0, sum) = std::thread::scope(|s| {
+        let writers: Vec<_> = plan
+            .shares
+            .iter()
+            .map(|share| {
+                let start = &start;
+                s.spawn(move || {
+                    start.wait();
+                    write_share(memory, plan.workload, share)
+                })
+            })
+            .collect();
+        start.wait();
+        let t0 = Instant::now();
+        let sum = writers
+            .into_iter()
+            .map(|w| w.join().expect("a writer thread panicked"))
+            .fold(0u64, u64::wrapping_add);
+        (t0, sum)
+    });
+    let t1 = Instant::now();
+    write_back()?;
+    Ok((t0.elapsed(), t1.elapsed(), sum))
+}
+
+/// Does one operation of `workload` (a write workload) at each offset of `share`; returns the
+/// wrapping sum of the values written. The offsets were checked against `memory.len` by
+/// `run_write_plan`.
+fn write_share(memory: RawMemory, workload: Workload, share: &Share) -> u64 {
+    let mut sum = 0u64;
+    share.for_each_offset(|offset| {
+        // SAFETY: `run_write_plan` checked that `offset + 8 <= memory.len` for every offset of
+        // the plan, and that `memory.base` is 8-aligned (`offset` is a multiple of TOUCH), so
+        // `word` is an aligned u64 inside the mapping, which stays mapped readable and writable
+        // until the threads are joined. No other thread accesses this u64: the plan gives each
+        // position to one thread. Every bit pattern is a valid u64; the volatile accesses
+        // cannot be elided or merged.
+        let new = unsafe {
+            let word = memory.base.add(offset).cast::<u64>();
+            let new = workload.new_value(offset, || std::ptr::read_volatile(word));
+            std::ptr::write_volatile(word, new);
+            new
+        };
+        sum = sum.wrapping_add(new);
+    });
+    sum
+}
+
 /// One (workload, system) run.
 struct Measurement {
     workload: Workload,
     system: System,
     elapsed: Duration,
     bytes_touched: u64,
-    /// umap: `Stats::read_faults` delta; mmap: minor + major faults of the process.
+    /// umap: `Stats::read_faults` delta (plus `write_faults` and `wp_faults` for the write
+    /// workloads); mmap: minor + major faults of the process; pread/pwrite: system calls.
     faults: u64,
+    /// umap: `Stats::wp_faults` delta (write-protect faults).
+    wp_faults: Option<u64>,
+    /// Write workloads: the part of `elapsed` spent writing back at the end (umap flush,
+    /// msync, fdatasync).
+    write_back: Option<Duration>,
+    /// Read workloads: the wrapping sum of the `u64`s read; write workloads: of those written.
     checksum: u64,
     /// Fraction of the file still in the page cache right after dropping it.
     cached_before: f64,
@@ -453,6 +653,9 @@ impl Measurement {
     fn faults_per_s(&self) -> f64 {
         self.faults as f64 / self.secs()
     }
+    fn wp_faults_per_s(&self) -> Option<f64> {
+        self.wp_faults.map(|n| n as f64 / self.secs())
+    }
 }
 
 /// Everything a run needs besides the workload and the system.
@@ -461,7 +664,7 @@ struct Bench {
     size: usize,
     buffer: usize,
     fillers: usize,
-    /// umap's store reads with O_DIRECT.
+    /// umap's store (and pread/pwrite) use O_DIRECT.
     direct: bool,
     /// How long one run may take before the bench declares a hang.
     run_limit: Duration,
@@ -469,10 +672,13 @@ struct Bench {
 
 /// Runs `plan` against `system`, starting with the file out of the page cache.
 fn measure(bench: &Bench, plan: &Plan, system: System) -> Result<Measurement, BoxError> {
-    match system {
-        System::Mmap => measure_mmap(bench, plan),
-        System::Pread => measure_pread(bench, plan),
-        System::Umap { page_size } => measure_umap(bench, plan, page_size),
+    match (system, plan.workload.writes()) {
+        (System::Mmap, false) => measure_mmap(bench, plan),
+        (System::Mmap, true) => measure_mmap_write(bench, plan),
+        (System::Pread, false) => measure_pread(bench, plan),
+        (System::Pread, true) => measure_pwrite(bench, plan),
+        (System::Umap { page_size }, false) => measure_umap(bench, plan, page_size),
+        (System::Umap { page_size }, true) => measure_umap_write(bench, plan, page_size),
     }
 }
 
@@ -535,6 +741,8 @@ fn measure_pread(bench: &Bench, plan: &Plan) -> Result<Measurement, BoxError> {
         elapsed,
         bytes_touched: plan.bytes_touched,
         faults: plan.touches() as u64,
+        wp_faults: None,
+        write_back: None,
         checksum,
         cached_before,
         stats: None,
@@ -559,6 +767,8 @@ fn measure_mmap(bench: &Bench, plan: &Plan) -> Result<Measurement, BoxError> {
         elapsed,
         bytes_touched: plan.bytes_touched,
         faults: after.saturating_sub(before),
+        wp_faults: None,
+        write_back: None,
         checksum,
         cached_before,
         stats: None,
@@ -607,6 +817,205 @@ fn measure_umap(bench: &Bench, plan: &Plan, page_size: usize) -> Result<Measurem
         elapsed,
         bytes_touched: plan.bytes_touched,
         faults: after.read_faults.saturating_sub(before.read_faults),
+        wp_faults: Some(after.wp_faults.saturating_sub(before.wp_faults)),
+        write_back: None,
+        checksum,
+        cached_before,
+        stats: Some(after),
+    })
+}
+
+/// The write workloads through `pwrite`: for each position, `pwrite` of the new `u64` (rmw
+/// reads the 4 KiB block around it with `pread` first, as the read workloads do). With
+/// `--direct` the descriptor has O_DIRECT, which takes only whole aligned blocks: every
+/// operation reads the block, changes the `u64` and writes the block. `fdatasync` at the end
+/// is timed. Each system call counts as one "fault".
+fn measure_pwrite(bench: &Bench, plan: &Plan) -> Result<Measurement, BoxError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let cached_before = drop_from_page_cache(&bench.path)?;
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true).write(true);
+    if bench.direct {
+        options.custom_flags(libc::O_DIRECT);
+    }
+    let file = options.open(&bench.path)?;
+    let _watchdog = Watchdog::arm(
+        format!("{} on pwrite", plan.workload.name()),
+        bench.run_limit,
+        String::new,
+    );
+    let workload = plan.workload;
+    let start = Barrier::new(plan.shares.len() + 1);
+    let (elapsed, write_back, checksum, calls) = std::thread::scope(|s| {
+        let writers: Vec<_> =
+            plan.shares
+                .iter()
+                .map(|share| {
+                    let (start, file) = (&start, &file);
+                    s.spawn(move || -> io::Result<(u64, u64)> {
+                        // A page-aligned block buffer, as O_DIRECT needs.
+                        let mut raw = vec![0u8; 2 * TOUCH];
+                        let skip = raw.as_ptr().align_offset(TOUCH);
+                        let block = &mut raw[skip..skip + TOUCH];
+                        start.wait();
+                        let (mut sum, mut calls) = (0u64, 0u64);
+                        let mut result = Ok(());
+                        share.for_each_offset(|offset| {
+                            if result.is_ok() {
+                                result = pwrite_op(file, block, workload, offset, bench.direct)
+                                    .map(|(new, n)| {
+                                        sum = sum.wrapping_add(new);
+                                        calls += n;
+                                    });
+                            }
+                        });
+                        result.map(|()| (sum, calls))
+                    })
+                })
+                .collect();
+        start.wait();
+        let t0 = Instant::now();
+        let (mut sum, mut calls) = (0u64, 0u64);
+        for w in writers {
+            let (s, c) = w.join().expect("a writer thread panicked")?;
+            sum = sum.wrapping_add(s);
+            calls += c;
+        }
+        let t1 = Instant::now();
+        file.sync_data()?;
+        Ok::<_, io::Error>((t0.elapsed(), t1.elapsed(), sum, calls))
+    })?;
+    Ok(Measurement {
+        workload: plan.workload,
+        system: System::Pread,
+        elapsed,
+        bytes_touched: plan.bytes_touched,
+        faults: calls,
+        wp_faults: None,
+        write_back: Some(write_back),
+        checksum,
+        cached_before,
+        stats: None,
+    })
+}
+
+/// One operation of the write workload `workload` at byte offset `offset` of `file`, through
+/// the TOUCH-byte, TOUCH-aligned buffer `block`; returns the value written and the number of
+/// system calls made. `whole_block`: read and write the whole 4 KiB block (O_DIRECT).
+fn pwrite_op(
+    file: &File,
+    block: &mut [u8],
+    workload: Workload,
+    offset: usize,
+    whole_block: bool,
+) -> io::Result<(u64, u64)> {
+    use std::os::unix::fs::FileExt;
+    let base = offset - offset % TOUCH;
+    let at = offset - base;
+    let mut calls = 0;
+    if whole_block || workload == Workload::Rmw {
+        file.read_exact_at(block, base as u64)?;
+        calls += 1;
+    }
+    let word = &mut block[at..at + 8];
+    let new = workload.new_value(offset, || {
+        u64::from_ne_bytes(word.try_into().expect("the slice is 8 bytes"))
+    });
+    word.copy_from_slice(&new.to_ne_bytes());
+    if whole_block {
+        file.write_all_at(block, base as u64)?;
+    } else {
+        file.write_all_at(&block[at..at + 8], offset as u64)?;
+    }
+    Ok((new, calls + 1))
+}
+
+/// The write workloads through a shared writable kernel mapping; `msync(MS_SYNC)` of the whole
+/// mapping at the end is timed.
+fn measure_mmap_write(bench: &Bench, plan: &Plan) -> Result<Measurement, BoxError> {
+    let cached_before = drop_from_page_cache(&bench.path)?;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&bench.path)?;
+    let map = FileMap::new_writable(&file, bench.size)?;
+    let _watchdog = Watchdog::arm(
+        format!("{} on mmap", plan.workload.name()),
+        bench.run_limit,
+        String::new,
+    );
+    let before = process_faults()?;
+    let (elapsed, write_back, checksum) = run_write_plan(map.as_raw(), plan, || Ok(map.sync()?))?;
+    let after = process_faults()?;
+    Ok(Measurement {
+        workload: plan.workload,
+        system: System::Mmap,
+        elapsed,
+        bytes_touched: plan.bytes_touched,
+        faults: after.saturating_sub(before),
+        wp_faults: None,
+        write_back: Some(write_back),
+        checksum,
+        cached_before,
+        stats: None,
+    })
+}
+
+/// The write workloads through a writable umap region; `Region::flush` at the end (which
+/// writes back the dirty pages and syncs the store) is timed.
+fn measure_umap_write(
+    bench: &Bench,
+    plan: &Plan,
+    page_size: usize,
+) -> Result<Measurement, BoxError> {
+    let umap = Umap::builder()
+        .buffer_size(bench.buffer)
+        .page_size(page_size)
+        .fillers(bench.fillers)
+        .evictors(EVICTORS)
+        .start()?;
+    let store = FileStore::options()
+        .read_only(false)
+        .direct(bench.direct)
+        .open(&bench.path)?;
+    let region = umap.map(store, MapOptions::new().writable(true))?;
+    if region.len() != bench.size {
+        return Err(format!(
+            "the region is {} bytes, the file {}",
+            region.len(),
+            bench.size
+        )
+        .into());
+    }
+    let memory = RawMemory {
+        base: region.as_mut_ptr(),
+        len: region.len(),
+    };
+    let cached_before = drop_from_page_cache(&bench.path)?;
+    let watched = umap.clone();
+    let watchdog = Watchdog::arm(
+        format!(
+            "{} on umap with {} pages",
+            plan.workload.name(),
+            page_label(page_size)
+        ),
+        bench.run_limit,
+        move || format!("umap stats at the time:\n{}", watched.stats()),
+    );
+    let before = umap.stats();
+    let (elapsed, write_back, checksum) = run_write_plan(memory, plan, || Ok(region.flush()?))?;
+    let after = umap.stats();
+    drop(watchdog);
+    region.unmap()?;
+    let delta = |f: fn(&Stats) -> u64| f(&after).saturating_sub(f(&before));
+    Ok(Measurement {
+        workload: plan.workload,
+        system: System::Umap { page_size },
+        elapsed,
+        bytes_touched: plan.bytes_touched,
+        faults: delta(|s| s.read_faults) + delta(|s| s.write_faults) + delta(|s| s.wp_faults),
+        wp_faults: Some(delta(|s| s.wp_faults)),
+        write_back: Some(write_back),
         checksum,
         cached_before,
         stats: Some(after),
@@ -622,14 +1031,24 @@ fn system_page_size() -> usize {
     usize::try_from(ps).unwrap_or(4096)
 }
 
-/// A read-only shared mapping of a whole file.
+/// A shared mapping of a whole file, read-only unless made by [`FileMap::new_writable`].
 struct FileMap {
     addr: *mut libc::c_void,
     len: usize,
 }
 
 impl FileMap {
+    /// Maps `len` bytes of `file` readable.
     fn new(file: &File, len: usize) -> io::Result<FileMap> {
+        FileMap::with_protection(file, len, libc::PROT_READ)
+    }
+
+    /// Maps `len` bytes of `file` (opened read-write) readable and writable.
+    fn new_writable(file: &File, len: usize) -> io::Result<FileMap> {
+        FileMap::with_protection(file, len, libc::PROT_READ | libc::PROT_WRITE)
+    }
+
+    fn with_protection(file: &File, len: usize, protection: libc::c_int) -> io::Result<FileMap> {
         // SAFETY: a fresh mapping at an address of the kernel's choosing; the arguments are
         // plain values and `file` is an open descriptor for the duration of the call (the
         // mapping keeps its own reference to the file afterwards).
@@ -637,7 +1056,7 @@ impl FileMap {
             libc::mmap(
                 std::ptr::null_mut(),
                 len,
-                libc::PROT_READ,
+                protection,
                 libc::MAP_SHARED,
                 file.as_raw_fd(),
                 0,
@@ -654,6 +1073,26 @@ impl FileMap {
         // prevents. Its bytes come from the file (which the bench created or was given and
         // does not change or truncate while mapped), so they are initialised.
         unsafe { std::slice::from_raw_parts(self.addr.cast::<u8>(), self.len) }
+    }
+
+    /// The mapping as the writer threads use it (meaningful for a writable mapping; valid
+    /// until `self` drops).
+    fn as_raw(&self) -> RawMemory {
+        RawMemory {
+            base: self.addr.cast::<u8>(),
+            len: self.len,
+        }
+    }
+
+    /// Writes the mapping's dirty pages back to the file and waits for them:
+    /// `msync(MS_SYNC)`, which for a shared file mapping is `fdatasync` of the range.
+    fn sync(&self) -> io::Result<()> {
+        // SAFETY: `addr..addr + len` is our mapping (page-aligned, as mmap returned it);
+        // msync only writes its dirty pages back to the file, it changes no memory.
+        if unsafe { libc::msync(self.addr, self.len, libc::MS_SYNC) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
     }
 }
 
@@ -759,23 +1198,104 @@ impl Drop for Watchdog {
 // ---------------------------------------------------------------------------------------------
 // The data file
 
+/// Bytes the data file is written and checked in.
+const CHUNK: usize = 8 << 20;
+
+/// Fills `buf` with the pattern bytes of the file from byte offset `start` (a multiple of 8).
+fn fill_pattern(buf: &mut [u8], start: u64) {
+    let first = start / 8;
+    for (i, word) in buf.chunks_mut(8).enumerate() {
+        let bytes = pattern(first + i as u64).to_ne_bytes();
+        word.copy_from_slice(&bytes[..word.len()]);
+    }
+}
+
 /// Creates `path` holding `size` bytes of [`pattern`] (the `u64` at index `i` is
 /// `pattern(i)`, native-endian), written back to disk.
 fn create_data_file(path: &Path, size: u64) -> io::Result<()> {
-    const CHUNK: usize = 8 << 20;
     let mut file = File::create(path)?;
     let mut buf = vec![0u8; CHUNK];
     let mut written = 0u64;
     while written < size {
         let n = (size - written).min(CHUNK as u64) as usize;
-        let first = written / 8;
-        for (i, word) in buf.chunks_exact_mut(8).enumerate() {
-            word.copy_from_slice(&pattern(first + i as u64).to_ne_bytes());
-        }
+        fill_pattern(&mut buf[..n], written);
         file.write_all(&buf[..n])?;
         written += n as u64;
     }
     file.sync_all()
+}
+
+/// After a write run: reads the whole data file and checks that it holds `expected` (byte
+/// offset -> `u64`) at the positions written and [`pattern`] everywhere else; then writes the
+/// pattern back over every 4 KiB block that differs from it (not synced: the next run's
+/// [`drop_from_page_cache`] does that, untimed). Returns a description of each difference
+/// (at most a few, then a count).
+fn check_and_restore(path: &Path, expected: &BTreeMap<usize, u64>) -> io::Result<Vec<String>> {
+    use std::os::unix::fs::FileExt;
+    const SHOWN: usize = 5;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)?;
+    let size = file.metadata()?.len();
+    let mut found = vec![0u8; CHUNK];
+    let mut pure = vec![0u8; CHUNK];
+    let mut want = vec![0u8; CHUNK];
+    let mut differences = Vec::new();
+    let mut more = 0usize;
+    let mut start = 0u64;
+    while start < size {
+        let n = (size - start).min(CHUNK as u64) as usize;
+        let (found, pure, want) = (&mut found[..n], &mut pure[..n], &mut want[..n]);
+        file.read_exact_at(found, start)?;
+        fill_pattern(pure, start);
+        want.copy_from_slice(pure);
+        let range = start as usize..start as usize + n;
+        for (&offset, &value) in expected.range(range) {
+            let at = offset - start as usize;
+            // Positions are TOUCH-aligned and chunks a multiple of TOUCH: no u64 straddles.
+            if let Some(word) = want.get_mut(at..at + 8) {
+                word.copy_from_slice(&value.to_ne_bytes());
+            }
+        }
+        if found != want {
+            for (i, (f, w)) in found.chunks(8).zip(want.chunks(8)).enumerate() {
+                if f == w {
+                    continue;
+                }
+                if differences.len() == SHOWN {
+                    more += 1;
+                    continue;
+                }
+                let offset = start as usize + i * 8;
+                let word = |b: &[u8]| {
+                    let mut bytes = [0u8; 8];
+                    bytes[..b.len()].copy_from_slice(b);
+                    u64::from_ne_bytes(bytes)
+                };
+                differences.push(format!(
+                    "byte {offset}: found {:#018x}, expected {:#018x}{}",
+                    word(f),
+                    word(w),
+                    if expected.contains_key(&offset) {
+                        " (written)"
+                    } else {
+                        " (not written: the pattern)"
+                    }
+                ));
+            }
+        }
+        for (block, (f, p)) in found.chunks(TOUCH).zip(pure.chunks(TOUCH)).enumerate() {
+            if f != p {
+                file.write_all_at(p, start + (block * TOUCH) as u64)?;
+            }
+        }
+        start += n as u64;
+    }
+    if more > 0 {
+        differences.push(format!("and {more} more differing u64s"));
+    }
+    Ok(differences)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -796,11 +1316,23 @@ fn page_label(bytes: usize) -> String {
 
 /// Prints the results as a table with aligned columns.
 fn print_table(results: &[Measurement]) {
-    const HEADER: [&str; 8] = [
-        "workload", "system", "page", "time s", "MB/s", "faults/s", "vs mmap", "vs pread",
+    const COLUMNS: usize = 10;
+    const HEADER: [&str; COLUMNS] = [
+        "workload",
+        "system",
+        "page",
+        "time s",
+        "flush s",
+        "MB/s",
+        "faults/s",
+        "wp faults/s",
+        "vs mmap",
+        "vs pread",
     ];
     // Text columns align left, numbers right.
-    const LEFT: [bool; 8] = [true, true, false, false, false, false, false, false];
+    const LEFT: [bool; COLUMNS] = [
+        true, true, false, false, false, false, false, false, false, false,
+    ];
     let ratio_to = |m: &Measurement, system: System| {
         results
             .iter()
@@ -809,16 +1341,20 @@ fn print_table(results: &[Measurement]) {
                 format!("{:.2}x", m.mb_per_s() / b.mb_per_s())
             })
     };
-    let rows: Vec<[String; 8]> = results
+    let rows: Vec<[String; COLUMNS]> = results
         .iter()
         .map(|m| {
             [
                 m.workload.name().to_string(),
-                m.system.name().to_string(),
+                m.system.name(m.workload).to_string(),
                 m.system.page(),
                 format!("{:.3}", m.secs()),
+                m.write_back
+                    .map_or("-".into(), |t| format!("{:.3}", t.as_secs_f64())),
                 format!("{:.1}", m.mb_per_s()),
                 format!("{:.0}", m.faults_per_s()),
+                m.wp_faults_per_s()
+                    .map_or("-".into(), |n| format!("{n:.0}")),
                 ratio_to(m, System::Mmap),
                 ratio_to(m, System::Pread),
             ]
@@ -830,7 +1366,7 @@ fn print_table(results: &[Measurement]) {
             *w = (*w).max(cell.len());
         }
     }
-    let line = |cells: [&str; 8]| {
+    let line = |cells: [&str; COLUMNS]| {
         let parts: Vec<String> = cells
             .iter()
             .zip(widths)
@@ -925,6 +1461,9 @@ fn run(options: &Options) -> Result<ExitCode, BoxError> {
     } else {
         positions.min(200_000)
     });
+    let writes = options
+        .writes
+        .unwrap_or(if options.quick { 4_000 } else { reads });
 
     // Fail early (and say how) if userfaultfd is unavailable.
     let probe = Umap::builder()
@@ -943,7 +1482,7 @@ fn run(options: &Options) -> Result<ExitCode, BoxError> {
         direct: options.direct,
         run_limit: Duration::from_secs(if options.quick { 120 } else { 900 }),
     };
-    println!("umap read-path throughput");
+    println!("umap throughput: reads and writes");
     println!(
         "  kernel {}, {} CPUs, userfaultfd via {open_method}",
         kernel_release(),
@@ -976,6 +1515,12 @@ fn run(options: &Options) -> Result<ExitCode, BoxError> {
         "  seq-read touches one u64 per 4 KiB ({positions} reads); rand-read {reads} reads at \
          random 4 KiB-aligned positions"
     );
+    if generated {
+        println!(
+            "  rand-write writes one u64 at each of {writes} random 4 KiB-aligned positions; rmw \
+             reads one there, adds 1 and writes it back (same positions; each thread its own)"
+        );
+    }
     println!(
         "  page cache: before every run the file is fdatasync'ed and dropped with \
          posix_fadvise(POSIX_FADV_DONTNEED) (not /proc/sys/vm/drop_caches)"
@@ -984,29 +1529,51 @@ fn run(options: &Options) -> Result<ExitCode, BoxError> {
 
     let mut results: Vec<Measurement> = Vec::new();
     let mut errors: Vec<String> = Vec::new();
-    for workload in Workload::ALL {
-        let plan = Plan::new(workload, size, options.threads, reads);
-        let expected = generated.then(|| plan.expected_checksum(|o| pattern((o / 8) as u64)));
+    // A given file is only read: the write workloads need a generated one.
+    let workloads = Workload::ALL
+        .into_iter()
+        .filter(|w| generated || !w.writes());
+    for workload in workloads {
+        let ops = if workload.writes() { writes } else { reads };
+        let plan = Plan::new(workload, size, options.threads, ops);
+        // The checksum every system must produce and, for the write workloads, what the file
+        // must hold afterwards.
+        let (expected, final_file) = if workload.writes() {
+            let (file, sum) = plan.expected_writes();
+            (Some(sum), Some(file))
+        } else {
+            let sum = generated.then(|| plan.expected_checksum(|o| pattern((o / 8) as u64)));
+            (sum, None)
+        };
         for system in systems() {
-            eprint!(
-                "{:<9} {:<4} {:>7} ... ",
+            let label = format!(
+                "{} on {} {}",
                 workload.name(),
-                system.name(),
+                system.name(workload),
+                system.page()
+            );
+            eprint!(
+                "{:<10} {:<6} {:>7} ... ",
+                workload.name(),
+                system.name(workload),
                 system.page()
             );
             let m = measure(&bench, &plan, system).map_err(|e| {
                 eprintln!("failed");
-                format!(
-                    "{} on {} {}: {e}",
-                    workload.name(),
-                    system.name(),
-                    system.page()
-                )
+                format!("{label}: {e}")
             })?;
             eprintln!(
-                "{:.3} s, {} faults, {:.2}% of the file cached at the start, checksum {:#018x}",
+                "{:.3} s{}, {} faults{}, {:.2}% of the file cached at the start, checksum \
+                 {:#018x}",
                 m.secs(),
+                m.write_back.map_or(String::new(), |t| format!(
+                    " (write-back {:.3} s)",
+                    t.as_secs_f64()
+                )),
                 m.faults,
+                m.wp_faults
+                    .filter(|_| workload.writes())
+                    .map_or(String::new(), |n| format!(" ({n} write-protect)")),
                 m.cached_before * 100.0,
                 m.checksum
             );
@@ -1019,10 +1586,7 @@ fn run(options: &Options) -> Result<ExitCode, BoxError> {
             if let Some(expected) = expected {
                 if m.checksum != expected {
                     errors.push(format!(
-                        "{} on {} {}: checksum {:#018x}, the file's pattern gives {expected:#018x}",
-                        workload.name(),
-                        system.name(),
-                        system.page(),
+                        "{label}: checksum {:#018x}, the file's pattern gives {expected:#018x}",
                         m.checksum
                     ));
                 }
@@ -1033,14 +1597,21 @@ fn run(options: &Options) -> Result<ExitCode, BoxError> {
             if let Some(b) = baseline {
                 if m.checksum != b.checksum {
                     errors.push(format!(
-                        "{} on {} {}: checksum {:#018x}, mmap read {:#018x}",
-                        workload.name(),
-                        system.name(),
-                        system.page(),
+                        "{label}: checksum {:#018x}, mmap {} {:#018x}",
                         m.checksum,
+                        if workload.writes() { "wrote" } else { "read" },
                         b.checksum
                     ));
                 }
+            }
+            if let Some(final_file) = &final_file {
+                let differences = check_and_restore(&path, final_file)
+                    .map_err(|e| format!("{label}: checking the file afterwards: {e}"))?;
+                errors.extend(
+                    differences
+                        .into_iter()
+                        .map(|d| format!("{label}: the file after write-back differs at {d}")),
+                );
             }
             results.push(m);
         }
@@ -1050,9 +1621,22 @@ fn run(options: &Options) -> Result<ExitCode, BoxError> {
     print_table(&results);
     println!();
     println!(
-        "MB/s: 10^6 bytes touched per second (seq-read: the file size; rand-read: reads x \
-         4 KiB). faults/s: umap read-fault events, or the process's minor+major faults for mmap."
+        "MB/s: 10^6 bytes touched per second (seq-read: the file size; rand-read, rand-write, \
+         rmw: operations x 4 KiB). faults/s: umap fault events (read faults; for rand-write \
+         and rmw read + write + write-protect faults), the process's minor+major faults for \
+         mmap, system calls for pread/pwrite. wp faults/s: umap write-protect faults. vs pread: \
+         to the pread row (the pwrite row for rand-write and rmw)."
     );
+    if generated {
+        println!(
+            "rand-write and rmw: the time includes writing everything back to the disk at the \
+             end (\"flush s\"): umap Region::flush (dirty pages to the store, then fdatasync), \
+             mmap msync(MS_SYNC) of the whole mapping, pwrite fdatasync. Afterwards the whole \
+             file is checked against what was written, then restored (untimed)."
+        );
+    } else {
+        println!("rand-write and rmw were skipped: a file given with --file is only read.");
+    }
     if let Some(last) = results.iter().rev().find(|m| m.stats.is_some()) {
         println!();
         println!(
@@ -1068,7 +1652,9 @@ fn run(options: &Options) -> Result<ExitCode, BoxError> {
         Ok(ExitCode::SUCCESS)
     } else {
         eprintln!();
-        eprintln!("!!!!!!!! CHECKSUM MISMATCH: umap read different data than expected !!!!!!!!");
+        eprintln!(
+            "!!!!!!!! DATA MISMATCH: a run read or wrote different data than expected !!!!!!!!"
+        );
         for e in &errors {
             eprintln!("  {e}");
         }
