@@ -22,10 +22,6 @@ use crate::writeback;
 /// Pages taken from the queue per batch.
 pub(crate) const BATCH: usize = 64;
 
-/// How much a filler that finds the buffer full reclaims at once, at most (and at least the
-/// page it needs).
-pub(crate) const RECLAIM_BYTES: usize = 256 << 10;
-
 /// The evictor thread's loop.
 pub(crate) fn run(shared: Arc<Shared>) {
     let mut batch = Vec::with_capacity(BATCH);

@@ -473,18 +473,12 @@ impl Filler<'_> {
                 return false;
             }
             shared.buffer.kick_evictors();
-            // Free what this fill needs (the queue's pages may be smaller than ours), and some
-            // more towards the low-water mark, as the kernel's direct reclaim does: one batch
-            // then serves the next fills too, and adjacent dirty pages are written back in one
-            // store call rather than one page per fault.
-            let target = bytes.max(
-                shared
-                    .buffer
-                    .excess_over_low_water()
-                    .min(evictor::RECLAIM_BYTES),
-            );
+            // Free what this fill needs (the queue's pages may be smaller than ours), no more:
+            // whatever is reclaimed here delays this fault, and the evictors, on another CPU,
+            // free the rest in batches (and write dirty pages back in coalesced runs). Taking
+            // 256 KiB here instead made sequential 4 KiB scans about 1.5x slower.
             let (freed, young) =
-                evictor::evict_batch(shared, target, evictor::BATCH, &mut self.reclaim);
+                evictor::evict_batch(shared, bytes, evictor::BATCH, &mut self.reclaim);
             if freed > 0 {
                 // Try the reservation again.
             } else if let Some(wait) = young {
