@@ -10,8 +10,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use umap::{FileStore, MapOptions, Umap};
-
 const KIB: usize = 1024;
 const MIB: usize = 1024 * KIB;
 
@@ -65,19 +63,7 @@ fn durability_child() {
     let Some(path) = std::env::var_os(CHILD_ENV) else {
         return;
     };
-    let umap = Umap::builder()
-        .buffer_size(BUFFER)
-        .page_size(PAGE)
-        .fillers(2)
-        .evictors(1)
-        .start()
-        .unwrap_or_else(|e| panic!("the engine needs userfaultfd: {e}"));
-    let mut region = umap
-        .map(
-            FileStore::open(&path).unwrap(),
-            MapOptions::new().page_size(PAGE).writable(true),
-        )
-        .unwrap();
+    let (umap, mut region) = common::map_file_writable(path.as_ref(), BUFFER, PAGE, 2, 1);
     let data = region
         .as_mut_slice()
         .expect("a writable region has a mutable slice");
@@ -319,19 +305,7 @@ fn flush_includes_pages_filled_for_a_write_just_before() {
     let path = common::pattern_file(dir.path(), "data", INITIAL_SEED, LEN as u64);
     let reader = std::fs::File::open(&path).unwrap();
     // A buffer of an eighth of the file: pages come back absent on every pass.
-    let umap = Umap::builder()
-        .buffer_size(MIB)
-        .page_size(PAGE)
-        .fillers(2)
-        .evictors(1)
-        .start()
-        .unwrap_or_else(|e| panic!("the engine needs userfaultfd: {e}"));
-    let mut region = umap
-        .map(
-            FileStore::open(&path).unwrap(),
-            MapOptions::new().page_size(PAGE).writable(true),
-        )
-        .unwrap();
+    let (umap, mut region) = common::map_file_writable(&path, MIB, PAGE, 2, 1);
     let pairs = LEN / (2 * PAGE);
     let mut missed = Vec::new();
     for round in 0..ROUNDS {

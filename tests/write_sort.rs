@@ -12,7 +12,6 @@ use std::io::Write;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use common::Rng;
-use umap::{FileStore, MapOptions, Umap};
 
 const KIB: usize = 1024;
 const MIB: usize = 1024 * KIB;
@@ -128,19 +127,7 @@ fn parallel_sort_of_a_file_four_times_the_buffer() {
         f.into_inner().unwrap().sync_all().unwrap();
     }
 
-    let umap = Umap::builder()
-        .buffer_size(BUFFER)
-        .page_size(PAGE)
-        .fillers(FILLERS)
-        .evictors(EVICTORS)
-        .start()
-        .unwrap_or_else(|e| panic!("the engine needs userfaultfd: {e}"));
-    let mut region = umap
-        .map(
-            FileStore::open(&path).unwrap(),
-            MapOptions::new().page_size(PAGE).writable(true),
-        )
-        .unwrap();
+    let (umap, mut region) = common::map_file_writable(&path, BUFFER, PAGE, FILLERS, EVICTORS);
     assert_eq!(region.len(), WORDS * 8);
 
     let bytes = region

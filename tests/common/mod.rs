@@ -167,3 +167,28 @@ pub fn fds_and_threads() -> (usize, usize) {
     let threads = std::fs::read_dir("/proc/self/task").unwrap().count();
     (fds, threads)
 }
+
+/// An engine with `buffer` bytes of `page`-byte pages and the given thread counts, and the
+/// file at `path` mapped writable through it.
+pub fn map_file_writable(
+    path: &Path,
+    buffer: usize,
+    page: usize,
+    fillers: usize,
+    evictors: usize,
+) -> (umap::Umap, umap::Region) {
+    let umap = umap::Umap::builder()
+        .buffer_size(buffer)
+        .page_size(page)
+        .fillers(fillers)
+        .evictors(evictors)
+        .start()
+        .unwrap_or_else(|e| panic!("the engine needs userfaultfd: {e}"));
+    let region = umap
+        .map(
+            umap::FileStore::open(path).unwrap(),
+            umap::MapOptions::new().page_size(page).writable(true),
+        )
+        .unwrap();
+    (umap, region)
+}

@@ -20,6 +20,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::backoff::Backoff;
 use crate::buffer::PageRef;
 use crate::engine::Shared;
 use crate::evictor;
@@ -458,6 +459,7 @@ impl Filler<'_> {
     fn reserve(&mut self, region: &RegionShared, bytes: usize) -> bool {
         let shared = self.shared;
         let mut tries = 0u32;
+        let mut backoff = Backoff::new();
         loop {
             if let Some(crossed_high) = shared.buffer.try_reserve(bytes) {
                 if crossed_high {
@@ -487,13 +489,7 @@ impl Filler<'_> {
                 std::thread::sleep(wait);
             } else {
                 // All resident pages are in transition: their owners finish soon.
-                if tries < 16 {
-                    std::hint::spin_loop();
-                } else if tries < 64 {
-                    std::thread::yield_now();
-                } else {
-                    std::thread::sleep(Duration::from_micros(50));
-                }
+                backoff.wait();
             }
             tries = tries.saturating_add(1);
         }

@@ -7,7 +7,8 @@
 //! the fault path never contends on a lock.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+
+use crate::backoff::Backoff;
 
 const CLOSED: usize = 1 << (usize::BITS - 1);
 
@@ -44,17 +45,10 @@ impl Gate {
     /// Closes the gate and waits until every thread inside has left.
     pub(crate) fn close(&self) {
         self.state.fetch_or(CLOSED, Ordering::SeqCst);
-        let mut spins = 0u32;
+        let mut backoff = Backoff::new();
         while self.state.load(Ordering::SeqCst) & !CLOSED != 0 {
-            // Those inside finish one store I/O at most; back off from spinning to sleeping.
-            if spins < 64 {
-                std::hint::spin_loop();
-            } else if spins < 128 {
-                std::thread::yield_now();
-            } else {
-                std::thread::sleep(Duration::from_micros(100));
-            }
-            spins = spins.saturating_add(1);
+            // Those inside finish one store I/O at most.
+            backoff.wait();
         }
     }
 }
@@ -71,6 +65,7 @@ mod tests {
     use super::*;
     use std::sync::atomic::AtomicBool;
     use std::sync::Arc;
+    use std::time::Duration;
 
     #[test]
     fn close_waits_for_those_inside_and_refuses_newcomers() {

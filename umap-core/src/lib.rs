@@ -17,6 +17,7 @@
 
 #![warn(missing_docs)]
 
+mod backoff;
 mod buffer;
 mod config;
 mod engine;

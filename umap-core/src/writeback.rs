@@ -14,6 +14,7 @@
 use std::ops::Range;
 use std::time::Duration;
 
+use crate::backoff::Backoff;
 use crate::engine::Shared;
 use crate::error::{Error, Result};
 use crate::page_table::{CLEAN, DIRTY, FILLING, UNPROTECTING, WRITEBACK};
@@ -163,13 +164,10 @@ pub(crate) fn flush_pages(
     }
     flush.write_run();
     for p in busy {
-        let mut spins = 0u32;
+        let mut backoff = Backoff::new();
         loop {
             match region.pages.state(p) {
-                FILLING | UNPROTECTING | WRITEBACK => {
-                    backoff(spins);
-                    spins = spins.saturating_add(1);
-                }
+                FILLING | UNPROTECTING | WRITEBACK => backoff.wait(),
                 DIRTY => {
                     if region.pages.claim(p, DIRTY, WRITEBACK) {
                         flush.push(p);
@@ -227,17 +225,5 @@ impl Flush<'_> {
             }
         });
         self.run.clear();
-    }
-}
-
-/// Waiting for another thread's page transition (one store I/O at most): spin, then yield,
-/// then sleep.
-fn backoff(spins: u32) {
-    if spins < 64 {
-        std::hint::spin_loop();
-    } else if spins < 128 {
-        std::thread::yield_now();
-    } else {
-        std::thread::sleep(Duration::from_micros(50));
     }
 }
