@@ -776,36 +776,9 @@ fn measure_mmap(bench: &Bench, plan: &Plan) -> Result<Measurement, BoxError> {
 }
 
 fn measure_umap(bench: &Bench, plan: &Plan, page_size: usize) -> Result<Measurement, BoxError> {
-    let umap = Umap::builder()
-        .buffer_size(bench.buffer)
-        .page_size(page_size)
-        .fillers(bench.fillers)
-        .evictors(EVICTORS)
-        .start()?;
-    let store = FileStore::options()
-        .read_only(true)
-        .direct(bench.direct)
-        .open(&bench.path)?;
-    let region = umap.map(store, MapOptions::new())?;
-    if region.len() != bench.size {
-        return Err(format!(
-            "the region is {} bytes, the file {}",
-            region.len(),
-            bench.size
-        )
-        .into());
-    }
+    let (umap, region) = map_bench_file(bench, page_size, false)?;
     let cached_before = drop_from_page_cache(&bench.path)?;
-    let watched = umap.clone();
-    let watchdog = Watchdog::arm(
-        format!(
-            "{} on umap with {} pages",
-            plan.workload.name(),
-            page_label(page_size)
-        ),
-        bench.run_limit,
-        move || format!("umap stats at the time:\n{}", watched.stats()),
-    );
+    let watchdog = umap_watchdog(bench, plan, &umap, page_size);
     let before = umap.stats();
     let (elapsed, checksum) = run_plan(region.as_slice(), plan);
     let after = umap.stats();
@@ -961,13 +934,13 @@ fn measure_mmap_write(bench: &Bench, plan: &Plan) -> Result<Measurement, BoxErro
     })
 }
 
-/// The write workloads through a writable umap region; `Region::flush` at the end (which
-/// writes back the dirty pages and syncs the store) is timed.
-fn measure_umap_write(
+/// An engine configured for the bench, and the data file mapped through it (`writable` for
+/// the write workloads) with `page_size` pages.
+fn map_bench_file(
     bench: &Bench,
-    plan: &Plan,
     page_size: usize,
-) -> Result<Measurement, BoxError> {
+    writable: bool,
+) -> Result<(Umap, umap::Region), BoxError> {
     let umap = Umap::builder()
         .buffer_size(bench.buffer)
         .page_size(page_size)
@@ -975,10 +948,10 @@ fn measure_umap_write(
         .evictors(EVICTORS)
         .start()?;
     let store = FileStore::options()
-        .read_only(false)
+        .read_only(!writable)
         .direct(bench.direct)
         .open(&bench.path)?;
-    let region = umap.map(store, MapOptions::new().writable(true))?;
+    let region = umap.map(store, MapOptions::new().writable(writable))?;
     if region.len() != bench.size {
         return Err(format!(
             "the region is {} bytes, the file {}",
@@ -987,13 +960,13 @@ fn measure_umap_write(
         )
         .into());
     }
-    let memory = RawMemory {
-        base: region.as_mut_ptr(),
-        len: region.len(),
-    };
-    let cached_before = drop_from_page_cache(&bench.path)?;
+    Ok((umap, region))
+}
+
+/// A watchdog for one umap run, which prints the engine's statistics if it fires.
+fn umap_watchdog(bench: &Bench, plan: &Plan, umap: &Umap, page_size: usize) -> Watchdog {
     let watched = umap.clone();
-    let watchdog = Watchdog::arm(
+    Watchdog::arm(
         format!(
             "{} on umap with {} pages",
             plan.workload.name(),
@@ -1001,7 +974,23 @@ fn measure_umap_write(
         ),
         bench.run_limit,
         move || format!("umap stats at the time:\n{}", watched.stats()),
-    );
+    )
+}
+
+/// The write workloads through a writable umap region; `Region::flush` at the end (which
+/// writes back the dirty pages and syncs the store) is timed.
+fn measure_umap_write(
+    bench: &Bench,
+    plan: &Plan,
+    page_size: usize,
+) -> Result<Measurement, BoxError> {
+    let (umap, region) = map_bench_file(bench, page_size, true)?;
+    let memory = RawMemory {
+        base: region.as_mut_ptr(),
+        len: region.len(),
+    };
+    let cached_before = drop_from_page_cache(&bench.path)?;
+    let watchdog = umap_watchdog(bench, plan, &umap, page_size);
     let before = umap.stats();
     let (elapsed, write_back, checksum) = run_write_plan(memory, plan, || Ok(region.flush()?))?;
     let after = umap.stats();
