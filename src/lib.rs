@@ -29,6 +29,10 @@ pub use umap_store::{FileStore, FileStoreOptions, MemStore, Store, StoreError};
 /// The typed userfaultfd layer, for programs that drive userfaultfd themselves.
 pub use umap_core::uffd;
 
+/// Live snapshots: a point-in-time image of a memory range, written to a store while the
+/// application keeps writing to it.
+pub use umap_core::snapshot;
+
 /// Small system helpers (system page size, `mincore` residency), as used by the engine.
 pub use umap_core::sys;
 

@@ -10,6 +10,7 @@
 //! Modules, one job each:
 //! - [`uffd`]: the typed userfaultfd layer (the only place that issues its ioctls);
 //! - [`sys`]: mappings, `madvise`, `mincore`, epoll and eventfd;
+//! - [`snapshot`]: live snapshots of any memory range into a store, through write protection;
 //! - `config`, `engine`, `region`: the public API;
 //! - `page_table` (per-page state machine), `gate` (region lifetime), `buffer` (capacity and
 //!   eviction order), `filler`, `evictor`, `writeback` (dirty pages to the store), `stats`:
@@ -27,6 +28,7 @@ mod filler;
 mod gate;
 mod page_table;
 mod region;
+pub mod snapshot;
 mod stats;
 pub mod sys;
 pub mod uffd;
