@@ -75,7 +75,8 @@ impl Memory {
 // SAFETY: the memory is only accessed through atomics.
 unsafe impl Sync for Memory {}
 
-/// A store wrapper that makes writes slow and can fail them after a number of writes.
+/// A store wrapper that makes writes slow (`delay` per page) and can fail them after a number
+/// of writes.
 struct SlowStore {
     inner: MemStore,
     delay: Duration,
@@ -110,7 +111,8 @@ impl Store for SlowStore {
                 source: std::io::Error::from_raw_os_error(libc::EIO),
             });
         }
-        std::thread::sleep(self.delay);
+        // Slow per page written, however the pages are batched.
+        std::thread::sleep(self.delay * buf.len().div_ceil(PS) as u32);
         self.inner.write_at(buf, offset)
     }
     fn sync(&self) -> Result<(), StoreError> {
@@ -303,7 +305,7 @@ fn cancel_midway_leaves_the_memory_writable() {
 fn a_store_failure_ends_the_snapshot_with_the_error_and_the_memory_writable() {
     let mem = Memory::new(4 * MIB, PS, false);
     mem.fill_before();
-    let store = SlowStore::new(Duration::from_micros(100), 100);
+    let store = SlowStore::new(Duration::from_micros(100), 5);
     // SAFETY: `mem` stays mapped until the snapshot has ended (wait below).
     let snap = unsafe { snapshot::start(mem.ptr(), mem.len, store, SnapshotOptions::new()) }
         .expect("snapshot");

@@ -476,9 +476,7 @@ impl Inner {
             }
             self.in_background
                 .fetch_add(claimed.len() as u64, Ordering::Relaxed);
-            for (i, &p) in claimed.iter().enumerate() {
-                self.write_page(p, &staging[i * self.page..(i + 1) * self.page]);
-            }
+            self.write_pages(&claimed, &staging);
         }
     }
 
@@ -497,22 +495,32 @@ impl Inner {
                 return latencies;
             }
         };
-        let mut msgs = vec![UffdMsg::zeroed(); 32];
-        let mut staging = vec![0u8; self.page];
+        const BATCH: usize = 32;
+        let mut msgs = vec![UffdMsg::zeroed(); BATCH];
+        let mut staging = vec![0u8; BATCH * self.page];
+        let mut copied = Vec::with_capacity(BATCH);
         let mut tokens = [0u64; 2];
         loop {
             match self.uffd.read_events(&mut msgs) {
                 Ok(0) => {}
                 Ok(n) => {
+                    // Copy and release every faulting page of the batch first; write the
+                    // copies to the store after, when no writer waits for them.
+                    copied.clear();
                     for msg in &msgs[..n] {
                         let Event::PageFault(pf) = Event::decode(msg) else {
                             continue;
                         };
                         let served = Instant::now();
                         self.faults.fetch_add(1, Ordering::Relaxed);
-                        self.serve_fault(pf.address, &mut staging);
+                        let slot = copied.len();
+                        let out = &mut staging[slot * self.page..(slot + 1) * self.page];
+                        if let Some(p) = self.serve_fault(pf.address, out) {
+                            copied.push(p);
+                        }
                         latencies.push(served.elapsed());
                     }
+                    self.write_pages(&copied, &staging);
                     continue;
                 }
                 Err(e) => {
@@ -531,16 +539,18 @@ impl Inner {
         }
     }
 
-    /// A write-protect fault at `addr`: copy that page first if nobody has, then let the
-    /// writer go.
-    fn serve_fault(&self, addr: usize, staging: &mut [u8]) {
+    /// A write-protect fault at `addr`: copy that page into `out` first if nobody has, then let
+    /// the writer go. Returns the page if this thread copied it (its copy still to be
+    /// written).
+    fn serve_fault(&self, addr: usize, out: &mut [u8]) -> Option<usize> {
         let p = (addr - self.base) / self.page;
         if self.claim(p) {
-            self.copy_page(p, staging);
+            self.copy_page(p, out);
             self.unprotect(p, 1);
             self.on_fault.fetch_add(1, Ordering::Relaxed);
-            self.write_page(p, staging);
-        } else if self.states[p].load(Ordering::Acquire) == DONE {
+            return Some(p);
+        }
+        if self.states[p].load(Ordering::Acquire) == DONE {
             // Stale: the page was unprotected after the fault was queued. The unprotect woke
             // the writer; wake again in case.
             if let Err(e) = self.uffd.wake(self.page_addr(p), self.page) {
@@ -548,6 +558,7 @@ impl Inner {
             }
         }
         // COPYING: its copier lifts the protection, which wakes the writer.
+        None
     }
 
     fn page_addr(&self, p: usize) -> usize {
@@ -598,22 +609,45 @@ impl Inner {
         }
     }
 
-    /// Writes the copy of page `p` to the store (skipping all-zero pages where the store
-    /// already reads zeros, except the last page, which sets the store's length).
-    fn write_page(&self, p: usize, data: &[u8]) {
+    /// Whether page `p`, whose copy is `data`, need not be written: all zeros where the store
+    /// already reads zeros (never the last page, which sets the store's length).
+    fn skippable(&self, p: usize, data: &[u8]) -> bool {
         let offset = self.store_offset + (p * self.page) as u64;
-        let last = p + 1 == self.states.len();
-        if !last && offset >= self.zeros_from && data.iter().all(|&b| b == 0) {
-            self.zero_skipped.fetch_add(1, Ordering::Relaxed);
-        } else if !self.stop.load(Ordering::Acquire) {
-            match self.store.write_at(data, offset) {
-                Ok(()) => {
-                    self.bytes_written
-                        .fetch_add(data.len() as u64, Ordering::Relaxed);
-                }
-                Err(e) => self.fail(e.into()),
+        p + 1 != self.states.len() && offset >= self.zeros_from && data.iter().all(|&b| b == 0)
+    }
+
+    /// Writes the copies of `pages` (page `pages[i]` at `staging[i * page..]`) to the store,
+    /// runs of adjacent pages with one write each, skipping the pages that need none.
+    fn write_pages(&self, pages: &[usize], staging: &[u8]) {
+        let ps = self.page;
+        let copy = |i: usize| &staging[i * ps..(i + 1) * ps];
+        let mut i = 0;
+        while i < pages.len() {
+            if self.skippable(pages[i], copy(i)) {
+                self.zero_skipped.fetch_add(1, Ordering::Relaxed);
+                i += 1;
+                continue;
             }
+            let mut j = i + 1;
+            while j < pages.len()
+                && pages[j] == pages[j - 1] + 1
+                && !self.skippable(pages[j], copy(j))
+            {
+                j += 1;
+            }
+            if !self.stop.load(Ordering::Acquire) {
+                let data = &staging[i * ps..j * ps];
+                let offset = self.store_offset + (pages[i] * ps) as u64;
+                match self.store.write_at(data, offset) {
+                    Ok(()) => {
+                        self.bytes_written
+                            .fetch_add(data.len() as u64, Ordering::Relaxed);
+                    }
+                    Err(e) => self.fail(e.into()),
+                }
+            }
+            i = j;
         }
-        self.unwritten.fetch_sub(1, Ordering::AcqRel);
+        self.unwritten.fetch_sub(pages.len(), Ordering::AcqRel);
     }
 }
