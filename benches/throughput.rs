@@ -18,6 +18,9 @@
 //! run wrote (and the pattern everywhere else) and puts the pattern back, so every run starts
 //! from the same file.
 
+#[path = "../examples/support/cli.rs"]
+mod cli;
+
 use std::collections::BTreeMap;
 use std::error::Error;
 use std::fs::File;
@@ -127,15 +130,17 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> 
             "--quick" => quick = true,
             "--direct" => direct = true,
             "-h" | "--help" => return Ok(Parsed::Help),
-            "--size" => size = Some(parse_size(&value()?).map_err(|e| format!("--size: {e}"))?),
+            "--size" => {
+                size = Some(cli::parse_size(&value()?).map_err(|e| format!("--size: {e}"))?)
+            }
             "--buffer" => {
-                let b = parse_size(&value()?).map_err(|e| format!("--buffer: {e}"))?;
+                let b = cli::parse_size(&value()?).map_err(|e| format!("--buffer: {e}"))?;
                 buffer = Some(usize::try_from(b).map_err(|_| "--buffer: too large".to_string())?);
             }
-            "--threads" => threads = Some(parse_count(&value()?, "--threads")?),
-            "--fillers" => fillers = Some(parse_count(&value()?, "--fillers")?),
-            "--reads" => reads = Some(parse_count(&value()?, "--reads")?),
-            "--writes" => writes = Some(parse_count(&value()?, "--writes")?),
+            "--threads" => threads = Some(cli::parse_count(&value()?, "--threads")?),
+            "--fillers" => fillers = Some(cli::parse_count(&value()?, "--fillers")?),
+            "--reads" => reads = Some(cli::parse_count(&value()?, "--reads")?),
+            "--writes" => writes = Some(cli::parse_count(&value()?, "--writes")?),
             "--file" => file = Some(PathBuf::from(value()?)),
             _ => return Err(format!("unknown argument `{arg}`")),
         }
@@ -181,44 +186,6 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> 
         file,
         direct,
     }))
-}
-
-/// Parses a byte count with an optional binary suffix: `4096`, `64K`, `128MiB`, `1G`.
-fn parse_size(text: &str) -> Result<u64, String> {
-    let digits_end = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (digits, suffix) = text.split_at(digits_end);
-    if digits.is_empty() {
-        return Err(format!(
-            "`{text}` is not a size (try 4096, 64K, 128MiB, 1G)"
-        ));
-    }
-    let unit = match suffix.to_ascii_lowercase().as_str() {
-        "" => 1,
-        "k" | "kib" => KIB,
-        "m" | "mib" => MIB,
-        "g" | "gib" => GIB,
-        _ => {
-            return Err(format!(
-                "`{text}`: unknown suffix `{suffix}` (use K, M, G, KiB, MiB or GiB)"
-            ))
-        }
-    };
-    digits
-        .parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(unit))
-        .ok_or_else(|| format!("`{text}` is too large"))
-}
-
-/// Parses a positive count.
-fn parse_count(text: &str, flag: &str) -> Result<usize, String> {
-    match text.parse::<usize>() {
-        Ok(0) => Err(format!("{flag}: must be at least 1")),
-        Ok(n) => Ok(n),
-        Err(_) => Err(format!("{flag}: `{text}` is not a positive integer")),
-    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -13,6 +13,9 @@
 //! the timed write phase of either: it measures the fault path alone. The flush (write-back
 //! and `fdatasync`, or `msync(MS_SYNC)`) is timed separately.
 
+#[path = "../examples/support/cli.rs"]
+mod cli;
+
 use std::error::Error;
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -39,25 +42,6 @@ struct Options {
     rounds: usize,
 }
 
-fn parse_size(text: &str) -> Result<usize, String> {
-    let t = text.trim();
-    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (n, unit) = t.split_at(digits);
-    let n: usize = n
-        .parse()
-        .map_err(|_| format!("--size: {text:?} is not a size (examples: 4096, 64K, 256M)"))?;
-    let shift = match unit.trim().to_ascii_uppercase().as_str() {
-        "" | "B" => 0,
-        "K" | "KB" | "KIB" => 10,
-        "M" | "MB" | "MIB" => 20,
-        "G" | "GB" | "GIB" => 30,
-        other => return Err(format!("--size: unknown unit {other:?} (use K, M or G)")),
-    };
-    n.checked_shl(shift)
-        .filter(|v| v >> shift == n)
-        .ok_or_else(|| format!("--size: {text} is too large"))
-}
-
 fn parse_args() -> Result<Option<Options>, String> {
     let mut o = Options {
         size: 256 << 20,
@@ -73,21 +57,12 @@ fn parse_args() -> Result<Option<Options>, String> {
                 o.size = 16 << 20;
                 o.rounds = 3;
             }
-            "--size" => o.size = parse_size(&value("--size")?)?,
-            "--threads" => {
-                o.threads = value("--threads")?
-                    .parse()
-                    .ok()
-                    .filter(|&n| n > 0)
-                    .ok_or("--threads: a number of at least 1")?
+            "--size" => {
+                o.size =
+                    cli::parse_size_usize(&value("--size")?).map_err(|e| format!("--size: {e}"))?
             }
-            "--rounds" => {
-                o.rounds = value("--rounds")?
-                    .parse()
-                    .ok()
-                    .filter(|&n| n > 0)
-                    .ok_or("--rounds: a number of at least 1")?
-            }
+            "--threads" => o.threads = cli::parse_count(&value("--threads")?, "--threads")?,
+            "--rounds" => o.rounds = cli::parse_count(&value("--rounds")?, "--rounds")?,
             "-h" | "--help" => return Ok(None),
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
         }

@@ -10,6 +10,9 @@
 //! it sequentially and at random through the mapping, compares checksums with plain reads of
 //! the file, and prints throughput and the pager's statistics. Exits non-zero on a mismatch.
 
+#[path = "support/cli.rs"]
+mod cli;
+
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
@@ -25,28 +28,6 @@ struct Args {
     fillers: Option<usize>,
 }
 
-fn parse_size(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, suffix) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("'{s}' is not a size (e.g. 512M, 2GiB, 64K)"))?;
-    let mult: u64 = match suffix.to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kib" | "kb" => 1 << 10,
-        "m" | "mib" | "mb" => 1 << 20,
-        "g" | "gib" | "gb" => 1 << 30,
-        other => {
-            return Err(format!(
-                "unknown size suffix '{other}' in '{s}' (use K, M or G)"
-            ))
-        }
-    };
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("'{s}' is too large"))
-}
-
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
         file: None,
@@ -60,9 +41,17 @@ fn parse_args() -> Result<Args, String> {
         let mut value = || it.next().ok_or(format!("{flag} needs a value"));
         match flag.as_str() {
             "--file" => args.file = Some(PathBuf::from(value()?)),
-            "--size" => args.size = parse_size(&value()?)?,
-            "--buffer" => args.buffer = parse_size(&value()?)? as usize,
-            "--page-size" => args.page_size = parse_size(&value()?)? as usize,
+            "--size" => {
+                args.size = cli::parse_size(&value()?).map_err(|e| format!("--size: {e}"))?
+            }
+            "--buffer" => {
+                args.buffer =
+                    cli::parse_size(&value()?).map_err(|e| format!("--buffer: {e}"))? as usize
+            }
+            "--page-size" => {
+                args.page_size =
+                    cli::parse_size(&value()?).map_err(|e| format!("--page-size: {e}"))? as usize
+            }
             "--fillers" => {
                 let v = value()?;
                 args.fillers = Some(

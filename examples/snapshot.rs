@@ -16,6 +16,9 @@
 //! the table is copied aside; that pause is bookkeeping for the check, not part of the
 //! snapshot (which needs none).
 
+#[path = "support/cli.rs"]
+mod cli;
+
 use std::error::Error;
 use std::fs::File;
 use std::process::ExitCode;
@@ -43,32 +46,6 @@ struct Options {
     file: Option<std::path::PathBuf>,
 }
 
-fn parse_size(text: &str) -> Result<usize, String> {
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (digits, unit) = t.split_at(split);
-    let n: usize = digits
-        .parse()
-        .map_err(|_| format!("--size: {text:?} is not a size (examples: 64M, 1G)"))?;
-    let shift = match unit.to_ascii_uppercase().as_str() {
-        "" | "B" => 0,
-        "K" | "KB" | "KIB" => 10,
-        "M" | "MB" | "MIB" => 20,
-        "G" | "GB" | "GIB" => 30,
-        other => return Err(format!("--size: unknown unit {other:?} (use K, M or G)")),
-    };
-    n.checked_shl(shift)
-        .filter(|v| v >> shift == n)
-        .ok_or_else(|| format!("--size: {text} is too large"))
-}
-
-fn parse_count(flag: &str, text: &str) -> Result<usize, String> {
-    text.parse()
-        .ok()
-        .filter(|&n| n > 0)
-        .ok_or_else(|| format!("{flag}: {text:?} is not a number of at least 1"))
-}
-
 fn parse_args() -> Result<Option<Options>, String> {
     let mut o = Options {
         size: 512 << 20,
@@ -80,9 +57,12 @@ fn parse_args() -> Result<Option<Options>, String> {
     while let Some(arg) = args.next() {
         let mut value = |flag: &str| args.next().ok_or(format!("{flag} needs a value"));
         match arg.as_str() {
-            "--size" => o.size = parse_size(&value("--size")?)?,
-            "--threads" => o.threads = parse_count("--threads", &value("--threads")?)?,
-            "--copiers" => o.copiers = parse_count("--copiers", &value("--copiers")?)?,
+            "--size" => {
+                o.size =
+                    cli::parse_size_usize(&value("--size")?).map_err(|e| format!("--size: {e}"))?
+            }
+            "--threads" => o.threads = cli::parse_count(&value("--threads")?, "--threads")?,
+            "--copiers" => o.copiers = cli::parse_count(&value("--copiers")?, "--copiers")?,
             "--file" => o.file = Some(value("--file")?.into()),
             "-h" | "--help" => return Ok(None),
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
