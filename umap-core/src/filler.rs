@@ -31,7 +31,6 @@ use crate::region::RegionShared;
 use crate::stats::bump;
 use crate::sys::{self, Epoll, Mapping};
 use crate::uffd::{CopyMode, Event, UffdMsg};
-use crate::writeback;
 
 const TOKEN_UFFD: u64 = 0;
 const TOKEN_STOP: u64 = 1;
@@ -335,7 +334,7 @@ impl Filler<'_> {
         let shared = self.shared;
         let ps = region.page_size;
         let addr = region.page_addr(page);
-        let to = match writeback::protect(shared, addr, ps, false) {
+        let to = match shared.uffd.writeprotect_retrying(addr, ps, false) {
             Ok(()) => DIRTY,
             Err(e) => {
                 // Still protected: leave it as it was; the writer is woken and faults again.

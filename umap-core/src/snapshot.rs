@@ -589,20 +589,9 @@ impl Inner {
     /// the kernel wakes the writers blocked on them.
     fn unprotect(&self, first: usize, count: usize) {
         let (addr, len) = (self.page_addr(first), count * self.page);
-        let mut tries = 0;
-        loop {
-            match self.uffd.writeprotect(addr, len, false, false) {
-                Err(e) if e.errno() == Some(libc::EAGAIN) && tries < 1000 => {
-                    tries += 1;
-                    std::thread::yield_now();
-                }
-                Err(e) => {
-                    // The range is unprotected as a whole when the snapshot ends.
-                    self.fail(e.into());
-                    break;
-                }
-                Ok(()) => break,
-            }
+        if let Err(e) = self.uffd.writeprotect_retrying(addr, len, false) {
+            // The range is unprotected as a whole when the snapshot ends.
+            self.fail(e.into());
         }
         for p in first..first + count {
             self.states[p].store(DONE, Ordering::Release);

@@ -62,7 +62,7 @@ fn write_run(shared: &Shared, region: &RegionShared, run: &[usize]) -> Result<()
     let (first, last) = (run[0], run[run.len() - 1]);
     let addr = region.page_addr(first);
     let span = (last + 1 - first) * region.page_size;
-    protect(shared, addr, span, true)?;
+    shared.uffd.writeprotect_retrying(addr, span, true)?;
     // Bytes past the region's length are the zero tail of the last page: never written.
     let data_len = (last - first) * region.page_size + region.page_data_len(last);
     // SAFETY: the run's pages are resident (owned in WriteBack, so nobody drops them), lie in
@@ -99,28 +99,13 @@ fn write_run(shared: &Shared, region: &RegionShared, run: &[usize]) -> Result<()
 fn restore_dirty(shared: &Shared, region: &RegionShared, run: &[usize]) {
     let addr = region.page_addr(run[0]);
     let span = run.len() * region.page_size;
-    if let Err(e) = protect(shared, addr, span, false) {
+    if let Err(e) = shared.uffd.writeprotect_retrying(addr, span, false) {
         // The pages stay protected: a writer faults, and the filler unprotects them then.
         log::error!("cannot unprotect {span} bytes at {addr:#x} after a failed write-back: {e}");
     }
     for &p in run {
         if region.pages.release(p, WRITEBACK, DIRTY) {
             shared.wake(region.page_addr(p), region.page_size);
-        }
-    }
-}
-
-/// Write-protects (or unprotects, waking the writers waiting on the range) `[addr, addr+len)`,
-/// retrying while the address space is changing (`EAGAIN`).
-pub(crate) fn protect(shared: &Shared, addr: usize, len: usize, on: bool) -> Result<()> {
-    let mut tries = 0;
-    loop {
-        match shared.uffd.writeprotect(addr, len, on, false) {
-            Err(e) if e.errno() == Some(libc::EAGAIN) && tries < 1000 => {
-                tries += 1;
-                std::thread::yield_now();
-            }
-            other => return other.map_err(Error::from),
         }
     }
 }

@@ -527,6 +527,27 @@ impl Uffd {
         )
     }
 
+    /// As [`Uffd::writeprotect`] (waking the writers on unprotect), retrying while the kernel
+    /// reports the address space changing under it (`EAGAIN`, from a concurrent `mmap`,
+    /// `munmap` or fork), up to 1000 times.
+    pub fn writeprotect_retrying(
+        &self,
+        addr: usize,
+        len: usize,
+        protect: bool,
+    ) -> Result<(), UffdError> {
+        let mut tries = 0;
+        loop {
+            match self.writeprotect(addr, len, protect, false) {
+                Err(e) if e.errno() == Some(libc::EAGAIN) && tries < 1000 => {
+                    tries += 1;
+                    std::thread::yield_now();
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// Marks the missing pages `[addr, addr + len)` poisoned: accesses raise `SIGBUS` until
     /// the pages are dropped (`MADV_DONTNEED`).
     ///
