@@ -42,6 +42,8 @@ struct CountingStore {
     inner: MemStore,
     writes: AtomicUsize,
     delay: Duration,
+    /// While set, every write fails with EIO.
+    failing: std::sync::atomic::AtomicBool,
 }
 
 impl CountingStore {
@@ -50,6 +52,7 @@ impl CountingStore {
             inner,
             writes: AtomicUsize::new(0),
             delay,
+            failing: std::sync::atomic::AtomicBool::new(false),
         }
     }
 }
@@ -63,6 +66,14 @@ impl Store for CountingStore {
     }
     fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), StoreError> {
         self.writes.fetch_add(1, Ordering::Relaxed);
+        if self.failing.load(Ordering::Relaxed) {
+            return Err(StoreError::Io {
+                op: "write",
+                offset,
+                len: buf.len(),
+                source: std::io::Error::from_raw_os_error(libc::EIO),
+            });
+        }
         if !self.delay.is_zero() {
             std::thread::sleep(self.delay);
         }
@@ -150,6 +161,47 @@ fn first_writes_are_tracked_and_flush_keeps_pages_resident_and_clean() {
     assert_eq!(umap.stats().pages_written, flushed.pages_written + 1);
     assert_eq!(store.to_vec()[3 * PS], 0xCD);
     region.unmap().unwrap();
+}
+
+#[test]
+fn a_failed_write_back_keeps_pages_dirty_writable_and_retried() {
+    let umap = engine(1 << 20, 1);
+    let store = Arc::new(CountingStore::new(MemStore::new(16 * PS), Duration::ZERO));
+    let mut region = umap.map_shared(store.clone(), writable()).unwrap();
+    region.as_mut_slice().unwrap()[..4 * PS].fill(5);
+    settles_to("dirty bytes", 4 * PS, || region.dirty_bytes());
+
+    store.failing.store(true, Ordering::Relaxed);
+    let err = region.flush().unwrap_err();
+    assert!(matches!(err, Error::Store(_)), "{err}");
+    assert!(err.to_string().contains("write"), "{err}");
+    assert_eq!(umap.stats().write_errors, 1, "one run, one failed write");
+    assert_eq!(
+        region.dirty_bytes(),
+        4 * PS,
+        "nothing was dropped or cleaned"
+    );
+    // Still writable without a fault: the protection taken for the write-back was lifted.
+    let wp_before = umap.stats().wp_faults;
+    region.as_mut_slice().unwrap()[PS] = 6;
+    assert_eq!(umap.stats().wp_faults, wp_before);
+
+    // The store recovers: the next flush writes everything, the newest bytes included.
+    store.failing.store(false, Ordering::Relaxed);
+    region.flush().unwrap();
+    assert_eq!(region.dirty_bytes(), 0);
+    let bytes = store.inner.to_vec();
+    assert_eq!(bytes[PS], 6);
+    assert!(bytes[..4 * PS]
+        .iter()
+        .enumerate()
+        .all(|(i, &b)| b == if i == PS { 6 } else { 5 }));
+
+    // unmap reports a write-back error too.
+    region.as_mut_slice().unwrap()[0] = 7;
+    store.failing.store(true, Ordering::Relaxed);
+    let err = region.unmap().unwrap_err();
+    assert!(matches!(err, Error::Store(_)), "{err}");
 }
 
 #[test]
