@@ -51,5 +51,7 @@ mod tests {
         check::<crate::Config>();
         check::<crate::Stats>();
         check::<crate::Error>();
+        check::<crate::snapshot::Snapshot>();
+        check::<crate::snapshot::SnapshotStats>();
     }
 }
