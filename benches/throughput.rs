@@ -20,6 +20,8 @@
 
 #[path = "../examples/support/cli.rs"]
 mod cli;
+#[path = "support/faults.rs"]
+mod faults;
 
 use std::collections::BTreeMap;
 use std::error::Error;
@@ -302,7 +304,7 @@ impl System {
 
     fn page(self) -> String {
         match self {
-            System::Mmap => page_label(system_page_size()),
+            System::Mmap => page_label(umap::sys::page_size()),
             System::Pread => page_label(TOUCH),
             System::Umap { page_size } => page_label(page_size),
         }
@@ -376,50 +378,25 @@ impl Plan {
                     bytes_touched: size as u64,
                 }
             }
-            Workload::RandRead => {
-                let shares = (0..threads)
-                    .map(|t| {
-                        let n = ops * (t + 1) / threads - ops * t / threads;
-                        let mut rng = SplitMix64(RANDOM_SEED.wrapping_add(t as u64));
-                        Share::Offsets(
-                            (0..n)
-                                .map(|_| rng.below(positions as u64) as usize * TOUCH)
-                                .collect(),
-                        )
-                    })
-                    .collect();
-                Plan {
-                    workload,
-                    shares,
-                    bytes_touched: (ops * TOUCH) as u64,
-                }
-            }
-            Workload::RandWrite | Workload::Rmw => {
+            Workload::RandRead => Plan {
+                workload,
+                shares: random_shares(threads, ops, RANDOM_SEED, |rng, _| {
+                    Some(rng.below(positions as u64) as usize)
+                }),
+                bytes_touched: (ops * TOUCH) as u64,
+            },
+            Workload::RandWrite | Workload::Rmw => Plan {
+                workload,
                 // Thread t takes the positions p with p % threads == t, so no two threads
                 // touch the same u64 and the file's final content does not depend on timing;
                 // the positions still spread over the whole file, as rand-read's do.
-                let shares = (0..threads)
-                    .map(|t| {
-                        let n = ops * (t + 1) / threads - ops * t / threads;
-                        // Positions p < `positions` with p % threads == t.
-                        let own = (positions + threads - 1 - t) / threads;
-                        if own == 0 {
-                            return Share::Offsets(Vec::new());
-                        }
-                        let mut rng = SplitMix64(WRITE_SEED.wrapping_add(t as u64));
-                        Share::Offsets(
-                            (0..n)
-                                .map(|_| (rng.below(own as u64) as usize * threads + t) * TOUCH)
-                                .collect(),
-                        )
-                    })
-                    .collect();
-                Plan {
-                    workload,
-                    shares,
-                    bytes_touched: (ops * TOUCH) as u64,
-                }
-            }
+                shares: random_shares(threads, ops, WRITE_SEED, |rng, t| {
+                    // Positions p < `positions` with p % threads == t.
+                    let own = (positions + threads - 1 - t) / threads;
+                    (own > 0).then(|| rng.below(own as u64) as usize * threads + t)
+                }),
+                bytes_touched: (ops * TOUCH) as u64,
+            },
         }
     }
 
@@ -452,6 +429,28 @@ impl Plan {
 
 // ---------------------------------------------------------------------------------------------
 // Running
+
+/// Splits `ops` random operations between `threads` shares: thread `t` draws its positions
+/// (4 KiB-aligned, by index) with `pick(rng, t)` from a generator seeded `seed + t`; `None`
+/// means the thread has no position to draw from.
+fn random_shares(
+    threads: usize,
+    ops: usize,
+    seed: u64,
+    pick: impl Fn(&mut SplitMix64, usize) -> Option<usize>,
+) -> Vec<Share> {
+    (0..threads)
+        .map(|t| {
+            let n = ops * (t + 1) / threads - ops * t / threads;
+            let mut rng = SplitMix64(seed.wrapping_add(t as u64));
+            Share::Offsets(
+                (0..n)
+                    .map_while(|_| pick(&mut rng, t).map(|p| p * TOUCH))
+                    .collect(),
+            )
+        })
+        .collect()
+}
 
 /// Runs `plan` over `data` with one thread per share; returns the time from the moment all
 /// threads are ready to the moment the last finishes, and the wrapping sum of every `u64` read.
@@ -725,9 +724,9 @@ fn measure_mmap(bench: &Bench, plan: &Plan) -> Result<Measurement, BoxError> {
         bench.run_limit,
         String::new,
     );
-    let before = process_faults()?;
+    let before = faults::process_faults()?;
     let (elapsed, checksum) = run_plan(map.as_slice(), plan);
-    let after = process_faults()?;
+    let after = faults::process_faults()?;
     Ok(Measurement {
         workload: plan.workload,
         system: System::Mmap,
@@ -884,9 +883,9 @@ fn measure_mmap_write(bench: &Bench, plan: &Plan) -> Result<Measurement, BoxErro
         bench.run_limit,
         String::new,
     );
-    let before = process_faults()?;
+    let before = faults::process_faults()?;
     let (elapsed, write_back, checksum) = run_write_plan(map.as_raw(), plan, || Ok(map.sync()?))?;
-    let after = process_faults()?;
+    let after = faults::process_faults()?;
     Ok(Measurement {
         workload: plan.workload,
         system: System::Mmap,
@@ -980,12 +979,6 @@ fn measure_umap_write(
 
 // ---------------------------------------------------------------------------------------------
 // The operating system
-
-fn system_page_size() -> usize {
-    // SAFETY: sysconf has no preconditions.
-    let ps = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    usize::try_from(ps).unwrap_or(4096)
-}
 
 /// A shared mapping of a whole file, read-only unless made by [`FileMap::new_writable`].
 struct FileMap {
@@ -1082,7 +1075,7 @@ fn cached_fraction(file: &File) -> io::Result<f64> {
         return Ok(0.0);
     }
     let map = FileMap::new(file, len)?;
-    let pages = len.div_ceil(system_page_size());
+    let pages = len.div_ceil(umap::sys::page_size());
     let mut vec = vec![0u8; pages];
     // SAFETY: `map` covers `len` bytes from a page-aligned address; `vec` has one byte per
     // page of that range, as mincore requires. mincore only inspects the page tables and the
@@ -1092,17 +1085,6 @@ fn cached_fraction(file: &File) -> io::Result<f64> {
     }
     let cached = vec.iter().filter(|&&b| b & 1 != 0).count();
     Ok(cached as f64 / pages as f64)
-}
-
-/// Minor plus major page faults of this process so far.
-fn process_faults() -> io::Result<u64> {
-    // SAFETY: an all-zero rusage is a valid value of this plain C struct.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: `usage` is a valid, writable rusage for the kernel to fill.
-    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok((usage.ru_minflt as u64).wrapping_add(usage.ru_majflt as u64))
 }
 
 /// The kernel release, e.g. `6.18.0`.

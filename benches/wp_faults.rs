@@ -15,6 +15,8 @@
 
 #[path = "../examples/support/cli.rs"]
 mod cli;
+#[path = "support/faults.rs"]
+mod faults;
 
 use std::error::Error;
 use std::fs::File;
@@ -195,7 +197,7 @@ fn bench_mmap(path: &std::path::Path, o: &Options) -> Result<Row, BoxError> {
     // Dirty then clean every page, so each page is in the page cache and write-protected.
     write_pages(Base(base), o.size, ps, 1, 0xEE);
     msync()?;
-    let faults_before = minor_faults();
+    let faults_before = faults::process_faults()?;
     let (mut write, mut flush) = (Duration::ZERO, Duration::ZERO);
     for round in 0..o.rounds {
         write += write_pages(Base(base), o.size, ps, o.threads, round as u8 + 1);
@@ -203,7 +205,7 @@ fn bench_mmap(path: &std::path::Path, o: &Options) -> Result<Row, BoxError> {
         msync()?;
         flush += start.elapsed();
     }
-    let faults = minor_faults().saturating_sub(faults_before);
+    let faults = faults::process_faults()?.saturating_sub(faults_before);
     // SAFETY: unmaps the mapping made above; nothing uses it any more.
     unsafe { libc::munmap(addr, o.size) };
     Ok(Row {
@@ -212,15 +214,6 @@ fn bench_mmap(path: &std::path::Path, o: &Options) -> Result<Row, BoxError> {
         write,
         flush,
     })
-}
-
-/// Minor page faults of this process so far.
-fn minor_faults() -> u64 {
-    // SAFETY: getrusage fills the struct it is given.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: `usage` is a valid rusage to fill.
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
-    usage.ru_minflt as u64
 }
 
 fn run(o: &Options) -> Result<(), BoxError> {
@@ -264,7 +257,7 @@ fn run(o: &Options) -> Result<(), BoxError> {
         );
     }
     println!(
-        "faults: umap write-protect faults; for kernel mmap, the process's minor faults during \
+        "faults: umap write-protect faults; for kernel mmap, the process's page faults during \
          the write phases (one per folio, which may span several 4 KiB pages). 4K pages/s: \
          system pages whose first write was tracked, per second of write phase; vs mmap: the \
          same work's time ratio."
