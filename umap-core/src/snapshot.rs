@@ -338,8 +338,10 @@ impl Snapshot {
     pub fn wait(mut self) -> Result<SnapshotStats> {
         for copier in self.copiers.drain(..) {
             if copier.join().is_err() {
-                self.inner
-                    .fail(Error::invalid("copier", "panicked", "internal error"));
+                self.inner.fail(Error::Thread {
+                    name: "umap-snap-copy".into(),
+                    source: std::io::Error::other("the copier thread panicked"),
+                });
             }
         }
         // Pages the fault thread claimed are copied and written promptly.
@@ -543,7 +545,21 @@ impl Inner {
     /// the writer go. Returns the page if this thread copied it (its copy still to be
     /// written).
     fn serve_fault(&self, addr: usize, out: &mut [u8]) -> Option<usize> {
-        let p = (addr - self.base) / self.page;
+        let Some(p) = addr
+            .checked_sub(self.base)
+            .map(|off| off / self.page)
+            .filter(|&p| p < self.states.len())
+        else {
+            // Not in the range (cannot happen for a range registered alone): never leave a
+            // thread blocked.
+            log::error!(
+                "snapshot fault at {addr:#x} outside {:#x}+{}",
+                self.base,
+                self.len
+            );
+            let _ = self.uffd.wake(addr & !(self.page - 1), self.page);
+            return None;
+        };
         if self.claim(p) {
             self.copy_page(p, out);
             self.unprotect(p, 1);
