@@ -5,13 +5,14 @@
 mod common;
 
 use std::os::unix::fs::MetadataExt;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
+use common::TestStore;
 use umap::snapshot::{self, SnapshotOptions};
 use umap::sys::Mapping;
-use umap::{Error, FileStore, MemStore, Store, StoreError};
+use umap::{Error, FileStore, MemStore, Store};
 
 const PS: usize = 4096;
 const MIB: usize = 1 << 20;
@@ -75,54 +76,6 @@ impl Memory {
 // SAFETY: the memory is only accessed through atomics.
 unsafe impl Sync for Memory {}
 
-/// A store wrapper that makes writes slow (`delay` per page) and can fail them after a number
-/// of writes.
-struct SlowStore {
-    inner: MemStore,
-    delay: Duration,
-    fail_after: usize,
-    writes: AtomicUsize,
-}
-
-impl SlowStore {
-    fn new(delay: Duration, fail_after: usize) -> Arc<SlowStore> {
-        Arc::new(SlowStore {
-            inner: MemStore::new(0),
-            delay,
-            fail_after,
-            writes: AtomicUsize::new(0),
-        })
-    }
-}
-
-impl Store for SlowStore {
-    fn len(&self) -> u64 {
-        self.inner.len()
-    }
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), StoreError> {
-        self.inner.read_at(buf, offset)
-    }
-    fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), StoreError> {
-        if self.writes.fetch_add(1, Ordering::Relaxed) >= self.fail_after {
-            return Err(StoreError::Io {
-                op: "write",
-                offset,
-                len: buf.len(),
-                source: std::io::Error::from_raw_os_error(libc::EIO),
-            });
-        }
-        // Slow per page written, however the pages are batched.
-        std::thread::sleep(self.delay * buf.len().div_ceil(PS) as u32);
-        self.inner.write_at(buf, offset)
-    }
-    fn sync(&self) -> Result<(), StoreError> {
-        Ok(())
-    }
-    fn is_read_only(&self) -> bool {
-        false
-    }
-}
-
 /// Runs `writers` threads that write random words of `mem` (with values no word had before)
 /// until `stop`; returns how many writes they made.
 fn run_writers<'s>(
@@ -181,7 +134,7 @@ fn assert_writable(mem: &Memory) {
 
 fn snapshot_under_writers(mem: &Memory, writers: usize) -> snapshot::SnapshotStats {
     mem.fill_before();
-    let store = SlowStore::new(Duration::from_micros(200), usize::MAX);
+    let store = Arc::new(TestStore::new(MemStore::new(0)).slow(Duration::from_micros(200)));
     // SAFETY: `mem` stays mapped until the snapshot has ended (wait below).
     let snap = unsafe {
         snapshot::start(
@@ -284,7 +237,7 @@ fn untouched_pages_are_in_the_image_as_zeros_and_stay_sparse() {
 fn cancel_midway_leaves_the_memory_writable() {
     let mem = Memory::new(4 * MIB, PS, false);
     mem.fill_before();
-    let store = SlowStore::new(Duration::from_millis(2), usize::MAX);
+    let store = Arc::new(TestStore::new(MemStore::new(0)).slow(Duration::from_millis(2)));
     // SAFETY: `mem` stays mapped until the snapshot has ended (cancel below).
     let snap =
         unsafe { snapshot::start(mem.ptr(), mem.len, store.clone(), SnapshotOptions::new()) }
@@ -305,7 +258,11 @@ fn cancel_midway_leaves_the_memory_writable() {
 fn a_store_failure_ends_the_snapshot_with_the_error_and_the_memory_writable() {
     let mem = Memory::new(4 * MIB, PS, false);
     mem.fill_before();
-    let store = SlowStore::new(Duration::from_micros(100), 5);
+    let store = Arc::new(
+        TestStore::new(MemStore::new(0))
+            .slow(Duration::from_micros(100))
+            .failing_from(5),
+    );
     // SAFETY: `mem` stays mapped until the snapshot has ended (wait below).
     let snap = unsafe { snapshot::start(mem.ptr(), mem.len, store, SnapshotOptions::new()) }
         .expect("snapshot");
@@ -333,8 +290,8 @@ fn disjoint_snapshots_run_at_once_and_an_overlapping_one_is_refused() {
     a.fill_before();
     b.fill_before();
     let (sa, sb) = (
-        SlowStore::new(Duration::from_micros(100), usize::MAX),
-        SlowStore::new(Duration::from_micros(100), usize::MAX),
+        Arc::new(TestStore::new(MemStore::new(0)).slow(Duration::from_micros(100))),
+        Arc::new(TestStore::new(MemStore::new(0)).slow(Duration::from_micros(100))),
     );
     // SAFETY: `a` and `b` stay mapped until their snapshots have ended.
     let snap_a = unsafe { snapshot::start(a.ptr(), a.len, sa.clone(), SnapshotOptions::new()) }

@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use umap::{Error, FileStore, MapOptions, MemStore, Store, StoreError, Umap};
+use common::TestStore;
+use umap::Store;
+use umap::{Error, FileStore, MapOptions, MemStore, Umap};
 
 const PS: usize = 4096;
 
@@ -35,56 +37,6 @@ fn settles_to(what: &str, want: usize, value: impl Fn() -> usize) {
 
 fn writable() -> MapOptions {
     MapOptions::new().writable(true)
-}
-
-/// A store that counts its writes, and can make each one slow.
-struct CountingStore {
-    inner: MemStore,
-    writes: AtomicUsize,
-    delay: Duration,
-    /// While set, every write fails with EIO.
-    failing: std::sync::atomic::AtomicBool,
-}
-
-impl CountingStore {
-    fn new(inner: MemStore, delay: Duration) -> CountingStore {
-        CountingStore {
-            inner,
-            writes: AtomicUsize::new(0),
-            delay,
-            failing: std::sync::atomic::AtomicBool::new(false),
-        }
-    }
-}
-
-impl Store for CountingStore {
-    fn len(&self) -> u64 {
-        self.inner.len()
-    }
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), StoreError> {
-        self.inner.read_at(buf, offset)
-    }
-    fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), StoreError> {
-        self.writes.fetch_add(1, Ordering::Relaxed);
-        if self.failing.load(Ordering::Relaxed) {
-            return Err(StoreError::Io {
-                op: "write",
-                offset,
-                len: buf.len(),
-                source: std::io::Error::from_raw_os_error(libc::EIO),
-            });
-        }
-        if !self.delay.is_zero() {
-            std::thread::sleep(self.delay);
-        }
-        self.inner.write_at(buf, offset)
-    }
-    fn sync(&self) -> Result<(), StoreError> {
-        self.inner.sync()
-    }
-    fn is_read_only(&self) -> bool {
-        false
-    }
 }
 
 #[test]
@@ -166,7 +118,7 @@ fn first_writes_are_tracked_and_flush_keeps_pages_resident_and_clean() {
 #[test]
 fn a_failed_write_back_keeps_pages_dirty_writable_and_retried() {
     let umap = engine(1 << 20, 1);
-    let store = Arc::new(CountingStore::new(MemStore::new(16 * PS), Duration::ZERO));
+    let store = Arc::new(TestStore::new(MemStore::new(16 * PS)));
     let mut region = umap.map_shared(store.clone(), writable()).unwrap();
     region.as_mut_slice().unwrap()[..4 * PS].fill(5);
     settles_to("dirty bytes", 4 * PS, || region.dirty_bytes());
@@ -281,7 +233,7 @@ fn umap_flush_flushes_every_region_and_drop_writes_back() {
 #[test]
 fn flush_writes_each_run_of_adjacent_dirty_pages_with_one_store_call() {
     let umap = engine(1 << 20, 1);
-    let store = Arc::new(CountingStore::new(MemStore::new(64 * PS), Duration::ZERO));
+    let store = Arc::new(TestStore::new(MemStore::new(64 * PS)));
     let mut region = umap.map_shared(store.clone(), writable()).unwrap();
     let data = region.as_mut_slice().unwrap();
     data[..32 * PS].fill(1);
@@ -289,14 +241,14 @@ fn flush_writes_each_run_of_adjacent_dirty_pages_with_one_store_call() {
     // still in transition would be written on its own.
     settles_to("dirty bytes", 32 * PS, || region.dirty_bytes());
     region.flush().unwrap();
-    assert_eq!(store.writes.load(Ordering::Relaxed), 1, "32 adjacent pages");
+    assert_eq!(store.writes(), 1, "32 adjacent pages");
     let data = region.as_mut_slice().unwrap();
     data[..8 * PS].fill(2);
     data[16 * PS..24 * PS].fill(3);
     data[40 * PS] = 4;
     settles_to("dirty bytes", 17 * PS, || region.dirty_bytes());
     region.flush().unwrap();
-    assert_eq!(store.writes.load(Ordering::Relaxed), 4, "three more runs");
+    assert_eq!(store.writes(), 4, "three more runs");
     let bytes = store.inner.to_vec();
     assert!(bytes[..8 * PS].iter().all(|&b| b == 2));
     assert!(bytes[8 * PS..16 * PS].iter().all(|&b| b == 1));
@@ -318,7 +270,7 @@ fn eviction_writes_dirty_pages_back_in_coalesced_runs() {
         .watermarks(50, 10)
         .start()
         .expect("userfaultfd engine");
-    let store = Arc::new(CountingStore::new(MemStore::new(512 * PS), Duration::ZERO));
+    let store = Arc::new(TestStore::new(MemStore::new(512 * PS)));
     let mut region = umap.map_shared(store.clone(), writable()).unwrap();
     let monitor = common::ResidentMonitor::start(&umap, &region);
     for (i, chunk) in region.as_mut_slice().unwrap().chunks_mut(PS).enumerate() {
@@ -328,7 +280,7 @@ fn eviction_writes_dirty_pages_back_in_coalesced_runs() {
     assert!(peak <= 64 * PS, "resident peak {peak} above the buffer");
     let evicted = umap.stats();
     assert!(evicted.dirty_evictions >= 400, "{evicted:?}");
-    let writes = store.writes.load(Ordering::Relaxed);
+    let writes = store.writes();
     assert!(
         writes * 2 <= evicted.pages_written as usize,
         "{writes} store writes for {} pages: runs were not coalesced",
@@ -458,10 +410,7 @@ fn writes_racing_a_slow_write_back_are_not_lost() {
         .fillers(2)
         .start()
         .expect("userfaultfd engine");
-    let store = Arc::new(CountingStore::new(
-        MemStore::new(PAGES * PS),
-        Duration::from_millis(2),
-    ));
+    let store = Arc::new(TestStore::new(MemStore::new(PAGES * PS)).slow(Duration::from_millis(2)));
     let region = umap.map_shared(store.clone(), writable()).unwrap();
     let base = Base(region.as_mut_ptr());
     let done = AtomicUsize::new(0);

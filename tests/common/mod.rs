@@ -192,3 +192,72 @@ pub fn map_file_writable(
         .unwrap();
     (umap, region)
 }
+
+/// A memory store for tests whose writes are counted, can be slowed (a delay per 4 KiB page
+/// written, however the pages are batched) and can fail with `EIO` (from a given write on, or
+/// while `failing` is set).
+pub struct TestStore {
+    pub inner: umap::MemStore,
+    pub writes: AtomicUsize,
+    pub failing: AtomicBool,
+    delay_per_page: Duration,
+    fail_from: usize,
+}
+
+impl TestStore {
+    pub fn new(inner: umap::MemStore) -> TestStore {
+        TestStore {
+            inner,
+            writes: AtomicUsize::new(0),
+            failing: AtomicBool::new(false),
+            delay_per_page: Duration::ZERO,
+            fail_from: usize::MAX,
+        }
+    }
+
+    /// Every write sleeps `delay` per 4 KiB page.
+    pub fn slow(mut self, delay: Duration) -> TestStore {
+        self.delay_per_page = delay;
+        self
+    }
+
+    /// Writes fail from the `n`-th on (counting from 0).
+    pub fn failing_from(mut self, n: usize) -> TestStore {
+        self.fail_from = n;
+        self
+    }
+
+    pub fn writes(&self) -> usize {
+        self.writes.load(Ordering::Relaxed)
+    }
+}
+
+impl umap::Store for TestStore {
+    fn len(&self) -> u64 {
+        self.inner.len()
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), umap::StoreError> {
+        self.inner.read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), umap::StoreError> {
+        let n = self.writes.fetch_add(1, Ordering::Relaxed);
+        if n >= self.fail_from || self.failing.load(Ordering::Relaxed) {
+            return Err(umap::StoreError::Io {
+                op: "write",
+                offset,
+                len: buf.len(),
+                source: std::io::Error::from_raw_os_error(libc::EIO),
+            });
+        }
+        if !self.delay_per_page.is_zero() {
+            std::thread::sleep(self.delay_per_page * buf.len().div_ceil(4096) as u32);
+        }
+        self.inner.write_at(buf, offset)
+    }
+    fn sync(&self) -> Result<(), umap::StoreError> {
+        self.inner.sync()
+    }
+    fn is_read_only(&self) -> bool {
+        false
+    }
+}
