@@ -648,17 +648,30 @@ fn measure(bench: &Bench, plan: &Plan, system: System) -> Result<Measurement, Bo
     }
 }
 
-/// Reads the 4 KiB block around every position with `pread` (the I/O a pager does, without
-/// the pager): each call counts as one "fault".
-fn measure_pread(bench: &Bench, plan: &Plan) -> Result<Measurement, BoxError> {
-    use std::os::unix::fs::{FileExt, OpenOptionsExt};
-    let cached_before = drop_from_page_cache(&bench.path)?;
+/// The data file for `pread`/`pwrite`, read-write if `write`, with O_DIRECT under `--direct`.
+fn open_for_io(bench: &Bench, write: bool) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
     let mut options = std::fs::OpenOptions::new();
-    options.read(true);
+    options.read(true).write(write);
     if bench.direct {
         options.custom_flags(libc::O_DIRECT);
     }
-    let file = options.open(&bench.path)?;
+    options.open(&bench.path)
+}
+
+/// A `TOUCH`-byte block of `raw` (at least `2 * TOUCH` bytes) aligned to `TOUCH`, as O_DIRECT
+/// needs.
+fn aligned_block(raw: &mut [u8]) -> &mut [u8] {
+    let skip = raw.as_ptr().align_offset(TOUCH);
+    &mut raw[skip..skip + TOUCH]
+}
+
+/// Reads the 4 KiB block around every position with `pread` (the I/O a pager does, without
+/// the pager): each call counts as one "fault".
+fn measure_pread(bench: &Bench, plan: &Plan) -> Result<Measurement, BoxError> {
+    use std::os::unix::fs::FileExt;
+    let cached_before = drop_from_page_cache(&bench.path)?;
+    let file = open_for_io(bench, false)?;
     let _watchdog = Watchdog::arm(
         format!("{} on pread", plan.workload.name()),
         bench.run_limit,
@@ -672,10 +685,8 @@ fn measure_pread(bench: &Bench, plan: &Plan) -> Result<Measurement, BoxError> {
             .map(|share| {
                 let (start, file) = (&start, &file);
                 s.spawn(move || -> io::Result<u64> {
-                    // A page-aligned block buffer, as O_DIRECT needs.
                     let mut raw = vec![0u8; 2 * TOUCH];
-                    let skip = raw.as_ptr().align_offset(TOUCH);
-                    let block = &mut raw[skip..skip + TOUCH];
+                    let block = aligned_block(&mut raw);
                     start.wait();
                     let mut sum = 0u64;
                     let mut result = Ok(());
@@ -770,14 +781,8 @@ fn measure_umap(bench: &Bench, plan: &Plan, page_size: usize) -> Result<Measurem
 /// operation reads the block, changes the `u64` and writes the block. `fdatasync` at the end
 /// is timed. Each system call counts as one "fault".
 fn measure_pwrite(bench: &Bench, plan: &Plan) -> Result<Measurement, BoxError> {
-    use std::os::unix::fs::OpenOptionsExt;
     let cached_before = drop_from_page_cache(&bench.path)?;
-    let mut options = std::fs::OpenOptions::new();
-    options.read(true).write(true);
-    if bench.direct {
-        options.custom_flags(libc::O_DIRECT);
-    }
-    let file = options.open(&bench.path)?;
+    let file = open_for_io(bench, true)?;
     let _watchdog = Watchdog::arm(
         format!("{} on pwrite", plan.workload.name()),
         bench.run_limit,
@@ -792,10 +797,8 @@ fn measure_pwrite(bench: &Bench, plan: &Plan) -> Result<Measurement, BoxError> {
                 .map(|share| {
                     let (start, file) = (&start, &file);
                     s.spawn(move || -> io::Result<(u64, u64)> {
-                        // A page-aligned block buffer, as O_DIRECT needs.
                         let mut raw = vec![0u8; 2 * TOUCH];
-                        let skip = raw.as_ptr().align_offset(TOUCH);
-                        let block = &mut raw[skip..skip + TOUCH];
+                        let block = aligned_block(&mut raw);
                         start.wait();
                         let (mut sum, mut calls) = (0u64, 0u64);
                         let mut result = Ok(());
