@@ -17,6 +17,7 @@
 //! run: the faulting page is read alone and only it is poisoned if that fails too.
 
 use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,7 +28,7 @@ use crate::evictor;
 use crate::filler::Filler;
 use crate::page_table::{ABSENT, CLEAN, DIRTY, POISONED};
 use crate::region::RegionShared;
-use crate::stats::{bump, bump_both};
+use crate::stats::{bump, bump_both, Counters};
 use crate::sys::{self, Mapping};
 use crate::uffd::CopyMode;
 
@@ -80,8 +81,17 @@ impl Filler<'_> {
             .count();
         // Reserve what fits without reclaiming: halve the run until it does.
         let mut room = wanted;
-        while room > 0 && self.shared.buffer.try_reserve(room * ps).is_none() {
-            room /= 2;
+        while room > 0 {
+            match self.shared.buffer.try_reserve(room * ps) {
+                Some(crossed_high) => {
+                    if crossed_high {
+                        bump(&self.shared.counters.high_water_hits, 1);
+                        self.shared.buffer.kick_evictors();
+                    }
+                    break;
+                }
+                None => room /= 2,
+            }
         }
         let claimed = (start..start + room)
             .take_while(|&p| region.pages.claim_fill(p))
@@ -180,6 +190,10 @@ impl Filler<'_> {
         }
         buf[data_len..bytes].fill(0);
         let src = buf.as_ptr();
+        // Counted before the copy wakes the faulting threads, so that what they read of the
+        // statistics afterwards includes their own fill (taken back if the copy fails).
+        let counts = FillCounts::new(cause, n, data_len);
+        counts.add(shared, region, 1);
         let first_write = matches!(cause, Cause::Fault { write: true });
         let protect = region.writable;
         let installed = if first_write && n > 1 {
@@ -196,6 +210,7 @@ impl Filler<'_> {
         };
         if let Err(e) = installed {
             log::error!("cannot install {n} pages at {addr:#x}: {e}");
+            counts.add(shared, region, -1);
             self.abandon(region, start..start + n);
             return Ok(());
         }
@@ -214,19 +229,6 @@ impl Filler<'_> {
                 page,
                 filled_at,
             }));
-        let counters = (&shared.counters, &region.counters);
-        bump_both(counters.0, counters.1, |c| &c.fills, n as u64);
-        bump_both(counters.0, counters.1, |c| &c.bytes_read, data_len as u64);
-        match cause {
-            Cause::Fault { .. } if n > 1 => bump_both(
-                counters.0,
-                counters.1,
-                |c| &c.read_ahead_pages,
-                n as u64 - 1,
-            ),
-            Cause::Fault { .. } => {}
-            Cause::Prefetch => bump_both(counters.0, counters.1, |c| &c.prefetched_pages, n as u64),
-        }
         Ok(())
     }
 
@@ -367,6 +369,49 @@ impl Filler<'_> {
         // SAFETY: the mapping is private to this thread, readable and writable, and at least
         // `len` bytes long; the returned borrow ties it to `&mut self`.
         Some(unsafe { std::slice::from_raw_parts_mut(map.as_ptr(), len) })
+    }
+}
+
+/// What one run adds to the fill counters.
+struct FillCounts {
+    fills: u64,
+    bytes: u64,
+    read_ahead: u64,
+    prefetched: u64,
+}
+
+impl FillCounts {
+    fn new(cause: Cause, n: usize, data_len: usize) -> FillCounts {
+        let n = n as u64;
+        FillCounts {
+            fills: n,
+            bytes: data_len as u64,
+            read_ahead: if matches!(cause, Cause::Fault { .. }) {
+                n - 1
+            } else {
+                0
+            },
+            prefetched: if cause == Cause::Prefetch { n } else { 0 },
+        }
+    }
+
+    /// Adds the counts (`sign` 1) or takes them back (`sign` -1).
+    fn add(&self, shared: &crate::engine::Shared, region: &RegionShared, sign: i64) {
+        let both = |field: fn(&Counters) -> &AtomicU64, v: u64| {
+            if v > 0 {
+                for c in [&shared.counters, &region.counters] {
+                    if sign > 0 {
+                        field(c).fetch_add(v, Ordering::Relaxed);
+                    } else {
+                        field(c).fetch_sub(v, Ordering::Relaxed);
+                    }
+                }
+            }
+        };
+        both(|c| &c.fills, self.fills);
+        both(|c| &c.bytes_read, self.bytes);
+        both(|c| &c.read_ahead_pages, self.read_ahead);
+        both(|c| &c.prefetched_pages, self.prefetched);
     }
 }
 
