@@ -46,6 +46,8 @@ pub(crate) struct Buffer {
     high: usize,
     low: usize,
     resident: AtomicUsize,
+    /// Bytes of pinned pages (`Region::pin`), resident or being filled.
+    pinned: AtomicUsize,
     queue: Mutex<VecDeque<PageRef>>,
     /// Set while evictors should run; the condvar wakes them.
     evicting: Mutex<bool>,
@@ -63,6 +65,7 @@ impl Buffer {
             high,
             low,
             resident: AtomicUsize::new(0),
+            pinned: AtomicUsize::new(0),
             queue: Mutex::new(VecDeque::new()),
             evicting: Mutex::new(false),
             evict_cv: Condvar::new(),
@@ -105,6 +108,27 @@ impl Buffer {
     pub(crate) fn release(&self, bytes: usize) {
         let prev = self.resident.fetch_sub(bytes, Ordering::AcqRel);
         debug_assert!(prev >= bytes, "released more than was reserved");
+    }
+
+    /// Bytes pinned now.
+    pub(crate) fn pinned(&self) -> usize {
+        self.pinned.load(Ordering::Acquire)
+    }
+
+    /// Counts `bytes` more as pinned if the total stays within `limit`; otherwise returns the
+    /// bytes pinned now.
+    pub(crate) fn try_pin(&self, bytes: usize, limit: usize) -> Result<(), usize> {
+        self.pinned
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |cur| {
+                cur.checked_add(bytes).filter(|&next| next <= limit)
+            })
+            .map(|_| ())
+    }
+
+    /// Gives back `bytes` of pinned pages (unpinned, or their region unmapped).
+    pub(crate) fn unpin(&self, bytes: usize) {
+        let prev = self.pinned.fetch_sub(bytes, Ordering::AcqRel);
+        debug_assert!(prev >= bytes, "unpinned more than was pinned");
     }
 
     /// Queues a newly resident page for eviction.
@@ -236,6 +260,17 @@ mod tests {
         assert_eq!(b.try_reserve(usize::MAX), None, "no overflow");
     }
 
+    #[test]
+    fn pins_stay_within_the_limit() {
+        let b = Buffer::new(100, 90, 70);
+        assert_eq!(b.try_pin(60, 70), Ok(()));
+        assert_eq!(b.try_pin(20, 70), Err(60), "60 + 20 > 70");
+        assert_eq!(b.try_pin(10, 70), Ok(()));
+        assert_eq!(b.try_pin(usize::MAX, usize::MAX), Err(70), "no overflow");
+        b.unpin(70);
+        assert_eq!(b.pinned(), 0);
+    }
+
     fn region(page_size: usize) -> Arc<RegionShared> {
         Arc::new(RegionShared {
             base: 0x1000_0000,
@@ -253,6 +288,7 @@ mod tests {
             max_run: 1,
             patterns: Default::default(),
             streams: Default::default(),
+            pins: Default::default(),
         })
     }
 

@@ -23,7 +23,7 @@ use crate::region::{MapOptions, Region, RegionShared, MAX_RUN_BYTES};
 use crate::stats::{Counters, Stats};
 use crate::sys::{self, EventFd, Mapping};
 use crate::uffd::{Features, RegisterMode, Uffd};
-use crate::{evictor, filler, logger, writeback};
+use crate::{evictor, filler, logger, pin, writeback};
 
 /// What every engine thread shares.
 pub(crate) struct Shared {
@@ -112,7 +112,7 @@ impl Registry {
     }
 
     /// Every region, as of now.
-    fn all(&self) -> Vec<Arc<RegionShared>> {
+    pub(crate) fn all(&self) -> Vec<Arc<RegionShared>> {
         self.regions.read().values().cloned().collect()
     }
 }
@@ -230,6 +230,22 @@ impl Umap {
         evictor::drop_range(&self.handle.shared, region, pages)
     }
 
+    /// Pins `pages` of `region`: see [`Region::pin`].
+    pub(crate) fn pin(&self, region: &Arc<RegionShared>, pages: Range<usize>) -> Result<()> {
+        pin::pin(&self.handle.shared, self, region, pages)
+    }
+
+    /// Unpins `pages` of `region`: see [`Region::unpin`].
+    pub(crate) fn unpin(&self, region: &Arc<RegionShared>, pages: Range<usize>) {
+        pin::unpin(&self.handle.shared, region, pages)
+    }
+
+    /// The state the engine's threads share (for tests that play an engine thread's part).
+    #[cfg(test)]
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.handle.shared
+    }
+
     /// The engine's configuration.
     pub fn config(&self) -> &Config {
         &self.handle.shared.config
@@ -266,14 +282,18 @@ impl Umap {
         if let Some(pages) = options.read_ahead {
             validate_read_ahead(pages)?;
         }
-        if MIN_BUFFER_PAGES * page_size > shared.buffer.capacity() {
+        // Pinned pages (`Region::pin`) are not available to faults.
+        let unpinned = shared.buffer.capacity() - shared.buffer.pinned();
+        if MIN_BUFFER_PAGES * page_size > unpinned {
             return Err(Error::invalid(
                 "page_size",
                 page_size,
                 format!(
-                    "the buffer ({} bytes) must hold at least {MIN_BUFFER_PAGES} such pages: use \
-                     smaller pages or a larger buffer",
-                    shared.buffer.capacity()
+                    "the buffer ({} bytes, {} of them pinned) must hold at least \
+                     {MIN_BUFFER_PAGES} such pages besides the pinned ones: use smaller pages \
+                     or a larger buffer",
+                    shared.buffer.capacity(),
+                    shared.buffer.pinned()
                 ),
             ));
         }
@@ -371,6 +391,7 @@ impl Umap {
             max_run,
             patterns: Default::default(),
             streams: Default::default(),
+            pins: Default::default(),
         });
         shared.registry.insert(region.clone());
         log::debug!("mapped {region:?}");
@@ -427,6 +448,7 @@ impl Umap {
         shared.registry.remove(region.base);
         shared.prefetch.forget_region(region);
         shared.buffer.forget_region(region);
+        shared.buffer.unpin(region.pins.pages() * region.page_size);
         let resident = region.pages.count_resident() * region.page_size;
         shared.buffer.release(resident);
         let (base, len) = (mapping.addr(), mapping.len());

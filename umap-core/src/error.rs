@@ -44,6 +44,20 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// Pinning would leave too little of the buffer for faults (`Region::pin`).
+    #[error(
+        "cannot pin {bytes} more bytes: {pinned} bytes are pinned already and at most {limit} \
+         may be (the buffer's low-water mark, leaving room for two pages of the largest page \
+         size): pin less, unpin, or use a larger buffer"
+    )]
+    PinLimit {
+        /// Bytes the pin would add.
+        bytes: usize,
+        /// Bytes pinned before it.
+        pinned: usize,
+        /// The most that may be pinned.
+        limit: usize,
+    },
 }
 
 impl Error {

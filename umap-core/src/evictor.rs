@@ -22,7 +22,7 @@ use crate::page_table::{
 };
 use crate::region::RegionShared;
 use crate::stats::bump_both;
-use crate::writeback;
+use crate::{pin, writeback};
 
 /// Pages taken from the queue per batch.
 pub(crate) const BATCH: usize = 64;
@@ -92,6 +92,7 @@ pub(crate) fn evict_batch(
                 shared.buffer.push(entry.clone());
             }
         }
+        pin::give_back_pinned(shared, &region, &mut drop_list, &mut dirty);
         if !dirty.is_empty() {
             let mut written = 0;
             writeback::write_back(shared, &region, &dirty, |run, result| match result {
@@ -221,6 +222,7 @@ fn drop_some(
             other => log::error!("page {p} of {region:?} in unknown state {other}"),
         }
     }
+    pin::give_back_pinned(shared, region, &mut drop_list, &mut dirty);
     if !dirty.is_empty() {
         writeback::write_back(shared, region, &dirty, |run, result| match result {
             Ok(()) => {

@@ -35,6 +35,7 @@ mod latency;
 mod logger;
 mod memory;
 mod page_table;
+mod pin;
 mod prefetch;
 mod region;
 pub mod snapshot;

@@ -11,6 +11,7 @@ use crate::engine::Umap;
 use crate::error::{Error, Result};
 use crate::gate::Gate;
 use crate::page_table::{PageTable, DIRTY};
+use crate::pin::Pins;
 use crate::prefetch::Prefetch;
 use crate::stats::{Counters, RegionStats};
 use crate::sys::Mapping;
@@ -99,6 +100,8 @@ pub(crate) struct RegionShared {
     pub(crate) patterns: PatternMap,
     /// Sequential fault streams seen (for read-ahead).
     pub(crate) streams: Streams,
+    /// Pages never evicted (`Region::pin`).
+    pub(crate) pins: Pins,
 }
 
 impl RegionShared {
@@ -375,6 +378,54 @@ impl Region {
             Advice::DontNeed => return self.engine.drop_range(&self.shared, pages),
         }
         Ok(())
+    }
+
+    /// Fills the pages overlapping `[offset, offset + len)` and keeps them resident: they are
+    /// never evicted (nor dropped by [`Advice::DontNeed`]) until [`unpin`](Region::unpin) or
+    /// unmap. Returns once every page is resident, so accesses to the range never fault
+    /// again (except the first write to a clean page of a writable region, a write-protect
+    /// fault). Writes to pinned pages are written back by [`flush`](Region::flush) and unmap.
+    /// Pinning a range again, or an overlapping one, counts each page once.
+    ///
+    /// Pinned pages stay in the buffer and are counted in it: the pinned bytes of all regions
+    /// may reach the buffer's low-water mark, less two pages of the largest page size (so
+    /// evictors can always reach the mark and faults always find room). Errors:
+    /// [`Error::PinLimit`] beyond that; the range is not inside the region; a page of it
+    /// could not be read (then nothing of the range is left pinned).
+    ///
+    /// ```
+    /// use umap_core::{MapOptions, Umap};
+    /// use umap_store::MemStore;
+    ///
+    /// let umap = Umap::builder().buffer_size(4 << 20).page_size(4096).fillers(1).start()?;
+    /// let region = umap.map(MemStore::from_vec(vec![5u8; 16 << 20]), MapOptions::new())?;
+    /// region.pin(0, 1 << 20)?;
+    /// // 16 MiB through a 4 MiB buffer: the first MiB stays resident all the while.
+    /// assert!(region.as_slice().iter().all(|&b| b == 5));
+    /// let faults = region.stats().read_faults;
+    /// assert!(region.as_slice()[..1 << 20].iter().all(|&b| b == 5));
+    /// assert_eq!(region.stats().read_faults, faults);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn pin(&self, offset: usize, len: usize) -> Result<()> {
+        let pages = self.shared.page_range(offset, len)?;
+        if pages.is_empty() {
+            return Ok(());
+        }
+        self.engine.pin(&self.shared, pages)
+    }
+
+    /// Lets the pages overlapping `[offset, offset + len)` be evicted again (pinned or not);
+    /// their bytes no longer count as pinned.
+    pub fn unpin(&self, offset: usize, len: usize) -> Result<()> {
+        let pages = self.shared.page_range(offset, len)?;
+        self.engine.unpin(&self.shared, pages);
+        Ok(())
+    }
+
+    /// Bytes of this region pinned now ([`pin`](Region::pin)).
+    pub fn pinned_bytes(&self) -> usize {
+        self.shared.pins.pages() * self.shared.page_size
     }
 
     /// This region's statistics (the engine's [`Stats`](crate::Stats) covers all regions).
