@@ -1,0 +1,97 @@
+/*
+ * umap.h: the C API of umap-rs's libumap, declared as in LLNL umap's umap.h so that
+ * programs written against LLNL umap compile and link unchanged.
+ *
+ * Configuration comes from the UMAP_* environment variables (UMAP_PAGESIZE, UMAP_BUFSIZE,
+ * UMAP_PAGE_FILLERS, UMAP_PAGE_EVICTORS, UMAP_EVICT_HIGH_WATER_THRESHOLD,
+ * UMAP_EVICT_LOW_WATER_THRESHOLD, UMAP_MAX_FAULT_EVENTS, UMAP_READ_AHEAD, UMAP_MONITOR_FREQ,
+ * UMAP_LOG_LEVEL), read once, at the first call. A value that is set but not valid makes
+ * every call fail with errno EINVAL and a message on stderr.
+ *
+ * Errors: functions that return a pointer return UMAP_FAILED, those that return int return
+ * -1; either way errno says why (EINVAL, EBADF, EACCES, ENOMEM, EPERM, EIO ...) and a
+ * message is printed on stderr. Functions that return void set errno on failure (set errno
+ * to 0 before the call to tell). Nothing aborts the program.
+ */
+#ifndef UMAP_RS_UMAP_H
+#define UMAP_RS_UMAP_H
+
+#include <stddef.h>    /* size_t */
+#include <stdint.h>    /* uint64_t */
+#include <sys/mman.h>  /* PROT_READ, PROT_WRITE, MAP_PRIVATE, MAP_FIXED */
+#include <sys/types.h> /* off_t */
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/*
+ * Maps `length` bytes of the file open as `fd`, from byte `offset`, into memory paged in
+ * user space (faults are served by the library's filler threads; at most the buffer,
+ * UMAP_BUFSIZE pages, is resident at once). Returns the start of the region, or UMAP_FAILED.
+ *
+ * - prot: PROT_READ, or PROT_READ | PROT_WRITE (then written pages are written back to the
+ *   file on eviction, umap_flush and uunmap; fd must be open read-write).
+ * - flags: UMAP_PRIVATE, optionally | UMAP_FIXED (map at exactly `addr`).
+ * - fd: the library keeps its own duplicate; the caller may close `fd` at once.
+ * - offset: a multiple of the system page size. length need not be a multiple of any page
+ *   size; bytes past the end of the file read as zeros.
+ */
+void *umap(void *addr, size_t length, int prot, int flags, int fd, off_t offset);
+
+/*
+ * Writes back the region that starts at `addr`, syncs its file, and unmaps it. `length` is
+ * 0 or the length given to umap (or that length rounded up to the umap page size): partial
+ * unmapping is not supported. Returns 0, or -1 with errno (EINVAL: no region starts at
+ * addr, or another length; EIO: the write-back failed, and the region is unmapped anyway).
+ */
+int uunmap(void *addr, size_t length);
+
+/* Writes back the dirty pages of every region and syncs their files. 0, or -1 and errno. */
+int umap_flush(void);
+
+/* One page to prefetch: any address inside the page will do. */
+struct umap_prefetch_item {
+  void *page_base_addr;
+};
+
+/* 1: regions mapped with PROT_WRITE write back to their files. */
+int umap_has_write_support(void);
+
+/*
+ * Fills the umap pages that hold the `npages` addresses, and returns when they are resident
+ * (they may be evicted later, as any page). Addresses outside every region set errno EINVAL.
+ */
+void umap_prefetch(int npages, struct umap_prefetch_item *page_array);
+
+/*
+ * Fills the umap pages overlapping [paddr, paddr + size) and keeps them resident (never
+ * evicted) until the region is unmapped; writes to them are written back by umap_flush and
+ * uunmap. The pinned pages count against the buffer: a pin that would leave too little room
+ * for faults is refused with errno ENOMEM. The range must lie within one region (EINVAL).
+ */
+void umap_fetch_and_pin(char *paddr, uint64_t size);
+
+/* Configuration (from the environment, or the defaults); 0 with errno EINVAL if invalid. */
+long umapcfg_get_system_page_size(void);
+uint64_t umapcfg_get_umap_page_size(void);
+uint64_t umapcfg_get_max_fault_events(void);
+uint64_t umapcfg_get_num_fillers(void);
+uint64_t umapcfg_get_num_evictors(void);
+uint64_t umapcfg_get_max_pages_in_buffer(void);
+uint64_t umapcfg_get_read_ahead(void);
+int umapcfg_get_evict_low_water_threshold(void);
+int umapcfg_get_evict_high_water_threshold(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+/* flags */
+#define UMAP_PRIVATE MAP_PRIVATE
+#define UMAP_FIXED MAP_FIXED
+
+/* umap's error return */
+#define UMAP_FAILED ((void *)-1)
+
+#endif /* UMAP_RS_UMAP_H */

@@ -1,0 +1,545 @@
+//! `libumap`: umap-rs behind LLNL umap's C API (`include/umap.h`), so that C and C++
+//! programs written against LLNL umap relink against this library and run unchanged.
+//!
+//! - One engine per process, started at the first `umap()` from the `UMAP_*` environment
+//!   variables ([`Config::from_env`], read once), as LLNL umap does. It lives until the
+//!   process exits; an `atexit` handler writes back every region still mapped.
+//! - Regions are kept by start address, so `uunmap(addr, len)` finds them.
+//! - Every entry point catches panics and turns every error into `errno` (and a one-line
+//!   message on stderr): nothing unwinds into C, nothing aborts.
+//!
+//! The semantics, and where they differ from LLNL umap's, are in the README ("C library").
+
+#![warn(missing_docs)]
+
+use std::collections::BTreeMap;
+use std::ffi::{c_char, c_int, c_long, c_void};
+use std::fs::File;
+use std::os::fd::FromRawFd;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use libc::{off_t, size_t};
+use parking_lot::Mutex;
+use umap_core::uffd::UffdError;
+use umap_core::{Config, Error, MapOptions, Region, Umap};
+use umap_store::FileStore;
+
+/// `UMAP_PRIVATE` (the only sharing mode, as in LLNL umap).
+const UMAP_PRIVATE: c_int = libc::MAP_PRIVATE;
+/// `UMAP_FIXED`: map at exactly the address given.
+const UMAP_FIXED: c_int = libc::MAP_FIXED;
+/// `UMAP_FAILED`.
+const UMAP_FAILED: *mut c_void = !0usize as *mut c_void;
+
+/// Why a call failed: the `errno` to set and the message to print.
+#[derive(Debug)]
+struct Failure {
+    errno: c_int,
+    message: String,
+}
+
+impl Failure {
+    fn new(errno: c_int, message: impl Into<String>) -> Failure {
+        Failure {
+            errno,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Failure {
+        Failure::new(errno_of(&e), e.to_string())
+    }
+}
+
+/// The `errno` that best says why an engine operation failed.
+fn errno_of(e: &Error) -> c_int {
+    match e {
+        Error::InvalidArgument { .. } => libc::EINVAL,
+        Error::Uffd(UffdError::Create { .. }) => libc::EPERM,
+        Error::Uffd(UffdError::MissingFeatures { .. }) => libc::EOPNOTSUPP,
+        Error::Uffd(UffdError::Api(source) | UffdError::Read(source)) => {
+            source.raw_os_error().unwrap_or(libc::EIO)
+        }
+        Error::Uffd(UffdError::Ioctl { source, .. }) => source.raw_os_error().unwrap_or(libc::EIO),
+        Error::Store(s) => s.raw_os_error().unwrap_or(libc::EIO),
+        Error::Os { source, .. } => source.raw_os_error().unwrap_or(libc::ENOMEM),
+        Error::Thread { .. } => libc::EAGAIN,
+        Error::PinLimit { .. } => libc::ENOMEM,
+        _ => libc::EIO,
+    }
+}
+
+fn set_errno(errno: c_int) {
+    // SAFETY: `__errno_location` returns the calling thread's errno slot, valid for the
+    // thread's lifetime.
+    unsafe { *libc::__errno_location() = errno };
+}
+
+/// Runs `body` for the C entry point `name`: a failure or a panic sets `errno`, prints one
+/// line on stderr and returns `failed`.
+fn ffi<T>(name: &str, failed: T, body: impl FnOnce() -> Result<T, Failure>) -> T {
+    match catch_unwind(AssertUnwindSafe(body)) {
+        Ok(Ok(value)) => value,
+        Ok(Err(f)) => {
+            eprintln!("umap: {name}: {}", f.message);
+            set_errno(f.errno);
+            failed
+        }
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            eprintln!("umap: {name}: internal error (a bug in umap-rs, please report it): {what}");
+            set_errno(libc::EIO);
+            failed
+        }
+    }
+}
+
+/// The configuration, read from the environment once.
+static CONFIG: OnceLock<Result<Config, String>> = OnceLock::new();
+/// The engine, started at the first `umap()`.
+static ENGINE: OnceLock<Umap> = OnceLock::new();
+/// Serialises starting the engine (a failed start is retried by the next call).
+static ENGINE_START: Mutex<()> = parking_lot::const_mutex(());
+/// The mapped regions, by start address.
+static REGIONS: Mutex<BTreeMap<usize, Arc<Region>>> = parking_lot::const_mutex(BTreeMap::new());
+
+fn config() -> Result<&'static Config, Failure> {
+    CONFIG
+        .get_or_init(|| Config::from_env().map_err(|e| e.to_string()))
+        .as_ref()
+        .map_err(|e| Failure::new(libc::EINVAL, format!("bad umap configuration: {e}")))
+}
+
+fn engine() -> Result<&'static Umap, Failure> {
+    if let Some(engine) = ENGINE.get() {
+        return Ok(engine);
+    }
+    let config = config()?;
+    let _starting = ENGINE_START.lock();
+    if let Some(engine) = ENGINE.get() {
+        return Ok(engine);
+    }
+    let engine = Umap::new(config.clone())?;
+    let engine = ENGINE.get_or_init(|| engine);
+    // SAFETY: `flush_at_exit` is a plain function that catches its own panics.
+    if unsafe { libc::atexit(flush_at_exit) } != 0 {
+        eprintln!("umap: cannot register the exit handler: regions not unmapped are not written back at exit");
+    }
+    Ok(engine)
+}
+
+/// Writes back every region still mapped when the process exits (as the kernel would for a
+/// shared `mmap`).
+extern "C" fn flush_at_exit() {
+    let _ = catch_unwind(|| {
+        if let Some(engine) = ENGINE.get() {
+            if let Err(e) = engine.flush() {
+                eprintln!("umap: writing back the regions at exit failed: {e}");
+            }
+        }
+    });
+}
+
+/// A [`FileStore`] on a duplicate of `fd`, read-write if `writable`.
+fn store_from_fd(fd: c_int, writable: bool) -> Result<FileStore, Failure> {
+    // SAFETY: F_GETFL takes no argument and only reads the descriptor's flags.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 {
+        return Err(Failure::new(
+            libc::EBADF,
+            format!("fd {fd} is not an open file descriptor"),
+        ));
+    }
+    match flags & libc::O_ACCMODE {
+        libc::O_WRONLY => {
+            return Err(Failure::new(
+                libc::EACCES,
+                format!(
+                    "fd {fd} is open write-only: umap must read it (open it O_RDONLY or O_RDWR)"
+                ),
+            ))
+        }
+        libc::O_RDONLY if writable => {
+            return Err(Failure::new(
+                libc::EACCES,
+                format!("fd {fd} is open read-only: PROT_WRITE needs a file open O_RDWR"),
+            ))
+        }
+        _ => {}
+    }
+    // SAFETY: F_DUPFD_CLOEXEC creates a new descriptor (the lowest free one >= 0) and has no
+    // other effect; `fd` is open (checked above).
+    let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+    if dup < 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(Failure::new(
+            e.raw_os_error().unwrap_or(libc::EMFILE),
+            format!("cannot duplicate fd {fd}: {e}"),
+        ));
+    }
+    // SAFETY: `dup` is a descriptor we just created and nobody else owns.
+    let file = unsafe { File::from_raw_fd(dup) };
+    FileStore::from_file(file, !writable)
+        .map_err(|e| Failure::new(e.raw_os_error().unwrap_or(libc::EIO), e.to_string()))
+}
+
+fn map(
+    addr: *mut c_void,
+    length: size_t,
+    prot: c_int,
+    flags: c_int,
+    fd: c_int,
+    offset: off_t,
+) -> Result<*mut c_void, Failure> {
+    config()?;
+    if length == 0 {
+        return Err(Failure::new(
+            libc::EINVAL,
+            "length is 0: there is nothing to map",
+        ));
+    }
+    let writable = match prot {
+        libc::PROT_READ => false,
+        p if p == libc::PROT_READ | libc::PROT_WRITE || p == libc::PROT_WRITE => true,
+        _ => {
+            return Err(Failure::new(
+                libc::EINVAL,
+                format!("prot {prot:#x} is not supported: use PROT_READ or PROT_READ | PROT_WRITE"),
+            ))
+        }
+    };
+    if flags & UMAP_PRIVATE == 0 || flags & !(UMAP_PRIVATE | UMAP_FIXED) != 0 {
+        return Err(Failure::new(
+            libc::EINVAL,
+            format!(
+                "flags {flags:#x} are not supported: use UMAP_PRIVATE, optionally | UMAP_FIXED"
+            ),
+        ));
+    }
+    let page = umap_core::sys::page_size();
+    if offset < 0 || offset as u64 % page as u64 != 0 {
+        return Err(Failure::new(
+            libc::EINVAL,
+            format!(
+                "offset {offset} is not a non-negative multiple of the system page size ({page})"
+            ),
+        ));
+    }
+    let mut options = MapOptions::new()
+        .writable(writable)
+        .offset(offset as u64)
+        .len(length);
+    if flags & UMAP_FIXED != 0 {
+        options = fixed(options, addr as usize)?;
+    }
+    let store = store_from_fd(fd, writable)?;
+    let region = engine()?.map_shared(Arc::new(store), options)?;
+    let base = region.as_ptr() as usize;
+    REGIONS.lock().insert(base, Arc::new(region));
+    Ok(base as *mut c_void)
+}
+
+/// `UMAP_FIXED`: not available until umap-core has a fixed-address option.
+fn fixed(_options: MapOptions, addr: usize) -> Result<MapOptions, Failure> {
+    Err(Failure::new(
+        libc::EINVAL,
+        format!(
+            "UMAP_FIXED (at {addr:#x}) is not supported by this build of umap-rs yet: \
+             map without UMAP_FIXED"
+        ),
+    ))
+}
+
+fn unmap(addr: *mut c_void, length: size_t) -> Result<c_int, Failure> {
+    let base = addr as usize;
+    let region = {
+        let mut regions = REGIONS.lock();
+        let region = regions.get(&base).ok_or_else(|| {
+            Failure::new(
+                libc::EINVAL,
+                format!("no region starts at {addr:p} (pass the address umap returned)"),
+            )
+        })?;
+        let len = region.len();
+        let rounded = len.next_multiple_of(region.page_size());
+        if length != 0 && length != len && length != rounded {
+            return Err(Failure::new(
+                libc::EINVAL,
+                format!(
+                    "length {length} is not the region's length ({len}): pass 0 or the length \
+                     given to umap (partial unmapping is not supported)"
+                ),
+            ));
+        }
+        regions
+            .remove(&base)
+            .expect("looked up under the same lock")
+    };
+    // Another thread may still be inside umap_fetch_and_pin on this region: let it finish.
+    let mut region = region;
+    let region = loop {
+        match Arc::try_unwrap(region) {
+            Ok(region) => break region,
+            Err(shared) => {
+                region = shared;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    };
+    region.unmap()?;
+    Ok(0)
+}
+
+/// The region containing `addr` (up to the end of its last page), and the offset of `addr` in
+/// it.
+fn region_at(regions: &BTreeMap<usize, Arc<Region>>, addr: usize) -> Option<(&Arc<Region>, usize)> {
+    let (&base, region) = regions.range(..=addr).next_back()?;
+    let offset = addr - base;
+    (offset < region.len().next_multiple_of(region.page_size())).then_some((region, offset))
+}
+
+fn prefetch(items: &[umap_prefetch_item]) -> Result<(), Failure> {
+    let Some(engine) = ENGINE.get() else {
+        return Err(Failure::new(libc::EINVAL, "no region is mapped"));
+    };
+    let mut first_error: Option<Failure> = None;
+    let mut handles = Vec::new();
+    {
+        let regions = REGIONS.lock();
+        // (region start, page index), sorted: runs of adjacent pages become one request.
+        let mut pages: Vec<(usize, usize)> = Vec::with_capacity(items.len());
+        for item in items {
+            let addr = item.page_base_addr as usize;
+            match region_at(&regions, addr) {
+                Some((region, offset)) => {
+                    pages.push((region.as_ptr() as usize, offset / region.page_size()))
+                }
+                None => {
+                    first_error.get_or_insert_with(|| {
+                        Failure::new(libc::EINVAL, format!("{addr:#x} is not in any region"))
+                    });
+                }
+            }
+        }
+        pages.sort_unstable();
+        pages.dedup();
+        let mut i = 0;
+        while i < pages.len() {
+            let (base, first) = pages[i];
+            let region = &regions[&base];
+            let ps = region.page_size();
+            // A request never covers more than half the buffer, so it cannot evict itself.
+            let max_pages = (engine.config().buffer_size / ps / 2).max(1);
+            let mut j = i + 1;
+            while j < pages.len() && pages[j] == (base, first + (j - i)) && j - i < max_pages {
+                j += 1;
+            }
+            let offset = first * ps;
+            let len = ((j - i) * ps).min(region.len() - offset);
+            match region.prefetch(offset, len) {
+                Ok(handle) => handles.push(handle),
+                Err(e) => {
+                    first_error.get_or_insert(e.into());
+                }
+            }
+            i = j;
+        }
+    }
+    for handle in handles {
+        if let Err(e) = handle.wait() {
+            first_error.get_or_insert(e.into());
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
+fn fetch_and_pin(paddr: *mut c_char, size: u64) -> Result<(), Failure> {
+    let addr = paddr as usize;
+    let range_text = || format!("[{addr:#x}, +{size})");
+    let (region, offset) = {
+        let regions = REGIONS.lock();
+        let (region, offset) = region_at(&regions, addr).ok_or_else(|| {
+            Failure::new(
+                libc::EINVAL,
+                format!("{} is not in any region", range_text()),
+            )
+        })?;
+        (region.clone(), offset)
+    };
+    if size == 0 {
+        return Ok(());
+    }
+    let end = usize::try_from(size)
+        .ok()
+        .and_then(|size| offset.checked_add(size))
+        .filter(|&end| end <= region.len().next_multiple_of(region.page_size()))
+        .ok_or_else(|| {
+            Failure::new(
+                libc::EINVAL,
+                format!(
+                    "{} runs past the end of its region ({} bytes at {:p})",
+                    range_text(),
+                    region.len(),
+                    region.as_ptr()
+                ),
+            )
+        })?;
+    // The rest of the last page lies past the region's length: pin the page all the same.
+    let end = end.min(region.len());
+    region.pin(offset, end - offset)?;
+    Ok(())
+}
+
+fn cfg<T: Default>(name: &str, get: impl FnOnce(&Config) -> T) -> T {
+    ffi(name, T::default(), || config().map(get))
+}
+
+/// Maps `length` bytes of the file open as `fd`, from `offset`; see `include/umap.h`.
+///
+/// # Safety
+/// As `mmap(2)`: with `UMAP_FIXED`, `addr` must be a range the caller may give up.
+#[no_mangle]
+pub unsafe extern "C" fn umap(
+    addr: *mut c_void,
+    length: size_t,
+    prot: c_int,
+    flags: c_int,
+    fd: c_int,
+    offset: off_t,
+) -> *mut c_void {
+    ffi("umap", UMAP_FAILED, || {
+        map(addr, length, prot, flags, fd, offset)
+    })
+}
+
+/// Writes back and unmaps the region starting at `addr`; see `include/umap.h`.
+///
+/// # Safety
+/// As `munmap(2)`: the region's memory must not be used afterwards.
+#[no_mangle]
+pub unsafe extern "C" fn uunmap(addr: *mut c_void, length: size_t) -> c_int {
+    ffi("uunmap", -1, || unmap(addr, length))
+}
+
+/// Writes back every region and syncs their files; 0 or -1 with `errno`.
+#[no_mangle]
+pub extern "C" fn umap_flush() -> c_int {
+    ffi("umap_flush", -1, || match ENGINE.get() {
+        Some(engine) => engine.flush().map(|()| 0).map_err(Failure::from),
+        None => Ok(0),
+    })
+}
+
+/// Always 1: writable regions write back.
+#[no_mangle]
+pub extern "C" fn umap_has_write_support() -> c_int {
+    1
+}
+
+/// One page to prefetch (`struct umap_prefetch_item`).
+#[repr(C)]
+#[allow(non_camel_case_types)]
+pub struct umap_prefetch_item {
+    /// Any address in the page.
+    pub page_base_addr: *mut c_void,
+}
+
+/// Fills the pages holding the `npages` addresses of `page_array` and waits for them.
+///
+/// # Safety
+/// `page_array` points to `npages` readable items (or `npages` is 0).
+#[no_mangle]
+pub unsafe extern "C" fn umap_prefetch(npages: c_int, page_array: *mut umap_prefetch_item) {
+    ffi("umap_prefetch", (), || {
+        let n = usize::try_from(npages)
+            .map_err(|_| Failure::new(libc::EINVAL, format!("npages {npages} is negative")))?;
+        if n == 0 {
+            return Ok(());
+        }
+        if page_array.is_null() {
+            return Err(Failure::new(libc::EINVAL, "page_array is NULL"));
+        }
+        // SAFETY: the caller passes `npages` items at `page_array` (checked non-null).
+        let items = unsafe { std::slice::from_raw_parts(page_array, n) };
+        prefetch(items)
+    })
+}
+
+/// Fills `[paddr, paddr + size)` and keeps it resident until the region is unmapped.
+///
+/// # Safety
+/// None beyond the C API's: `paddr` is only compared with region addresses.
+#[no_mangle]
+pub unsafe extern "C" fn umap_fetch_and_pin(paddr: *mut c_char, size: u64) {
+    ffi("umap_fetch_and_pin", (), || fetch_and_pin(paddr, size))
+}
+
+/// The system page size in bytes.
+#[no_mangle]
+pub extern "C" fn umapcfg_get_system_page_size() -> c_long {
+    umap_core::sys::page_size() as c_long
+}
+
+/// The umap page size in bytes (`UMAP_PAGESIZE`).
+#[no_mangle]
+pub extern "C" fn umapcfg_get_umap_page_size() -> u64 {
+    cfg("umapcfg_get_umap_page_size", |c| c.page_size as u64)
+}
+
+/// Fault events a filler reads at once (`UMAP_MAX_FAULT_EVENTS`).
+#[no_mangle]
+pub extern "C" fn umapcfg_get_max_fault_events() -> u64 {
+    cfg("umapcfg_get_max_fault_events", |c| {
+        c.max_fault_events as u64
+    })
+}
+
+/// Filler threads (`UMAP_PAGE_FILLERS`).
+#[no_mangle]
+pub extern "C" fn umapcfg_get_num_fillers() -> u64 {
+    cfg("umapcfg_get_num_fillers", |c| c.fillers as u64)
+}
+
+/// Evictor threads (`UMAP_PAGE_EVICTORS`).
+#[no_mangle]
+pub extern "C" fn umapcfg_get_num_evictors() -> u64 {
+    cfg("umapcfg_get_num_evictors", |c| c.evictors as u64)
+}
+
+/// The buffer in umap pages (`UMAP_BUFSIZE`).
+#[no_mangle]
+pub extern "C" fn umapcfg_get_max_pages_in_buffer() -> u64 {
+    cfg("umapcfg_get_max_pages_in_buffer", |c| {
+        (c.buffer_size / c.page_size) as u64
+    })
+}
+
+/// The read-ahead window in pages (`UMAP_READ_AHEAD`).
+#[no_mangle]
+pub extern "C" fn umapcfg_get_read_ahead() -> u64 {
+    cfg("umapcfg_get_read_ahead", |c| c.read_ahead as u64)
+}
+
+/// Percent of the buffer eviction stops at (`UMAP_EVICT_LOW_WATER_THRESHOLD`).
+#[no_mangle]
+pub extern "C" fn umapcfg_get_evict_low_water_threshold() -> c_int {
+    cfg("umapcfg_get_evict_low_water_threshold", |c| {
+        c_int::from(c.low_water_percent)
+    })
+}
+
+/// Percent of the buffer eviction starts at (`UMAP_EVICT_HIGH_WATER_THRESHOLD`).
+#[no_mangle]
+pub extern "C" fn umapcfg_get_evict_high_water_threshold() -> c_int {
+    cfg("umapcfg_get_evict_high_water_threshold", |c| {
+        c_int::from(c.high_water_percent)
+    })
+}
