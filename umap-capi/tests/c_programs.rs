@@ -386,3 +386,28 @@ fn header_compiles_alone_as_c_and_cpp() {
         );
     }
 }
+
+/// A program that exits without unmapping: its writes reach the file all the same.
+#[test]
+fn regions_are_written_back_at_exit() {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = build("cc", "c11", "exit_flush.c", Link::Shared, dir.path());
+    let file = data_file(dir.path());
+    let env = [("UMAP_PAGESIZE", "4096"), ("UMAP_BUFSIZE", "2048")];
+    let out = run(&exe, &[&file], &env);
+    assert!(
+        stdout(&out).contains("exit_flush wrote 4 MiB"),
+        "{}",
+        stdout(&out)
+    );
+    let bytes = std::fs::read(&file).unwrap();
+    assert_eq!(bytes.len(), 4 << 20);
+    for (i, word) in bytes.chunks_exact(8).enumerate() {
+        let word = u64::from_ne_bytes(word.try_into().unwrap());
+        assert_eq!(
+            word,
+            !(i as u64 * 8),
+            "word {i} was not written back at exit"
+        );
+    }
+}
