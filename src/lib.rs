@@ -22,7 +22,8 @@
 #![warn(missing_docs)]
 
 pub use umap_core::{
-    Config, ConfigBuilder, Error, MapOptions, Region, Result, Stats, Umap, MIN_BUFFER_PAGES,
+    Config, ConfigBuilder, Error, ErrorKind, MapOptions, Region, RegionError, Result, Stats, Umap,
+    UnmapError, MIN_BUFFER_PAGES,
 };
 pub use umap_store::{FileStore, FileStoreOptions, MemStore, Store, StoreError};
 

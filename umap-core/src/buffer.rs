@@ -226,6 +226,7 @@ mod tests {
             store_offset: 0,
             pages: crate::page_table::PageTable::new(8),
             gate: Default::default(),
+            errors: Default::default(),
         })
     }
 

@@ -38,6 +38,9 @@ pub(crate) struct Shared {
     pub(crate) dropper: sys::Dropper,
     /// How many fillers are polling the userfaultfd instead of sleeping (at most one).
     pub(crate) spinners: AtomicUsize,
+    /// Regions dropped while their dirty pages could not be written back: still mapped and
+    /// registered, so that [`Umap::flush`] (or the engine's shutdown) can retry and then unmap.
+    leaked: Mutex<Vec<(Arc<RegionShared>, Mapping)>>,
 }
 
 impl Shared {
@@ -49,6 +52,61 @@ impl Shared {
         let end = (addr + len).next_multiple_of(ps);
         if let Err(e) = self.uffd.wake(start, end - start) {
             log::error!("{e}");
+        }
+    }
+}
+
+impl Shared {
+    /// See [`Umap::unmap_region`].
+    fn unmap_region(
+        &self,
+        region: &Arc<RegionShared>,
+        mapping: Mapping,
+    ) -> Result<(), (Error, Option<Mapping>)> {
+        // After this, no engine thread touches the region's memory or pages, and every page
+        // is in a stable state (each transition happens inside the gate).
+        region.gate.close();
+        if region.writable {
+            // The mapping is still ours; nobody else owns a page of it now.
+            if let Err(e) = writeback::flush_pages(self, region, 0..region.pages.len()) {
+                log::error!(
+                    "{region:?} stays mapped: {} dirty bytes could not be written back: {e}",
+                    region.pages.count(crate::page_table::DIRTY) * region.page_size
+                );
+                self.reopen(region);
+                return Err((e, Some(mapping)));
+            }
+        }
+        self.registry.remove(region.base);
+        self.buffer.forget_region(region);
+        let resident = region.pages.count_resident() * region.page_size;
+        self.buffer.release(resident);
+        let (base, len) = (mapping.addr(), mapping.len());
+        // Unmap without unregistering first: in between, a fault would see plain anonymous
+        // memory (zeros). munmap ends the registration with the range.
+        let unmapped = mapping.unmap();
+        // Threads that faulted meanwhile retry and now fault on unmapped memory.
+        self.wake(base, len);
+        log::debug!("unmapped {region:?}");
+        unmapped.map_err(|e| (Error::os("munmap of the region", e), None))
+    }
+
+    /// Serves a region again after an unmap gave up (its gate closed for a while).
+    fn reopen(&self, region: &Arc<RegionShared>) {
+        region.gate.reopen();
+        // Evictors drop the queue entries of a region whose gate they find closed (it is
+        // usually being unmapped): queue every resident page again, so that the buffer can
+        // evict them. Entries queued twice, or for pages evicted meanwhile, are harmless
+        // (whoever pops one checks the page's state).
+        let now = std::time::Instant::now();
+        for page in 0..region.pages.len() {
+            if crate::page_table::is_resident(region.pages.state(page)) {
+                self.buffer.push(crate::buffer::PageRef {
+                    region: region.clone(),
+                    page,
+                    filled_at: now,
+                });
+            }
         }
     }
 }
@@ -142,6 +200,7 @@ impl Umap {
             pending: Mutex::new(VecDeque::new()),
             work_fd: EventFd::new().map_err(|e| Error::os("eventfd", e))?,
             dropper: sys::Dropper::new(),
+            leaked: Mutex::new(Vec::new()),
             config,
         });
         let handle = Arc::new(Handle {
@@ -277,6 +336,7 @@ impl Umap {
             store_offset: options.offset,
             pages: PageTable::new(mapped_len / page_size),
             gate: Default::default(),
+            errors: Default::default(),
         });
         shared.registry.insert(region.clone());
         log::debug!("mapped {region:?}");
@@ -289,15 +349,44 @@ impl Umap {
 
     /// Writes back every dirty page of every region and syncs their stores. Returns the first
     /// error; the other regions are flushed all the same. See [`Region::flush`].
+    ///
+    /// Regions that were dropped while their dirty pages could not be written back (see
+    /// [`Region`]) are still mapped: this writes them back too, and unmaps each one it could
+    /// write.
     pub fn flush(&self) -> Result<()> {
-        let regions = self.handle.shared.registry.all();
+        let shared = &self.handle.shared;
+        let leaked = std::mem::take(&mut *shared.leaked.lock());
+        let regions = shared.registry.all();
         let mut first_error = None;
         for region in regions {
+            if leaked.iter().any(|(r, _)| Arc::ptr_eq(r, &region)) {
+                continue;
+            }
             if let Err(e) = self.flush_region(&region, 0..region.pages.len()) {
                 first_error.get_or_insert(e);
             }
         }
+        for (region, mapping) in leaked {
+            if let Err((e, mapping)) = shared.unmap_region(&region, mapping) {
+                first_error.get_or_insert(e);
+                if let Some(mapping) = mapping {
+                    shared.leaked.lock().push((region, mapping));
+                }
+            }
+        }
         first_error.map_or(Ok(()), Err)
+    }
+
+    /// Keeps a dropped region whose dirty pages could not be written back mapped and
+    /// registered, for [`Umap::flush`] to retry.
+    pub(crate) fn leak(&self, region: Arc<RegionShared>, mapping: Mapping) {
+        self.handle.shared.leaked.lock().push((region, mapping));
+    }
+
+    /// Regions dropped with dirty pages that could not be written back, still mapped and
+    /// waiting for a [`Umap::flush`] that can write them.
+    pub fn leaked_regions(&self) -> usize {
+        self.handle.shared.leaked.lock().len()
     }
 
     /// Flushes `pages` of `region`: see [`Region::flush`].
@@ -312,37 +401,16 @@ impl Umap {
         writeback::flush_pages(&self.handle.shared, region, pages)
     }
 
-    /// Unmaps a region: see [`Region::unmap`].
-    pub(crate) fn unmap_region(&self, region: &Arc<RegionShared>, mapping: Mapping) -> Result<()> {
-        let shared = &self.handle.shared;
-        // After this, no engine thread touches the region's memory or pages, and every page
-        // is in a stable state (each transition happens inside the gate).
-        region.gate.close();
-        let written = if region.writable {
-            // The mapping is still ours; nobody else owns a page of it now.
-            writeback::flush_pages(shared, region, 0..region.pages.len())
-        } else {
-            Ok(())
-        };
-        if let Err(e) = &written {
-            log::error!(
-                "unmapping {region:?} with dirty pages that could not be written back \
-                 (their data is lost): {e}"
-            );
-        }
-        shared.registry.remove(region.base);
-        shared.buffer.forget_region(region);
-        let resident = region.pages.count_resident() * region.page_size;
-        shared.buffer.release(resident);
-        let (base, len) = (mapping.addr(), mapping.len());
-        // Unmap without unregistering first: in between, a fault would see plain anonymous
-        // memory (zeros). munmap ends the registration with the range.
-        let unmapped = mapping.unmap();
-        // Threads that faulted meanwhile retry and now fault on unmapped memory.
-        shared.wake(base, len);
-        log::debug!("unmapped {region:?}");
-        written?;
-        unmapped.map_err(|e| Error::os("munmap of the region", e))
+    /// Unmaps a region: see [`Region::unmap`]. If its dirty pages cannot all be written back,
+    /// the region stays as it was (mapped, registered, served) and the mapping comes back
+    /// with the error; if `munmap` itself fails (the data is safe by then), the error comes
+    /// without it.
+    pub(crate) fn unmap_region(
+        &self,
+        region: &Arc<RegionShared>,
+        mapping: Mapping,
+    ) -> Result<(), (Error, Option<Mapping>)> {
+        self.handle.shared.unmap_region(region, mapping)
     }
 
     /// Number of regions currently mapped.
@@ -372,6 +440,17 @@ impl Handle {
 
 impl Drop for Handle {
     fn drop(&mut self) {
+        // Last chance for regions dropped with dirty pages that could not be written back.
+        let leaked = std::mem::take(&mut *self.shared.leaked.lock());
+        for (region, mapping) in leaked {
+            let dirty = region.pages.count(crate::page_table::DIRTY) * region.page_size;
+            if let Err((e, _mapping)) = self.shared.unmap_region(&region, mapping) {
+                log::error!(
+                    "engine shutting down: {dirty} dirty bytes of {region:?} could not be \
+                     written back and are lost: {e}"
+                );
+            }
+        }
         self.shared.buffer.stop();
         if let Err(e) = self.shared.stop_fd.signal() {
             log::error!("cannot signal engine threads to stop: {e}");

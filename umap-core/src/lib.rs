@@ -28,6 +28,7 @@ mod filler;
 mod gate;
 mod page_table;
 mod region;
+mod report;
 pub mod snapshot;
 mod stats;
 pub mod sys;
@@ -37,7 +38,8 @@ mod writeback;
 pub use config::{Config, ConfigBuilder, MIN_BUFFER_PAGES};
 pub use engine::Umap;
 pub use error::{Error, Result};
-pub use region::{MapOptions, Region};
+pub use region::{MapOptions, Region, UnmapError};
+pub use report::{ErrorKind, RegionError, MAX_RECORDS};
 pub use stats::Stats;
 
 #[cfg(test)]
@@ -51,6 +53,8 @@ mod tests {
         check::<crate::Config>();
         check::<crate::Stats>();
         check::<crate::Error>();
+        check::<crate::UnmapError>();
+        check::<crate::RegionError>();
         check::<crate::snapshot::Snapshot>();
         check::<crate::snapshot::SnapshotStats>();
     }
