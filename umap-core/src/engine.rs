@@ -239,8 +239,10 @@ impl Umap {
     /// [`MapOptions::writable`].
     ///
     /// Fails before anything is mapped if the length is zero, the offset lies past the end of
-    /// the store, the page size is not a multiple of the system page size or does not fit in
-    /// the buffer, or a writable map is asked of a read-only store.
+    /// the store (of a read-only store, even with an explicit length: such a region could only
+    /// read zeros), the page size is not a multiple of the system page size or does not fit in
+    /// the buffer, a writable map is asked of a read-only store, or a fixed address is not a
+    /// multiple of the system page size or overlaps an existing mapping.
     pub fn map<S: Store + 'static>(&self, store: S, options: MapOptions) -> Result<Region> {
         self.map_shared(Arc::new(store), options)
     }
@@ -270,6 +272,16 @@ impl Umap {
         }
         let store_len = store.len();
         let len = match options.len {
+            Some(_) if store.is_read_only() && options.offset >= store_len => {
+                return Err(Error::invalid(
+                    "offset",
+                    options.offset,
+                    format!(
+                        "lies at or past the end of the read-only store ({store_len} bytes): the \
+                         region could only read zeros"
+                    ),
+                ));
+            }
             Some(len) => len,
             None => {
                 if options.offset > store_len {
@@ -299,14 +311,59 @@ impl Umap {
             .offset
             .checked_add(mapped_len as u64)
             .ok_or_else(|| Error::invalid("offset", options.offset, "offset + len overflows"))?;
+        if let Some(fixed) = options.fixed {
+            let sys_page = sys::page_size();
+            if fixed.addr == 0 || fixed.addr % sys_page != 0 {
+                return Err(Error::invalid(
+                    "fixed_address",
+                    format_args!("{:#x}", fixed.addr),
+                    format!(
+                        "must be a non-zero multiple of the system page size ({sys_page} bytes)"
+                    ),
+                ));
+            }
+            if fixed
+                .addr
+                .checked_add(mapped_len)
+                .is_none_or(|end| end > isize::MAX as usize)
+            {
+                return Err(Error::invalid(
+                    "fixed_address",
+                    format_args!("{:#x}", fixed.addr),
+                    format!("a region of {mapped_len} bytes does not fit above it"),
+                ));
+            }
+        }
 
         let (prot, mode) = if options.writable {
             (libc::PROT_READ | libc::PROT_WRITE, RegisterMode::MISSING_WP)
         } else {
             (libc::PROT_READ, RegisterMode::MISSING)
         };
-        let mapping = Mapping::anonymous(mapped_len, prot, libc::MAP_NORESERVE)
-            .map_err(|e| Error::os("mmap of the region", e))?;
+        let mapping = match options.fixed {
+            None => Mapping::anonymous(mapped_len, prot, libc::MAP_NORESERVE),
+            Some(fixed) if fixed.replace => {
+                // SAFETY: the caller of `MapOptions::fixed_address_replacing` vouched that
+                // the range is theirs to replace.
+                unsafe {
+                    Mapping::anonymous_replacing(fixed.addr, mapped_len, prot, libc::MAP_NORESERVE)
+                }
+            }
+            Some(fixed) => Mapping::anonymous_at(fixed.addr, mapped_len, prot, libc::MAP_NORESERVE),
+        }
+        .map_err(|e| match (options.fixed, e.raw_os_error()) {
+            (Some(fixed), Some(libc::EEXIST)) => Error::invalid(
+                "fixed_address",
+                format_args!("{:#x}", fixed.addr),
+                format!(
+                    "[{:#x}, {:#x}) overlaps an existing mapping: choose a free range (or \
+                     replace it with MapOptions::fixed_address_replacing)",
+                    fixed.addr,
+                    fixed.addr + mapped_len
+                ),
+            ),
+            _ => Error::os("mmap of the region", e),
+        })?;
         // A forked child must fault loudly on the region, never read zeros; transparent huge
         // pages would bypass the per-page fills.
         mapping

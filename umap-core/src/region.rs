@@ -25,6 +25,14 @@ pub struct MapOptions {
     pub(crate) offset: u64,
     pub(crate) len: Option<usize>,
     pub(crate) writable: bool,
+    pub(crate) fixed: Option<Fixed>,
+}
+
+/// Where a fixed-address region goes, and whether it may replace what is there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Fixed {
+    pub(crate) addr: usize,
+    pub(crate) replace: bool,
 }
 
 impl MapOptions {
@@ -52,6 +60,31 @@ impl MapOptions {
     /// page is evicted, on [`Region::flush`], and on unmap. The store must be writable.
     pub fn writable(mut self, writable: bool) -> MapOptions {
         self.writable = writable;
+        self
+    }
+
+    /// Map the region at exactly `addr` (a multiple of the system page size; LLNL umap's
+    /// `UMAP_FIXED`). The map fails, touching nothing, if any part of the range is mapped
+    /// already (`MAP_FIXED_NOREPLACE`).
+    pub fn fixed_address(mut self, addr: usize) -> MapOptions {
+        self.fixed = Some(Fixed {
+            addr,
+            replace: false,
+        });
+        self
+    }
+
+    /// Map the region at exactly `addr` (a multiple of the system page size), replacing
+    /// whatever is mapped in the range (`MAP_FIXED`, as LLNL umap's `UMAP_FIXED` does).
+    ///
+    /// # Safety
+    /// The caller owns `[addr, addr + len)` (the length rounded up to the page size), and
+    /// nothing uses what is mapped there any more: the map removes it, as `munmap` would.
+    pub unsafe fn fixed_address_replacing(mut self, addr: usize) -> MapOptions {
+        self.fixed = Some(Fixed {
+            addr,
+            replace: true,
+        });
         self
     }
 }

@@ -1,0 +1,600 @@
+//! Reliability: bad input, store read and write errors, a buffer full of unwritable pages,
+//! fixed addresses, fork, and running without root. Signals (SIGBUS, SIGSEGV) are checked in
+//! child processes.
+
+mod common;
+
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use umap::sys::Mapping;
+use umap::{Config, Error, ErrorKind, MapOptions, MemStore, Umap};
+use umap_store::fault::{Fault, FaultyStore, Op};
+
+const PS: usize = 4096;
+const MIB: usize = 1 << 20;
+
+fn engine(buffer: usize, fillers: usize) -> Umap {
+    Umap::builder()
+        .buffer_size(buffer)
+        .page_size(PS)
+        .fillers(fillers)
+        .start()
+        .unwrap_or_else(|e| panic!("the engine needs userfaultfd: {e}"))
+}
+
+fn faulty(len: usize, seed: u64) -> Arc<FaultyStore<MemStore>> {
+    Arc::new(FaultyStore::new(
+        MemStore::from_vec(common::pattern(seed, 0, len)),
+        seed,
+    ))
+}
+
+/// Runs `test` of this binary in a child process with `env` set to `value`; returns its
+/// status and output. Killed after 60 s: a hang is a failure.
+fn run_child(exe: &std::path::Path, test: &str, env: &str, value: &str) -> (ExitStatus, String) {
+    run_command(
+        Command::new(exe)
+            .args(["--exact", test, "--nocapture", "--test-threads=1"])
+            .env(env, value),
+        test,
+    )
+}
+
+fn run_command(cmd: &mut Command, what: &str) -> (ExitStatus, String) {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let out = child.wait_with_output().unwrap();
+    let text = format!(
+        "stdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        Instant::now() <= deadline,
+        "child {what} hung and was killed\n{text}"
+    );
+    (out.status, text)
+}
+
+/// Every invalid argument is refused with a typed error naming the argument and what to
+/// change, before anything is mapped.
+#[test]
+fn every_bad_input_is_refused_with_a_clear_error() {
+    let sys = umap::sys::page_size();
+    let mut tried = 0;
+
+    // Engine configurations.
+    let configs: Vec<(&str, Config, &str, &str)> = vec![
+        (
+            "page size 0",
+            with(|c| c.page_size = 0),
+            "page_size",
+            "multiple of the system page",
+        ),
+        (
+            "page size not a multiple of the system page",
+            with(|c| c.page_size = sys + 512),
+            "page_size",
+            "multiple of the system page",
+        ),
+        (
+            "buffer smaller than one page",
+            with(|c| (c.page_size, c.buffer_size) = (PS, PS / 2)),
+            "buffer_size",
+            "at least 2 pages",
+        ),
+        (
+            "buffer of one page (an access can need two)",
+            with(|c| (c.page_size, c.buffer_size) = (PS, PS)),
+            "buffer_size",
+            "at least 2 pages",
+        ),
+        (
+            "zero fillers",
+            with(|c| c.fillers = 0),
+            "fillers",
+            "at least one",
+        ),
+        (
+            "zero evictors",
+            with(|c| c.evictors = 0),
+            "evictors",
+            "at least one",
+        ),
+        (
+            "low water = high water",
+            with(|c| (c.high_water_percent, c.low_water_percent) = (80, 80)),
+            "low_water_percent",
+            "below high_water_percent",
+        ),
+        (
+            "low water > high water",
+            with(|c| (c.high_water_percent, c.low_water_percent) = (50, 90)),
+            "low_water_percent",
+            "below high_water_percent",
+        ),
+        (
+            "high water above 100%",
+            with(|c| c.high_water_percent = 120),
+            "high_water_percent",
+            "between 1 and 100",
+        ),
+        (
+            "zero fault events per read",
+            with(|c| c.max_fault_events = 0),
+            "max_fault_events",
+            "between 1 and 4096",
+        ),
+    ];
+    for (what, config, name, hint) in configs {
+        for err in [
+            config.validate().unwrap_err(),
+            Umap::new(config.clone()).unwrap_err(),
+        ] {
+            check_invalid(what, &err, name, hint);
+        }
+        tried += 1;
+    }
+
+    // Map arguments.
+    let umap = engine(MIB, 1);
+    let occupied = Mapping::anonymous(4 * PS, libc::PROT_READ, 0).unwrap();
+    let ro = || Arc::new(MemStore::from_vec(vec![1; 64 * 1024]).read_only());
+    let rw = || Arc::new(MemStore::from_vec(vec![1; 64 * 1024]));
+    type Case = (
+        &'static str,
+        Arc<dyn umap::Store>,
+        MapOptions,
+        &'static str,
+        &'static str,
+    );
+    let maps: Vec<Case> = vec![
+        (
+            "zero length",
+            rw(),
+            MapOptions::new().len(0),
+            "len",
+            "cannot map zero bytes",
+        ),
+        (
+            "an empty store",
+            Arc::new(MemStore::new(0)),
+            MapOptions::new(),
+            "len",
+            "cannot map zero bytes",
+        ),
+        (
+            "page size not a multiple of the system page",
+            rw(),
+            MapOptions::new().page_size(sys * 3 / 2),
+            "page_size",
+            "multiple of the system page size",
+        ),
+        (
+            "page size 0",
+            rw(),
+            MapOptions::new().page_size(0),
+            "page_size",
+            "multiple",
+        ),
+        (
+            "page larger than half the buffer",
+            rw(),
+            MapOptions::new().page_size(MIB),
+            "page_size",
+            "must hold at least 2 such pages",
+        ),
+        (
+            "writable map of a read-only store",
+            ro(),
+            MapOptions::new().writable(true),
+            "writable",
+            "read-only",
+        ),
+        (
+            "offset past the end of the store",
+            rw(),
+            MapOptions::new().offset(1 << 40),
+            "offset",
+            "past the end of the store",
+        ),
+        (
+            "offset at the end of a read-only store, with a length",
+            ro(),
+            MapOptions::new().offset(64 * 1024).len(PS),
+            "offset",
+            "read-only store",
+        ),
+        (
+            "offset past the end of a read-only store, with a length",
+            ro(),
+            MapOptions::new().offset(1 << 30).len(PS),
+            "offset",
+            "read-only store",
+        ),
+        (
+            "length too large to map",
+            rw(),
+            MapOptions::new().len(usize::MAX - 100),
+            "len",
+            "too large",
+        ),
+        (
+            "offset + length overflowing",
+            rw(),
+            MapOptions::new().offset(u64::MAX - 10).len(PS),
+            "offset",
+            "overflows",
+        ),
+        (
+            "unaligned fixed address",
+            rw(),
+            MapOptions::new().fixed_address(occupied.addr() + 100),
+            "fixed_address",
+            "multiple of the system page size",
+        ),
+        (
+            "fixed address 0",
+            rw(),
+            MapOptions::new().fixed_address(0),
+            "fixed_address",
+            "non-zero",
+        ),
+        (
+            "fixed address with no room above it",
+            rw(),
+            MapOptions::new().fixed_address(usize::MAX - sys + 1),
+            "fixed_address",
+            "does not fit",
+        ),
+        (
+            "fixed address over an existing mapping",
+            rw(),
+            MapOptions::new().fixed_address(occupied.addr()),
+            "fixed_address",
+            "overlaps an existing mapping",
+        ),
+    ];
+    for (what, store, options, name, hint) in maps {
+        let err = umap.map_shared(store, options).unwrap_err();
+        check_invalid(what, &err, name, hint);
+        tried += 1;
+    }
+    assert_eq!(umap.region_count(), 0, "nothing was mapped");
+
+    // Ranges of a region.
+    let mut region = umap.map_shared(rw(), MapOptions::new()).unwrap();
+    let len = region.len();
+    for (what, offset, n) in [
+        ("flush range past the end", len, 1),
+        ("flush range longer than the region", 0, len + 1),
+        ("flush range overflowing", usize::MAX, 2),
+    ] {
+        let err = region.flush_range(offset, n).unwrap_err();
+        check_invalid(what, &err, "range", "outside the region");
+        tried += 1;
+    }
+    let err = region.as_mut_slice().unwrap_err();
+    check_invalid(
+        "mutable slice of a read-only region",
+        &err,
+        "region",
+        "writable(true)",
+    );
+    tried += 1;
+    region.unmap().unwrap();
+    println!("tried {tried} bad inputs: each refused with a typed error naming it");
+}
+
+fn with(f: impl FnOnce(&mut Config)) -> Config {
+    let mut c = Config::default();
+    f(&mut c);
+    c
+}
+
+fn check_invalid(what: &str, err: &Error, name: &str, hint: &str) {
+    match err {
+        Error::InvalidArgument { name: n, .. } => assert_eq!(*n, name, "{what}: {err}"),
+        other => panic!("{what}: not an InvalidArgument error: {other:?}"),
+    }
+    let msg = err.to_string();
+    assert!(msg.contains(hint), "{what}: {msg:?} should say {hint:?}");
+}
+
+/// A fixed address places the region exactly there; the replacing variant maps over a
+/// range the caller owns.
+#[test]
+fn fixed_addresses_place_the_region_exactly() {
+    let umap = engine(MIB, 1);
+    let data = common::pattern(5, 0, 16 * PS);
+    let store = MemStore::from_vec(data.clone());
+    // A free range: reserve one, note where, give it back (nothing else in this process
+    // maps memory meanwhile).
+    let probe = Mapping::anonymous(16 * PS, libc::PROT_NONE, 0).unwrap();
+    let addr = probe.addr();
+    probe.unmap().unwrap();
+    let region = umap
+        .map(store, MapOptions::new().fixed_address(addr))
+        .unwrap();
+    assert_eq!(region.as_ptr() as usize, addr);
+    assert_eq!(region.as_slice(), &data[..]);
+    // The range is taken now: a second region there is refused and the first one keeps
+    // working.
+    let err = umap
+        .map(
+            MemStore::new(PS),
+            MapOptions::new().fixed_address(addr + PS),
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("overlaps"), "{err}");
+    assert_eq!(region.as_slice()[PS], data[PS]);
+    region.unmap().unwrap();
+
+    // Replacing: over a mapping this test owns (and forgets, since the region replaces it).
+    let owned = Mapping::anonymous(8 * PS, libc::PROT_READ | libc::PROT_WRITE, 0).unwrap();
+    let addr = owned.addr();
+    std::mem::forget(owned);
+    // SAFETY: the range was this test's own mapping, forgotten above and used by nothing.
+    let options = unsafe { MapOptions::new().fixed_address_replacing(addr) }.writable(true);
+    let store = Arc::new(MemStore::from_vec(data[..8 * PS].to_vec()));
+    let mut region = umap.map_shared(store.clone(), options).unwrap();
+    assert_eq!(region.as_ptr() as usize, addr);
+    assert_eq!(region.as_slice(), &data[..8 * PS]);
+    region.as_mut_slice().unwrap()[3] = 0xEE;
+    region.unmap().unwrap();
+    assert_eq!(store.to_vec()[3], 0xEE);
+}
+
+/// Transient read errors are retried: the page arrives, nothing is recorded.
+#[test]
+fn transient_read_errors_are_retried() {
+    let umap = engine(MIB, 1);
+    let store = faulty(16 * PS, 11);
+    // Two transient failures of the read of page 3: the third attempt succeeds.
+    store.inject(
+        Fault::on(Op::Read)
+            .range(3 * PS as u64..4 * PS as u64)
+            .transient()
+            .times(2),
+    );
+    let region = umap.map_shared(store.clone(), MapOptions::new()).unwrap();
+    common::check_pattern(11, 0, region.as_slice());
+    assert_eq!(store.injected().len(), 2);
+    assert_eq!(umap.stats().read_errors, 0);
+    assert!(region.take_errors().is_empty());
+    region.unmap().unwrap();
+}
+
+const READ_ERROR_CHILD: &str = "UMAP_TEST_RELIABILITY_READ_ERROR";
+
+/// Runs in a child (see `a_permanent_read_error_is_recorded_and_raises_sigbus`).
+#[test]
+fn read_error_child() {
+    if std::env::var_os(READ_ERROR_CHILD).is_none() {
+        return;
+    }
+    let umap = engine(MIB, 2);
+    let store = faulty(16 * PS, 12);
+    store.inject(Fault::on(Op::Read).range(3 * PS as u64..4 * PS as u64));
+    let region = umap.map_shared(store.clone(), MapOptions::new()).unwrap();
+    common::check_pattern(12, 0, &region.as_slice()[..3 * PS]);
+    // A system call reading the page (the kernel's own access is served by the engine too):
+    // the page is poisoned, and the kernel's copy fails with EFAULT instead of a signal.
+    let mut pipe = [0; 2];
+    // SAFETY: `pipe` has room for the two descriptors.
+    assert_eq!(unsafe { libc::pipe(pipe.as_mut_ptr()) }, 0);
+    // SAFETY: the source lies inside the live region; the kernel reads it (or fails).
+    let rc = unsafe { libc::write(pipe[1], region.as_ptr().add(3 * PS) as *const _, 64) };
+    let errno = std::io::Error::last_os_error().raw_os_error();
+    assert_eq!(
+        (rc, errno),
+        (-1, Some(libc::EFAULT)),
+        "write(2) from a poisoned page"
+    );
+    let errors = region.take_errors();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    let e = &errors[0];
+    assert_eq!(
+        (e.kind, e.offset, e.len, e.store_offset, e.errno),
+        (ErrorKind::Read, 3 * PS, PS, 3 * PS as u64, Some(libc::EIO)),
+        "{e}"
+    );
+    assert_eq!(umap.stats().read_errors, 1);
+    // Other pages are fine.
+    common::check_pattern(12, 4 * PS as u64, &region.as_slice()[4 * PS..]);
+    println!("RECORDED {e}");
+    // Now an ordinary load: SIGBUS, as with an I/O error under mmap.
+    // SAFETY: reads the live region.
+    let v = unsafe { std::ptr::read_volatile(region.as_ptr().add(3 * PS + 10)) };
+    println!("UNEXPECTED: read {v} from a poisoned page");
+    std::process::exit(3);
+}
+
+/// A store read that fails for good poisons the page: recorded for `take_errors` (offset,
+/// errno) and counted; a system call reading it gets EFAULT, a load gets SIGBUS.
+#[test]
+fn a_permanent_read_error_is_recorded_and_raises_sigbus() {
+    let exe = std::env::current_exe().unwrap();
+    let (status, out) = run_child(&exe, "read_error_child", READ_ERROR_CHILD, "1");
+    assert_eq!(status.signal(), Some(libc::SIGBUS), "{status:?}\n{out}");
+    assert!(
+        out.contains("RECORDED Read error at region offset 12288"),
+        "{out}"
+    );
+}
+
+/// Write-backs that fail for one range leave its pages dirty and resident; eviction moves
+/// on to the other pages; once the store recovers, a flush writes everything.
+#[test]
+fn eviction_moves_past_pages_whose_write_back_fails() {
+    let umap = engine(16 * PS, 1);
+    let store = faulty(128 * PS, 13);
+    let bad = 4 * PS as u64..6 * PS as u64;
+    store.inject(Fault::on(Op::Write).range(bad.clone()));
+    let mut region = umap
+        .map_shared(store.clone(), MapOptions::new().writable(true))
+        .unwrap();
+    // 128 pages through a 16-page buffer.
+    for (i, page) in region.as_mut_slice().unwrap().chunks_mut(PS).enumerate() {
+        page[..8].copy_from_slice(&(i as u64 ^ 0xABCD).to_le_bytes());
+    }
+    let stats = umap.stats();
+    assert!(stats.dirty_evictions >= 100, "{stats:?}");
+    assert!(stats.write_errors > 0, "{stats:?}");
+    let errors = region.take_errors();
+    assert!(!errors.is_empty());
+    for e in &errors {
+        assert_eq!(e.kind, ErrorKind::Write, "{e}");
+        let (start, end) = (e.store_offset, e.store_offset + e.len as u64);
+        assert!(
+            start < bad.end && end > bad.start,
+            "{e} is outside the failing range"
+        );
+    }
+    // Pages 4 and 5 were never written: still dirty, the store still holds the old bytes.
+    assert!(region.dirty_bytes() >= 2 * PS);
+    let old = store.inner().to_vec();
+    common::check_pattern(13, bad.start, &old[bad.start as usize..bad.end as usize]);
+    assert!(region.flush().is_err());
+    store.clear();
+    region.flush().unwrap();
+    assert_eq!(region.dirty_bytes(), 0);
+    let bytes = store.inner().to_vec();
+    for (i, page) in bytes.chunks(PS).enumerate() {
+        assert_eq!(page[..8], (i as u64 ^ 0xABCD).to_le_bytes(), "page {i}");
+        common::check_pattern(13, (i * PS + 8) as u64, &page[8..]);
+    }
+    region.unmap().unwrap();
+}
+
+/// A buffer full of dirty pages that cannot be written back: a fault on another page waits
+/// without exceeding the buffer, the stall is counted and recorded (not a silent deadlock),
+/// flush and other threads keep working, and once the store recovers the fault completes.
+#[test]
+fn a_buffer_full_of_unwritable_pages_stalls_faults_and_says_so() {
+    let umap = Umap::builder()
+        .buffer_size(4 * PS)
+        .page_size(PS)
+        .fillers(2)
+        .start()
+        .expect("userfaultfd engine");
+    let store = faulty(64 * PS, 14);
+    let mut region = umap
+        .map_shared(store.clone(), MapOptions::new().writable(true))
+        .unwrap();
+    store.inject(Fault::on(Op::Write));
+    let data = region.as_mut_slice().unwrap();
+    for page in 0..4 {
+        data[page * PS] = 0x77;
+    }
+    let done = AtomicBool::new(false);
+    let region = &region;
+    std::thread::scope(|s| {
+        let reader = s.spawn(|| {
+            let v = region.as_slice()[40 * PS + 1];
+            done.store(true, Ordering::SeqCst);
+            v
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while umap.stats().buffer_stalls == 0 {
+            assert!(Instant::now() < deadline, "the stall was never reported");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(
+            !done.load(Ordering::SeqCst),
+            "no room: the fault cannot be served"
+        );
+        assert!(umap.stats().resident_bytes <= 4 * PS as u64);
+        let errors = region.take_errors();
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.kind == ErrorKind::BufferFull && e.offset == 40 * PS),
+            "{errors:?}"
+        );
+        assert!(
+            errors.iter().any(|e| e.kind == ErrorKind::Write),
+            "{errors:?}"
+        );
+        // A flush does not hang: it reports the failing writes.
+        assert!(region.flush().is_err());
+        // Reads of resident pages go on.
+        assert_eq!(region.as_slice()[2 * PS], 0x77);
+        store.clear();
+        let v = reader.join().unwrap();
+        assert_eq!(v, common::pattern_byte(14, (40 * PS + 1) as u64));
+    });
+    let stats = umap.stats();
+    assert!(stats.dirty_evictions >= 1, "{stats:?}");
+    assert!(stats.resident_bytes <= 4 * PS as u64);
+    region.flush().unwrap();
+    let bytes = store.inner().to_vec();
+    assert!((0..4).all(|p| bytes[p * PS] == 0x77));
+}
+
+/// A forked child does not inherit regions (MADV_DONTFORK): touching one, resident or not,
+/// read-only or writable, kills it with SIGSEGV (never zeros); the parent's region keeps
+/// working.
+#[test]
+fn a_forked_child_touching_a_region_gets_sigsegv_and_the_parent_goes_on() {
+    let umap = engine(MIB, 2);
+    let store = Arc::new(MemStore::from_vec(common::pattern(15, 0, 64 * PS)));
+    let mut region = umap
+        .map_shared(store.clone(), MapOptions::new().writable(true))
+        .unwrap();
+    common::check_pattern(15, 0, &region.as_slice()[..8 * PS]); // pages 0..8 resident
+    region.as_mut_slice().unwrap()[PS] = 0x42;
+    let base = region.as_mut_ptr() as usize;
+    for (what, offset, write) in [
+        ("read of a resident page", PS, false),
+        ("read of a missing page", 50 * PS, false),
+        ("write to a resident page", 2 * PS, true),
+    ] {
+        // SAFETY: the child only touches memory and exits: no allocation, no locks.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+        if pid == 0 {
+            let p = (base + offset) as *mut u8;
+            // SAFETY: in the child the range is not mapped: this must raise SIGSEGV.
+            let v = unsafe {
+                if write {
+                    std::ptr::write_volatile(p, 1);
+                    0
+                } else {
+                    std::ptr::read_volatile(p)
+                }
+            };
+            // SAFETY: _exit is async-signal-safe.
+            unsafe { libc::_exit(if v == 0 { 10 } else { 11 }) };
+        }
+        let mut status = 0;
+        // SAFETY: waits for the child just forked.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert!(
+            libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGSEGV,
+            "{what}: the child was not killed by SIGSEGV (status {status:#x})"
+        );
+    }
+    // The parent is unaffected.
+    assert_eq!(region.as_slice()[PS], 0x42);
+    common::check_pattern(15, 9 * PS as u64, &region.as_slice()[9 * PS..]);
+    region.as_mut_slice().unwrap()[60 * PS] = 0x43;
+    region.flush().unwrap();
+    assert_eq!(store.to_vec()[60 * PS], 0x43);
+    region.unmap().unwrap();
+}
