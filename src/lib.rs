@@ -22,9 +22,12 @@
 #![warn(missing_docs)]
 
 pub use umap_core::{
-    Config, ConfigBuilder, Error, ErrorKind, MapOptions, Region, RegionError, Result, Stats, Umap,
-    UnmapError, MIN_BUFFER_PAGES,
+    Advice, Config, ConfigBuilder, Error, ErrorKind, Latency, MapOptions, Prefetch, Region,
+    RegionError, RegionStats, Result, Stats, Umap, UnmapError, MAX_READ_AHEAD, MIN_BUFFER_PAGES,
 };
+
+/// The `UMAP_*` environment variables ([`Config::from_env`], [`ConfigBuilder::env`]).
+pub use umap_core::env;
 pub use umap_store::{FileStore, FileStoreOptions, MemStore, Store, StoreError};
 
 /// The typed userfaultfd layer, for programs that drive userfaultfd themselves.
