@@ -598,3 +598,251 @@ fn a_forked_child_touching_a_region_gets_sigsegv_and_the_parent_goes_on() {
     assert_eq!(store.to_vec()[60 * PS], 0x43);
     region.unmap().unwrap();
 }
+
+const UNPRIVILEGED_CHILD: &str = "UMAP_TEST_UNPRIVILEGED_CHILD";
+
+/// Runs in a child as uid 65534 (see `without_root_the_engine_falls_back_and_says_what_to_change`):
+/// `device` when it may open /dev/userfaultfd, `user-mode-only` when it may not.
+#[test]
+fn unprivileged_child() {
+    let Ok(mode) = std::env::var(UNPRIVILEGED_CHILD) else {
+        return;
+    };
+    // SAFETY: geteuid has no preconditions.
+    assert_ne!(unsafe { libc::geteuid() }, 0, "the child must not be root");
+    let umap = engine(MIB, 2);
+    let want = match mode.as_str() {
+        "device" => umap::uffd::OpenMethod::Device,
+        _ => umap::uffd::OpenMethod::SyscallUserModeOnly,
+    };
+    assert_eq!(umap.open_method(), want);
+    println!("FALLBACK {}", umap.open_method());
+    // And it works: reads through a small buffer, writes, flush.
+    let store = Arc::new(MemStore::from_vec(common::pattern(16, 0, 512 * PS)));
+    let mut region = umap
+        .map_shared(store.clone(), MapOptions::new().writable(true))
+        .unwrap();
+    common::check_pattern(16, 0, region.as_slice());
+    region.as_mut_slice().unwrap()[300 * PS] = 0x99;
+    region.flush().unwrap();
+    assert_eq!(store.to_vec()[300 * PS], 0x99);
+    region.unmap().unwrap();
+    println!("WORKS");
+    if mode == "user-mode-only" {
+        // Refuse the system call as well: now every method fails.
+        deny_userfaultfd_syscall();
+        let err = Umap::builder()
+            .buffer_size(MIB)
+            .page_size(PS)
+            .fillers(1)
+            .start()
+            .unwrap_err();
+        let msg = err.to_string();
+        for hint in [
+            "run as root",
+            "vm.unprivileged_userfaultfd=1",
+            "read-write access to /dev/userfaultfd",
+            "userfaultfd(2): Operation not permitted",
+            "/dev/userfaultfd: Permission denied",
+        ] {
+            assert!(msg.contains(hint), "{msg:?} should say {hint:?}");
+        }
+        println!("ALL FAILED: {msg}");
+    }
+}
+
+/// Makes `userfaultfd(2)` fail with EPERM for this thread (and threads it starts): a seccomp
+/// filter, since a user-mode-only descriptor is otherwise always allowed.
+fn deny_userfaultfd_syscall() {
+    let stmt = |code: u32, k: u32| libc::sock_filter {
+        code: code as u16,
+        jt: 0,
+        jf: 0,
+        k,
+    };
+    let filter = [
+        // Load the system call number (offset 0 of struct seccomp_data).
+        stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, 0),
+        libc::sock_filter {
+            code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
+            jt: 0,
+            jf: 1,
+            k: libc::SYS_userfaultfd as u32,
+        },
+        stmt(
+            libc::BPF_RET | libc::BPF_K,
+            libc::SECCOMP_RET_ERRNO | libc::EPERM as u32,
+        ),
+        stmt(libc::BPF_RET | libc::BPF_K, libc::SECCOMP_RET_ALLOW),
+    ];
+    let prog = libc::sock_fprog {
+        len: filter.len() as u16,
+        filter: filter.as_ptr() as *mut _,
+    };
+    // SAFETY: plain prctl calls; `prog` points to a valid filter for the duration of the call
+    // (the kernel copies it).
+    unsafe {
+        assert_eq!(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), 0);
+        assert_eq!(
+            libc::prctl(
+                libc::PR_SET_SECCOMP,
+                libc::SECCOMP_MODE_FILTER,
+                &prog as *const libc::sock_fprog
+            ),
+            0,
+            "seccomp: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// Sets a sysctl (a /proc/sys file) and puts the old value back on drop.
+struct Sysctl {
+    path: &'static str,
+    old: String,
+}
+
+impl Sysctl {
+    fn set(path: &'static str, value: &str) -> Sysctl {
+        let old = std::fs::read_to_string(path)
+            .unwrap_or_else(|e| panic!("{path}: {e}"))
+            .trim()
+            .to_string();
+        std::fs::write(path, value).unwrap_or_else(|e| panic!("writing {path}: {e}"));
+        Sysctl { path, old }
+    }
+}
+
+impl Drop for Sysctl {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::write(self.path, &self.old) {
+            eprintln!("cannot restore {} to {}: {e}", self.path, self.old);
+        }
+    }
+}
+
+const NOBODY: libc::uid_t = 65534;
+
+/// Without root and with `vm.unprivileged_userfaultfd=0`, the engine falls back to
+/// `/dev/userfaultfd` (when the user may open it) or to user-mode-only descriptors, and
+/// works; when every method fails, the error says what to change. Runs this test binary as
+/// uid 65534 (root sets that up: the sysctl, restored afterwards, and a private mount
+/// namespace that gives the child its own /dev/userfaultfd node).
+#[test]
+fn without_root_the_engine_falls_back_and_says_what_to_change() {
+    use std::ffi::CString;
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "this test needs root: it sets vm.unprivileged_userfaultfd and runs a child as uid 65534"
+    );
+    let _sysctl = Sysctl::set("/proc/sys/vm/unprivileged_userfaultfd", "0");
+    // The child runs a copy of this binary from a directory uid 65534 can reach.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let exe = dir.path().join("reliability-test");
+    std::fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
+    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+
+    let child = |mode: &str| {
+        let mut cmd = Command::new(&exe);
+        cmd.args([
+            "--exact",
+            "unprivileged_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(UNPRIVILEGED_CHILD, mode)
+        .current_dir(dir.path());
+        cmd
+    };
+    let drop_privileges = || -> std::io::Result<()> {
+        // SAFETY: plain system calls in the forked child, before exec.
+        unsafe {
+            if libc::setgroups(0, std::ptr::null()) != 0
+                || libc::setgid(NOBODY) != 0
+                || libc::setuid(NOBODY) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    };
+
+    // 1. /dev/userfaultfd is root's (0600): the user-mode-only descriptor, then every
+    //    method refused.
+    let dev = std::fs::metadata("/dev/userfaultfd").expect("/dev/userfaultfd (Linux 6.1+)");
+    assert_eq!(
+        dev.permissions().mode() & 0o006,
+        0,
+        "/dev/userfaultfd is open to everyone: this test needs it root-only"
+    );
+    let mut cmd = child("user-mode-only");
+    // SAFETY: the closure only makes system calls.
+    unsafe { cmd.pre_exec(drop_privileges) };
+    let (status, out) = run_command(&mut cmd, "unprivileged_child (user-mode-only)");
+    assert!(status.success(), "{status:?}\n{out}");
+    assert!(
+        out.contains("FALLBACK userfaultfd(2) with UFFD_USER_MODE_ONLY") && out.contains("WORKS"),
+        "{out}"
+    );
+    assert!(
+        out.contains("ALL FAILED: cannot create a userfaultfd"),
+        "{out}"
+    );
+
+    // 2. A /dev/userfaultfd node the child may open, bound over the real one in the child's
+    //    own mount namespace: the device is used.
+    use std::os::unix::fs::MetadataExt;
+    let node = dir.path().join("userfaultfd");
+    let node_c = CString::new(node.to_str().unwrap()).unwrap();
+    // SAFETY: creates a device node with the real one's numbers; chown gives it to nobody.
+    unsafe {
+        assert_eq!(
+            libc::mknod(node_c.as_ptr(), libc::S_IFCHR | 0o600, dev.rdev()),
+            0,
+            "mknod: {}",
+            std::io::Error::last_os_error()
+        );
+        assert_eq!(libc::chown(node_c.as_ptr(), NOBODY, NOBODY), 0);
+    }
+    let target = CString::new("/dev/userfaultfd").unwrap();
+    let root = CString::new("/").unwrap();
+    let mut cmd = child("device");
+    let bind = move || -> std::io::Result<()> {
+        // SAFETY: system calls in the forked child, before exec; the strings outlive them.
+        unsafe {
+            if libc::unshare(libc::CLONE_NEWNS) != 0
+                || libc::mount(
+                    std::ptr::null(),
+                    root.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_REC | libc::MS_PRIVATE,
+                    std::ptr::null(),
+                ) != 0
+                || libc::mount(
+                    node_c.as_ptr(),
+                    target.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_BIND,
+                    std::ptr::null(),
+                ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        drop_privileges()
+    };
+    // SAFETY: the closure only makes system calls.
+    unsafe { cmd.pre_exec(bind) };
+    let (status, out) = run_command(&mut cmd, "unprivileged_child (device)");
+    assert!(status.success(), "{status:?}\n{out}");
+    assert!(
+        out.contains("FALLBACK /dev/userfaultfd") && out.contains("WORKS"),
+        "{out}"
+    );
+}
