@@ -45,6 +45,8 @@ pub(crate) struct Shared {
     /// Regions dropped while their dirty pages could not be written back: still mapped and
     /// registered, so that [`Umap::flush`] (or the engine's shutdown) can retry and then unmap.
     leaked: Mutex<Vec<(Arc<RegionShared>, Mapping)>>,
+    /// Error records left in regions when they were unmapped, for [`Umap::take_errors`].
+    unmapped_errors: Mutex<Vec<crate::report::RegionError>>,
     /// Prefetch requests, served by idle fillers.
     pub(crate) prefetch: PrefetchQueue,
     /// Set when the engine stops; wakes the monitor thread.
@@ -108,6 +110,16 @@ impl Shared {
                 self.reopen(region);
                 return Err((e, Some(mapping)));
             }
+        }
+        // Records the application did not take yet: kept for Umap::take_errors.
+        let left = region.errors.take();
+        if !left.is_empty() {
+            let mut kept = self.unmapped_errors.lock();
+            let room = crate::report::MAX_RECORDS.saturating_sub(kept.len());
+            if left.len() > room {
+                crate::stats::bump(&self.counters.errors_unrecorded, (left.len() - room) as u64);
+            }
+            kept.extend(left.into_iter().take(room));
         }
         self.registry.remove(region.base);
         self.prefetch.forget_region(region);
@@ -237,6 +249,7 @@ impl Umap {
             work_fd: EventFd::new().map_err(|e| Error::os("eventfd", e))?,
             dropper: sys::Dropper::new(),
             leaked: Mutex::new(Vec::new()),
+            unmapped_errors: Mutex::new(Vec::new()),
             prefetch: PrefetchQueue::default(),
             stopped: Mutex::new(false),
             stopped_cv: Condvar::new(),
@@ -482,7 +495,7 @@ impl Umap {
             store_offset: options.offset,
             pages: PageTable::new(mapped_len / page_size),
             gate: Default::default(),
-            errors: Default::default(),
+            errors: crate::report::ErrorLog::new(mapping.addr()),
             counters: Counters::default(),
             read_ahead,
             sequential_window,
@@ -527,6 +540,14 @@ impl Umap {
             }
         }
         first_error.map_or(Ok(()), Err)
+    }
+
+    /// Takes the error records that regions still held when they were unmapped (or dropped),
+    /// oldest first: failures met after the last [`Region::take_errors`] of a region that is
+    /// gone now (a write-back that failed and was then retried successfully by the unmap, for
+    /// example). [`RegionError::region`](crate::RegionError::region) tells which region.
+    pub fn take_errors(&self) -> Vec<crate::report::RegionError> {
+        std::mem::take(&mut *self.handle.shared.unmapped_errors.lock())
     }
 
     /// Keeps a dropped region whose dirty pages could not be written back mapped and

@@ -44,6 +44,8 @@ pub enum ErrorKind {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RegionError {
+    /// The start address of the region it happened in.
+    pub region: usize,
     /// What failed.
     pub kind: ErrorKind,
     /// Where in the region (bytes from its start) the failed request began.
@@ -64,8 +66,15 @@ impl fmt::Display for RegionError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{:?} error at region offset {} ({} bytes, store offset {}), {} time(s): {}",
-            self.kind, self.offset, self.len, self.store_offset, self.count, self.message
+            "{:?} error at region offset {} ({} bytes, store offset {}) of the region at {:#x}, \
+             {} time(s): {}",
+            self.kind,
+            self.offset,
+            self.len,
+            self.store_offset,
+            self.region,
+            self.count,
+            self.message
         )
     }
 }
@@ -73,10 +82,20 @@ impl fmt::Display for RegionError {
 /// A region's error records.
 #[derive(Debug, Default)]
 pub(crate) struct ErrorLog {
+    /// The region's start address.
+    region: usize,
     records: Mutex<Vec<RegionError>>,
 }
 
 impl ErrorLog {
+    /// The log of the region starting at `region`.
+    pub(crate) fn new(region: usize) -> ErrorLog {
+        ErrorLog {
+            region,
+            records: Mutex::new(Vec::new()),
+        }
+    }
+
     /// Records a failure (or counts it again, if the same one is already recorded).
     pub(crate) fn record(
         &self,
@@ -99,6 +118,7 @@ impl ErrorLog {
             return;
         }
         records.push(RegionError {
+            region: self.region,
             kind,
             offset,
             len,
