@@ -289,6 +289,24 @@ fn every_bad_input_is_refused_with_a_clear_error() {
         check_invalid(what, &err, "range", "outside the region");
         tried += 1;
     }
+    for (what, offset, n) in [
+        ("prefetch range past the end", len, 1),
+        ("prefetch range overflowing", 1, usize::MAX),
+    ] {
+        let err = region.prefetch(offset, n).unwrap_err();
+        check_invalid(what, &err, "range", "outside the region");
+        tried += 1;
+    }
+    let err = region
+        .advise(len - 1, 2, umap::Advice::WillNeed)
+        .unwrap_err();
+    check_invalid(
+        "advice range past the end",
+        &err,
+        "range",
+        "outside the region",
+    );
+    tried += 1;
     let err = region.as_mut_slice().unwrap_err();
     check_invalid(
         "mutable slice of a read-only region",
@@ -298,6 +316,16 @@ fn every_bad_input_is_refused_with_a_clear_error() {
     );
     tried += 1;
     region.unmap().unwrap();
+    let big = umap.map(MemStore::new(2 * MIB), MapOptions::new()).unwrap();
+    let err = big.prefetch(0, 2 * MIB).unwrap_err();
+    check_invalid(
+        "prefetch larger than the buffer",
+        &err,
+        "len",
+        "more than the buffer",
+    );
+    tried += 1;
+    big.unmap().unwrap();
     println!("tried {tried} bad inputs: each refused with a typed error naming it");
 }
 
