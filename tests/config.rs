@@ -90,6 +90,7 @@ fn watermarks_take_effect() {
             .buffer_size(64 * 4 * KIB)
             .page_size(4 * KIB)
             .fillers(1)
+            .read_ahead(0)
             .watermarks(high, low)
             .start()
             .unwrap()
@@ -119,6 +120,7 @@ fn page_size_and_buffer_take_effect() {
         .buffer_size(MIB)
         .page_size(16 * KIB)
         .fillers(2)
+        .read_ahead(0)
         .start()
         .unwrap();
     assert_eq!(umap.stats().buffer_bytes, MIB as u64);
