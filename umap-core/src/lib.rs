@@ -37,6 +37,7 @@ mod memory;
 mod page_table;
 mod prefetch;
 mod region;
+mod report;
 pub mod snapshot;
 mod stats;
 pub mod sys;
@@ -49,7 +50,8 @@ pub use engine::Umap;
 pub use error::{Error, Result};
 pub use latency::Latency;
 pub use prefetch::Prefetch;
-pub use region::{MapOptions, Region};
+pub use region::{MapOptions, Region, UnmapError};
+pub use report::{ErrorKind, RegionError, MAX_RECORDS};
 pub use stats::{RegionStats, Stats};
 
 #[cfg(test)]
@@ -63,6 +65,8 @@ mod tests {
         check::<crate::Config>();
         check::<crate::Stats>();
         check::<crate::Error>();
+        check::<crate::UnmapError>();
+        check::<crate::RegionError>();
         check::<crate::snapshot::Snapshot>();
         check::<crate::snapshot::SnapshotStats>();
     }
