@@ -340,10 +340,21 @@ fn soak() {
                     Ok(()) => {}
                     Err(e) => {
                         assert!(matches!(e.error(), umap::Error::Store(_)), "{e}");
-                        let region = e.into_region().expect("the region comes back");
+                        let mut region = e.into_region().expect("the region comes back");
                         slot.reported.extend(region.take_errors());
                         stop_failing(&mut write_rules, &slot.store);
-                        region.unmap().expect("unmap once the store works");
+                        // The store's transient failures stay on (1 in 10 writes): a run can
+                        // still meet three in a row, which is reported like any failure.
+                        let mut tries = 0;
+                        while let Err(e) = region.unmap() {
+                            tries += 1;
+                            assert!(
+                                tries < 10 && e.to_string().contains("temporarily"),
+                                "unmap once the store works: {e}"
+                            );
+                            region = e.into_region().expect("the region comes back");
+                            slot.reported.extend(region.take_errors());
+                        }
                     }
                 }
                 // Failures met after the last take_errors, kept by the engine.
