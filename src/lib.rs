@@ -22,8 +22,8 @@
 #![warn(missing_docs)]
 
 pub use umap_core::{
-    Advice, Config, ConfigBuilder, Error, Latency, MapOptions, Prefetch, Region, RegionStats,
-    Result, Stats, Umap, MAX_READ_AHEAD, MIN_BUFFER_PAGES,
+    Advice, Config, ConfigBuilder, Error, ErrorKind, Latency, MapOptions, Prefetch, Region,
+    RegionError, RegionStats, Result, Stats, Umap, UnmapError, MAX_READ_AHEAD, MIN_BUFFER_PAGES,
 };
 
 /// The `UMAP_*` environment variables ([`Config::from_env`], [`ConfigBuilder::env`]).

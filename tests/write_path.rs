@@ -151,11 +151,66 @@ fn a_failed_write_back_keeps_pages_dirty_writable_and_retried() {
         .enumerate()
         .all(|(i, &b)| b == if i == PS { 6 } else { 5 }));
 
-    // unmap reports a write-back error too.
+    // unmap reports a write-back error too, and gives the region back, mapped and intact.
     region.as_mut_slice().unwrap()[0] = 7;
     store.failing.store(true, Ordering::Relaxed);
     let err = region.unmap().unwrap_err();
-    assert!(matches!(err, Error::Store(_)), "{err}");
+    assert!(matches!(err.error(), Error::Store(_)), "{err}");
+    assert!(err.to_string().contains("into_region"), "{err}");
+    let mut region = err.into_region().expect("the region comes back");
+    assert_eq!(umap.region_count(), 1);
+    assert_eq!(region.as_slice()[0], 7);
+    assert_eq!(region.dirty_bytes(), PS, "still dirty");
+    let errors = region.take_errors();
+    assert!(
+        errors.iter().any(|e| e.kind == umap::ErrorKind::Write
+            && e.offset == 0
+            && e.errno == Some(libc::EIO)),
+        "{errors:?}"
+    );
+    // It keeps working: faults, writes, evictions.
+    region.as_mut_slice().unwrap()[15 * PS] = 8;
+    store.failing.store(false, Ordering::Relaxed);
+    region.unmap().unwrap();
+    assert_eq!(umap.region_count(), 0);
+    let bytes = store.inner.to_vec();
+    assert_eq!((bytes[0], bytes[PS], bytes[15 * PS]), (7, 6, 8));
+}
+
+#[test]
+fn a_region_dropped_with_unwritable_pages_stays_mapped_until_a_flush_writes_them() {
+    let umap = engine(1 << 20, 1);
+    let store = Arc::new(TestStore::new(MemStore::new(16 * PS)));
+    let mut region = umap.map_shared(store.clone(), writable()).unwrap();
+    region.as_mut_slice().unwrap()[..3 * PS].fill(4);
+    store.failing.store(true, Ordering::Relaxed);
+    drop(region);
+    assert_eq!(umap.region_count(), 1, "kept mapped and registered");
+    assert_eq!(umap.leaked_regions(), 1);
+    assert!(umap.stats().resident_bytes >= 3 * PS as u64);
+    // Still unwritable: flush says so and keeps it.
+    assert!(umap.flush().is_err());
+    assert_eq!(umap.leaked_regions(), 1);
+    store.failing.store(false, Ordering::Relaxed);
+    umap.flush().unwrap();
+    assert_eq!((umap.region_count(), umap.leaked_regions()), (0, 0));
+    assert_eq!(umap.stats().resident_bytes, 0);
+    assert!(store.inner.to_vec()[..3 * PS].iter().all(|&b| b == 4));
+    assert!(store.inner.to_vec()[3 * PS..].iter().all(|&b| b == 0));
+}
+
+#[test]
+fn the_engine_shutdown_writes_a_leaked_region_when_it_can() {
+    let umap = engine(1 << 20, 1);
+    let store = Arc::new(TestStore::new(MemStore::new(16 * PS)));
+    let mut region = umap.map_shared(store.clone(), writable()).unwrap();
+    region.as_mut_slice().unwrap()[5 * PS] = 9;
+    store.failing.store(true, Ordering::Relaxed);
+    drop(region);
+    assert_eq!(umap.leaked_regions(), 1);
+    store.failing.store(false, Ordering::Relaxed);
+    drop(umap);
+    assert_eq!(store.inner.to_vec()[5 * PS], 9);
 }
 
 #[test]

@@ -32,7 +32,9 @@ extern "C" {
  *
  * - prot: PROT_READ, or PROT_READ | PROT_WRITE (then written pages are written back to the
  *   file on eviction, umap_flush and uunmap; fd must be open read-write).
- * - flags: UMAP_PRIVATE, optionally | UMAP_FIXED (map at exactly `addr`).
+ * - flags: UMAP_PRIVATE, optionally | UMAP_FIXED: map at exactly `addr` (a multiple of the
+ *   system page size), replacing whatever is mapped there as mmap(MAP_FIXED) does, unless it
+ *   is another umap region (EEXIST).
  * - fd: the library keeps its own duplicate; the caller may close `fd` at once.
  * - offset: a multiple of the system page size. length need not be a multiple of any page
  *   size; bytes past the end of the file read as zeros.
@@ -43,7 +45,9 @@ void *umap(void *addr, size_t length, int prot, int flags, int fd, off_t offset)
  * Writes back the region that starts at `addr`, syncs its file, and unmaps it. `length` is
  * 0 or the length given to umap (or that length rounded up to the umap page size): partial
  * unmapping is not supported. Returns 0, or -1 with errno (EINVAL: no region starts at
- * addr, or another length; EIO: the write-back failed, and the region is unmapped anyway).
+ * addr, or another length). If the write-back fails, -1 with the file's errno (EIO,
+ * ENOSPC, EFBIG ...) and nothing is unmapped: the region stays mapped with its data, for a
+ * later uunmap or umap_flush.
  */
 int uunmap(void *addr, size_t length);
 

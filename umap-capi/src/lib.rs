@@ -21,7 +21,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use libc::{off_t, size_t};
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use umap_core::uffd::UffdError;
 use umap_core::{Config, Error, MapOptions, Region, Umap};
 use umap_store::FileStore;
@@ -68,7 +68,7 @@ fn errno_of(e: &Error) -> c_int {
         Error::Store(s) => s.raw_os_error().unwrap_or(libc::EIO),
         Error::Os { source, .. } => source.raw_os_error().unwrap_or(libc::ENOMEM),
         Error::Thread { .. } => libc::EAGAIN,
-        Error::PinLimit { .. } => libc::ENOMEM,
+        Error::PinLimit { .. } | Error::BufferFull { .. } => libc::ENOMEM,
         _ => libc::EIO,
     }
 }
@@ -108,6 +108,9 @@ static CONFIG: OnceLock<Result<Config, String>> = OnceLock::new();
 static ENGINE: OnceLock<Umap> = OnceLock::new();
 /// Serialises starting the engine (a failed start is retried by the next call).
 static ENGINE_START: Mutex<()> = parking_lot::const_mutex(());
+/// Held (shared) by every `uunmap` while it unmaps, taken exclusively by a `UMAP_FIXED` map:
+/// a region being unmapped is out of [`REGIONS`] but still mapped. Taken before `REGIONS`.
+static UNMAPS: RwLock<()> = parking_lot::const_rwlock(());
 /// The mapped regions, by start address.
 static REGIONS: Mutex<BTreeMap<usize, Arc<Region>>> = parking_lot::const_mutex(BTreeMap::new());
 
@@ -237,29 +240,72 @@ fn map(
         .writable(writable)
         .offset(offset as u64)
         .len(length);
-    if flags & UMAP_FIXED != 0 {
-        options = fixed(options, addr as usize)?;
-    }
     let store = store_from_fd(fd, writable)?;
-    let region = engine()?.map_shared(Arc::new(store), options)?;
+    let engine = engine()?;
+    // A fixed map waits for unmaps in progress (their ranges are out of REGIONS already).
+    let _no_unmaps = (flags & UMAP_FIXED != 0).then(|| UNMAPS.write());
+    // Maps happen under the lock, so that a fixed map never replaces a region that is
+    // mapped but not yet in REGIONS.
+    let mut regions = REGIONS.lock();
+    if flags & UMAP_FIXED != 0 {
+        options = fixed(
+            &regions,
+            options,
+            addr as usize,
+            length,
+            engine.config().page_size,
+        )?;
+    }
+    let region = engine.map_shared(Arc::new(store), options)?;
     let base = region.as_ptr() as usize;
-    REGIONS.lock().insert(base, Arc::new(region));
+    regions.insert(base, Arc::new(region));
     Ok(base as *mut c_void)
 }
 
-/// `UMAP_FIXED`: not available until umap-core has a fixed-address option.
-fn fixed(_options: MapOptions, addr: usize) -> Result<MapOptions, Failure> {
-    Err(Failure::new(
-        libc::EINVAL,
-        format!(
-            "UMAP_FIXED (at {addr:#x}) is not supported by this build of umap-rs yet: \
-             map without UMAP_FIXED"
-        ),
-    ))
+/// `UMAP_FIXED`: the region goes at exactly `addr`, replacing what is mapped there (as with
+/// `mmap(MAP_FIXED)` and LLNL umap), unless that is a umap region. Called with the
+/// [`REGIONS`] lock held and [`UNMAPS`] taken for writing, so no region appears or disappears
+/// meanwhile.
+fn fixed(
+    regions: &BTreeMap<usize, Arc<Region>>,
+    options: MapOptions,
+    addr: usize,
+    length: usize,
+    page_size: usize,
+) -> Result<MapOptions, Failure> {
+    let end = length
+        .checked_next_multiple_of(page_size)
+        .and_then(|len| addr.checked_add(len))
+        .ok_or_else(|| {
+            Failure::new(
+                libc::EINVAL,
+                format!(
+                    "UMAP_FIXED at {addr:#x}: the range runs past the end of the address space"
+                ),
+            )
+        })?;
+    if let Some((&base, region)) = regions.range(..end).next_back() {
+        let region_end = base + region.len().next_multiple_of(region.page_size());
+        if region_end > addr {
+            return Err(Failure::new(
+                libc::EEXIST,
+                format!(
+                    "UMAP_FIXED range {addr:#x}..{end:#x} overlaps the umap region at {base:#x} \
+                     ({} bytes): uunmap it first",
+                    region.len()
+                ),
+            ));
+        }
+    }
+    // SAFETY: the caller of umap with UMAP_FIXED gives up whatever is mapped in the range, as
+    // with mmap(MAP_FIXED) (umap.h says so); no umap region lies there (checked above), and
+    // none can appear or be half unmapped there meanwhile (the locks the caller holds).
+    Ok(unsafe { options.fixed_address_replacing(addr) })
 }
 
 fn unmap(addr: *mut c_void, length: size_t) -> Result<c_int, Failure> {
     let base = addr as usize;
+    let _unmapping = UNMAPS.read();
     let region = {
         let mut regions = REGIONS.lock();
         let region = regions.get(&base).ok_or_else(|| {
@@ -294,8 +340,23 @@ fn unmap(addr: *mut c_void, length: size_t) -> Result<c_int, Failure> {
             }
         }
     };
-    region.unmap()?;
-    Ok(0)
+    match region.unmap() {
+        Ok(()) => Ok(0),
+        Err(e) => {
+            let (error, region) = e.into_parts();
+            let mut failure = Failure::from(error);
+            if let Some(region) = region {
+                // The write-back failed: nothing was unmapped and no data is lost. The region
+                // stays mapped (and registered here) for a later uunmap or umap_flush.
+                REGIONS.lock().insert(base, Arc::new(region));
+                failure.message.push_str(
+                    " (the region stays mapped with its data: call uunmap again, or \
+                     umap_flush, once the file can be written)",
+                );
+            }
+            Err(failure)
+        }
+    }
 }
 
 /// The region containing `addr` (up to the end of its last page), and the offset of `addr` in

@@ -282,6 +282,7 @@ mod tests {
             store_offset: 0,
             pages: crate::page_table::PageTable::new(8),
             gate: Default::default(),
+            errors: Default::default(),
             counters: Default::default(),
             read_ahead: 0,
             sequential_window: 0,

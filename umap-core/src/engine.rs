@@ -42,6 +42,11 @@ pub(crate) struct Shared {
     pub(crate) dropper: sys::Dropper,
     /// How many fillers are polling the userfaultfd instead of sleeping (at most one).
     pub(crate) spinners: AtomicUsize,
+    /// Regions dropped while their dirty pages could not be written back: still mapped and
+    /// registered, so that [`Umap::flush`] (or the engine's shutdown) can retry and then unmap.
+    leaked: Mutex<Vec<(Arc<RegionShared>, Mapping)>>,
+    /// Error records left in regions when they were unmapped, for [`Umap::take_errors`].
+    unmapped_errors: Mutex<Vec<crate::report::RegionError>>,
     /// Prefetch requests, served by idle fillers.
     pub(crate) prefetch: PrefetchQueue,
     /// Set when the engine stops; wakes the monitor thread.
@@ -82,6 +87,73 @@ impl Shared {
             }
         }
         false
+    }
+}
+
+impl Shared {
+    /// See [`Umap::unmap_region`].
+    fn unmap_region(
+        &self,
+        region: &Arc<RegionShared>,
+        mapping: Mapping,
+    ) -> Result<(), (Error, Option<Mapping>)> {
+        // After this, no engine thread touches the region's memory or pages, and every page
+        // is in a stable state (each transition happens inside the gate).
+        region.gate.close();
+        if region.writable {
+            // The mapping is still ours; nobody else owns a page of it now.
+            if let Err(e) = writeback::flush_pages(self, region, 0..region.pages.len()) {
+                log::error!(
+                    "{region:?} stays mapped: {} dirty bytes could not be written back: {e}",
+                    region.pages.count(crate::page_table::DIRTY) * region.page_size
+                );
+                self.reopen(region);
+                return Err((e, Some(mapping)));
+            }
+        }
+        // Records the application did not take yet: kept for Umap::take_errors.
+        let left = region.errors.take();
+        if !left.is_empty() {
+            let mut kept = self.unmapped_errors.lock();
+            let room = crate::report::MAX_RECORDS.saturating_sub(kept.len());
+            if left.len() > room {
+                crate::stats::bump(&self.counters.errors_unrecorded, (left.len() - room) as u64);
+            }
+            kept.extend(left.into_iter().take(room));
+        }
+        self.registry.remove(region.base);
+        self.prefetch.forget_region(region);
+        self.buffer.forget_region(region);
+        self.buffer.unpin(region.pins.pages() * region.page_size);
+        let resident = region.pages.count_resident() * region.page_size;
+        self.buffer.release(resident);
+        let (base, len) = (mapping.addr(), mapping.len());
+        // Unmap without unregistering first: in between, a fault would see plain anonymous
+        // memory (zeros). munmap ends the registration with the range.
+        let unmapped = mapping.unmap();
+        // Threads that faulted meanwhile retry and now fault on unmapped memory.
+        self.wake(base, len);
+        log::debug!("unmapped {region:?}");
+        unmapped.map_err(|e| (Error::os("munmap of the region", e), None))
+    }
+
+    /// Serves a region again after an unmap gave up (its gate closed for a while).
+    fn reopen(&self, region: &Arc<RegionShared>) {
+        region.gate.reopen();
+        // Evictors drop the queue entries of a region whose gate they find closed (it is
+        // usually being unmapped): queue every resident page again, so that the buffer can
+        // evict them. Entries queued twice, or for pages evicted meanwhile, are harmless
+        // (whoever pops one checks the page's state).
+        let now = std::time::Instant::now();
+        for page in 0..region.pages.len() {
+            if crate::page_table::is_resident(region.pages.state(page)) {
+                self.buffer.push(crate::buffer::PageRef {
+                    region: region.clone(),
+                    page,
+                    filled_at: now,
+                });
+            }
+        }
     }
 }
 
@@ -177,6 +249,8 @@ impl Umap {
             pending: Mutex::new(VecDeque::new()),
             work_fd: EventFd::new().map_err(|e| Error::os("eventfd", e))?,
             dropper: sys::Dropper::new(),
+            leaked: Mutex::new(Vec::new()),
+            unmapped_errors: Mutex::new(Vec::new()),
             prefetch: PrefetchQueue::default(),
             stopped: Mutex::new(false),
             stopped_cv: Condvar::new(),
@@ -268,8 +342,10 @@ impl Umap {
     /// [`MapOptions::writable`].
     ///
     /// Fails before anything is mapped if the length is zero, the offset lies past the end of
-    /// the store, the page size is not a multiple of the system page size or does not fit in
-    /// the buffer, or a writable map is asked of a read-only store.
+    /// the store (of a read-only store, even with an explicit length: such a region could only
+    /// read zeros), the page size is not a multiple of the system page size or does not fit in
+    /// the buffer, a writable map is asked of a read-only store, or a fixed address is not a
+    /// multiple of the system page size or overlaps an existing mapping.
     pub fn map<S: Store + 'static>(&self, store: S, options: MapOptions) -> Result<Region> {
         self.map_shared(Arc::new(store), options)
     }
@@ -306,6 +382,16 @@ impl Umap {
         }
         let store_len = store.len();
         let len = match options.len {
+            Some(_) if store.is_read_only() && options.offset >= store_len => {
+                return Err(Error::invalid(
+                    "offset",
+                    options.offset,
+                    format!(
+                        "lies at or past the end of the read-only store ({store_len} bytes): the \
+                         region could only read zeros"
+                    ),
+                ));
+            }
             Some(len) => len,
             None => {
                 if options.offset > store_len {
@@ -335,14 +421,59 @@ impl Umap {
             .offset
             .checked_add(mapped_len as u64)
             .ok_or_else(|| Error::invalid("offset", options.offset, "offset + len overflows"))?;
+        if let Some(fixed) = options.fixed {
+            let sys_page = sys::page_size();
+            if fixed.addr == 0 || fixed.addr % sys_page != 0 {
+                return Err(Error::invalid(
+                    "fixed_address",
+                    format_args!("{:#x}", fixed.addr),
+                    format!(
+                        "must be a non-zero multiple of the system page size ({sys_page} bytes)"
+                    ),
+                ));
+            }
+            if fixed
+                .addr
+                .checked_add(mapped_len)
+                .is_none_or(|end| end > isize::MAX as usize)
+            {
+                return Err(Error::invalid(
+                    "fixed_address",
+                    format_args!("{:#x}", fixed.addr),
+                    format!("a region of {mapped_len} bytes does not fit above it"),
+                ));
+            }
+        }
 
         let (prot, mode) = if options.writable {
             (libc::PROT_READ | libc::PROT_WRITE, RegisterMode::MISSING_WP)
         } else {
             (libc::PROT_READ, RegisterMode::MISSING)
         };
-        let mapping = Mapping::anonymous(mapped_len, prot, libc::MAP_NORESERVE)
-            .map_err(|e| Error::os("mmap of the region", e))?;
+        let mapping = match options.fixed {
+            None => Mapping::anonymous(mapped_len, prot, libc::MAP_NORESERVE),
+            Some(fixed) if fixed.replace => {
+                // SAFETY: the caller of `MapOptions::fixed_address_replacing` vouched that
+                // the range is theirs to replace.
+                unsafe {
+                    Mapping::anonymous_replacing(fixed.addr, mapped_len, prot, libc::MAP_NORESERVE)
+                }
+            }
+            Some(fixed) => Mapping::anonymous_at(fixed.addr, mapped_len, prot, libc::MAP_NORESERVE),
+        }
+        .map_err(|e| match (options.fixed, e.raw_os_error()) {
+            (Some(fixed), Some(libc::EEXIST)) => Error::invalid(
+                "fixed_address",
+                format_args!("{:#x}", fixed.addr),
+                format!(
+                    "[{:#x}, {:#x}) overlaps an existing mapping: choose a free range (or \
+                     replace it with MapOptions::fixed_address_replacing)",
+                    fixed.addr,
+                    fixed.addr + mapped_len
+                ),
+            ),
+            _ => Error::os("mmap of the region", e),
+        })?;
         // A forked child must fault loudly on the region, never read zeros; transparent huge
         // pages would bypass the per-page fills.
         mapping
@@ -385,6 +516,7 @@ impl Umap {
             store_offset: options.offset,
             pages: PageTable::new(mapped_len / page_size),
             gate: Default::default(),
+            errors: crate::report::ErrorLog::new(mapping.addr()),
             counters: Counters::default(),
             read_ahead,
             sequential_window,
@@ -404,15 +536,52 @@ impl Umap {
 
     /// Writes back every dirty page of every region and syncs their stores. Returns the first
     /// error; the other regions are flushed all the same. See [`Region::flush`].
+    ///
+    /// Regions that were dropped while their dirty pages could not be written back (see
+    /// [`Region`]) are still mapped: this writes them back too, and unmaps each one it could
+    /// write.
     pub fn flush(&self) -> Result<()> {
-        let regions = self.handle.shared.registry.all();
+        let shared = &self.handle.shared;
+        let leaked = std::mem::take(&mut *shared.leaked.lock());
+        let regions = shared.registry.all();
         let mut first_error = None;
         for region in regions {
+            if leaked.iter().any(|(r, _)| Arc::ptr_eq(r, &region)) {
+                continue;
+            }
             if let Err(e) = self.flush_region(&region, 0..region.pages.len()) {
                 first_error.get_or_insert(e);
             }
         }
+        for (region, mapping) in leaked {
+            if let Err((e, mapping)) = shared.unmap_region(&region, mapping) {
+                first_error.get_or_insert(e);
+                if let Some(mapping) = mapping {
+                    shared.leaked.lock().push((region, mapping));
+                }
+            }
+        }
         first_error.map_or(Ok(()), Err)
+    }
+
+    /// Takes the error records that regions still held when they were unmapped (or dropped),
+    /// oldest first: failures met after the last [`Region::take_errors`] of a region that is
+    /// gone now (a write-back that failed and was then retried successfully by the unmap, for
+    /// example). [`RegionError::region`](crate::RegionError::region) tells which region.
+    pub fn take_errors(&self) -> Vec<crate::report::RegionError> {
+        std::mem::take(&mut *self.handle.shared.unmapped_errors.lock())
+    }
+
+    /// Keeps a dropped region whose dirty pages could not be written back mapped and
+    /// registered, for [`Umap::flush`] to retry.
+    pub(crate) fn leak(&self, region: Arc<RegionShared>, mapping: Mapping) {
+        self.handle.shared.leaked.lock().push((region, mapping));
+    }
+
+    /// Regions dropped with dirty pages that could not be written back, still mapped and
+    /// waiting for a [`Umap::flush`] that can write them.
+    pub fn leaked_regions(&self) -> usize {
+        self.handle.shared.leaked.lock().len()
     }
 
     /// Flushes `pages` of `region`: see [`Region::flush`].
@@ -427,39 +596,16 @@ impl Umap {
         writeback::flush_pages(&self.handle.shared, region, pages)
     }
 
-    /// Unmaps a region: see [`Region::unmap`].
-    pub(crate) fn unmap_region(&self, region: &Arc<RegionShared>, mapping: Mapping) -> Result<()> {
-        let shared = &self.handle.shared;
-        // After this, no engine thread touches the region's memory or pages, and every page
-        // is in a stable state (each transition happens inside the gate).
-        region.gate.close();
-        let written = if region.writable {
-            // The mapping is still ours; nobody else owns a page of it now.
-            writeback::flush_pages(shared, region, 0..region.pages.len())
-        } else {
-            Ok(())
-        };
-        if let Err(e) = &written {
-            log::error!(
-                "unmapping {region:?} with dirty pages that could not be written back \
-                 (their data is lost): {e}"
-            );
-        }
-        shared.registry.remove(region.base);
-        shared.prefetch.forget_region(region);
-        shared.buffer.forget_region(region);
-        shared.buffer.unpin(region.pins.pages() * region.page_size);
-        let resident = region.pages.count_resident() * region.page_size;
-        shared.buffer.release(resident);
-        let (base, len) = (mapping.addr(), mapping.len());
-        // Unmap without unregistering first: in between, a fault would see plain anonymous
-        // memory (zeros). munmap ends the registration with the range.
-        let unmapped = mapping.unmap();
-        // Threads that faulted meanwhile retry and now fault on unmapped memory.
-        shared.wake(base, len);
-        log::debug!("unmapped {region:?}");
-        written?;
-        unmapped.map_err(|e| Error::os("munmap of the region", e))
+    /// Unmaps a region: see [`Region::unmap`]. If its dirty pages cannot all be written back,
+    /// the region stays as it was (mapped, registered, served) and the mapping comes back
+    /// with the error; if `munmap` itself fails (the data is safe by then), the error comes
+    /// without it.
+    pub(crate) fn unmap_region(
+        &self,
+        region: &Arc<RegionShared>,
+        mapping: Mapping,
+    ) -> Result<(), (Error, Option<Mapping>)> {
+        self.handle.shared.unmap_region(region, mapping)
     }
 
     /// Number of regions currently mapped.
@@ -523,6 +669,17 @@ fn monitor(shared: Arc<Shared>) {
 
 impl Drop for Handle {
     fn drop(&mut self) {
+        // Last chance for regions dropped with dirty pages that could not be written back.
+        let leaked = std::mem::take(&mut *self.shared.leaked.lock());
+        for (region, mapping) in leaked {
+            let dirty = region.pages.count(crate::page_table::DIRTY) * region.page_size;
+            if let Err((e, _mapping)) = self.shared.unmap_region(&region, mapping) {
+                log::error!(
+                    "engine shutting down: {dirty} dirty bytes of {region:?} could not be \
+                     written back and are lost: {e}"
+                );
+            }
+        }
         *self.shared.stopped.lock() = true;
         self.shared.stopped_cv.notify_all();
         self.shared.buffer.stop();

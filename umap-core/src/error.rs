@@ -35,6 +35,16 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The buffer stayed full of pages that could not be evicted (dirty pages whose
+    /// write-back fails) for longer than the engine waits.
+    #[error(
+        "the buffer ({capacity} bytes) stayed full of pages that could not be evicted (dirty \
+         pages whose write-back fails: see Region::take_errors); retry once the store works"
+    )]
+    BufferFull {
+        /// The buffer's capacity in bytes.
+        capacity: usize,
+    },
     /// An engine thread could not be started.
     #[error("cannot start engine thread {name}: {source}")]
     Thread {

@@ -30,15 +30,23 @@ pub(crate) const BATCH: usize = 64;
 /// The evictor thread's loop.
 pub(crate) fn run(shared: Arc<Shared>) {
     let mut batch = Vec::with_capacity(BATCH);
+    // Rounds in a row that freed nothing: after 8, each doubles the pause (from 200 µs to
+    // 100 ms), so dirty pages whose write-back keeps failing are retried at a calm pace.
+    let mut idle_rounds = 0u32;
     while shared.buffer.wait_for_work(Duration::from_millis(200)) {
         while !shared.buffer.at_or_below_low_water() && !shared.buffer.is_stopping() {
             let excess = shared.buffer.excess_over_low_water();
             let (freed, young) = evict_batch(&shared, excess, BATCH, &mut batch);
             if freed == 0 {
-                // Everything resident is in transition, or too freshly filled to evict.
-                std::thread::sleep(young.unwrap_or(Duration::from_micros(200)));
+                // Everything resident is in transition, too freshly filled to evict, or dirty
+                // with a failing write-back.
+                let pause = Duration::from_micros(200 << idle_rounds.saturating_sub(8).min(9))
+                    .min(Duration::from_millis(100));
+                idle_rounds += 1;
+                std::thread::sleep(young.unwrap_or_default().max(pause));
                 break;
             }
+            idle_rounds = 0;
         }
         if shared.buffer.at_or_below_low_water() {
             shared.buffer.work_done();

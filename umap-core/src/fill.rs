@@ -9,8 +9,9 @@
 //! `Dirty`, for a write), each queued for eviction.
 //!
 //! Read-ahead: a fault on the page a sequential stream of faults expects next (see
-//! [`crate::advice::Streams`]), or any fault in a range advised `Sequential`, fills the
-//! region's read-ahead window after the faulting page in the same run. The extra pages are
+//! [`crate::advice::Streams`]: the window ramps up 2, 4, 8 ... pages from a stream's second
+//! continuation on), or any fault in a range advised `Sequential`, fills the read-ahead window
+//! after the faulting page in the same run. The extra pages are
 //! taken only from free buffer room (`try_reserve`): read-ahead never makes a filler reclaim,
 //! and its window is at most the buffer's low-water share, so what is read ahead is not
 //! evicted before the reader gets to it. A read error in the extra pages only shortens the
@@ -28,12 +29,21 @@ use crate::evictor;
 use crate::filler::Filler;
 use crate::page_table::{ABSENT, CLEAN, DIRTY, POISONED};
 use crate::region::RegionShared;
+use crate::report::ErrorKind;
 use crate::stats::{bump, bump_both, Counters};
 use crate::sys::{self, Mapping};
 use crate::uffd::CopyMode;
 
 /// Attempts at a store read that fails with a transient error.
 const READ_ATTEMPTS: u32 = 3;
+
+/// How long a fill waits for a full buffer that frees nothing before it gives up for now
+/// (see [`Filler::reserve`]).
+const STALL_LIMIT: Duration = Duration::from_secs(1);
+
+/// After this long without freeing anything, a filler waiting for the buffer slows its
+/// retries down, to at most one per this long.
+const STUCK_SLEEP: Duration = Duration::from_millis(10);
 
 /// Why a run is filled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,8 +60,9 @@ impl Filler<'_> {
     pub(crate) fn fill_fault(&mut self, region: &Arc<RegionShared>, page: usize, write: bool) {
         let shared = self.shared;
         let ps = region.page_size;
-        if !self.reserve(region, ps) {
-            // The region is being unmapped.
+        if !self.reserve(region, ps, page) {
+            // The region is being unmapped, or the buffer stayed full of pages that cannot be
+            // evicted: the thread faults again (and, unmapped, crashes; stalled, waits again).
             region.pages.finish_fill(page, ABSENT);
             shared.wake(region.page_addr(page), ps);
             return;
@@ -63,8 +74,8 @@ impl Filler<'_> {
             0
         };
         let n = 1 + extra;
-        if region.read_ahead > 0 {
-            region.streams.expect(stream, page + n);
+        if let Some(hit) = stream {
+            region.streams.expect(hit, page + n);
         }
         // A fault's run never returns an error: a failed read poisons the page (and logs).
         let _ = self.fill_run(region, page, n, Cause::Fault { write });
@@ -124,8 +135,14 @@ impl Filler<'_> {
             let run = (p..pages.end.min(p + region.max_run))
                 .take_while(|&q| region.pages.state(q) == ABSENT)
                 .count();
-            if !self.reserve(region, run * region.page_size) {
-                break; // being unmapped
+            if !self.reserve(region, run * region.page_size, p) {
+                // Being unmapped, or a buffer full of pages that cannot be evicted.
+                if !region.gate.is_closed() {
+                    error.get_or_insert(Error::BufferFull {
+                        capacity: shared.buffer.capacity(),
+                    });
+                }
+                break;
             }
             let claimed = (p..p + run)
                 .take_while(|&q| region.pages.claim_fill(q))
@@ -257,6 +274,13 @@ impl Filler<'_> {
         let ps = region.page_size;
         let addr = region.page_addr(page);
         bump_both(&shared.counters, &region.counters, |c| &c.read_errors, 1);
+        region.errors.record(
+            &shared.counters,
+            ErrorKind::Read,
+            (page * ps, data_len, offset),
+            error.raw_os_error(),
+            error,
+        );
         log::error!(
             "store read of page {page} ({data_len} bytes at offset {offset}) failed, the page is \
              poisoned (access raises SIGBUS): {error}"
@@ -311,12 +335,17 @@ impl Filler<'_> {
         Ok(())
     }
 
-    /// Reserves `bytes` of the buffer for a fill of `region`, reclaiming the oldest pages
-    /// itself when the buffer is full. False if the region is being unmapped meanwhile.
-    pub(crate) fn reserve(&mut self, region: &RegionShared, bytes: usize) -> bool {
+    /// Reserves `bytes` of the buffer for a fill of `region` from `page` on, reclaiming the
+    /// oldest pages itself when the buffer is full. False if the region is being unmapped
+    /// meanwhile, or if nothing could be freed for [`STALL_LIMIT`] (every resident page dirty
+    /// with a failing write-back, say): the stall is then counted, logged and recorded for the
+    /// region, and the caller gives the fill up for now (a faulting thread faults again), so
+    /// no filler stays blocked for good and the buffer is never exceeded.
+    pub(crate) fn reserve(&mut self, region: &RegionShared, bytes: usize, page: usize) -> bool {
         let shared = self.shared;
         let mut tries = 0u32;
         let mut backoff = Backoff::new();
+        let mut stuck_since: Option<Instant> = None;
         loop {
             if let Some(crossed_high) = shared.buffer.try_reserve(bytes) {
                 if crossed_high {
@@ -328,6 +357,7 @@ impl Filler<'_> {
             if tries == 0 {
                 bump(&shared.counters.buffer_full_waits, 1);
             }
+            tries = tries.saturating_add(1);
             if region.gate.is_closed() {
                 return false;
             }
@@ -340,6 +370,19 @@ impl Filler<'_> {
                 evictor::evict_batch(shared, bytes, evictor::BATCH, &mut self.reclaim);
             if freed > 0 {
                 // Try the reservation again.
+                stuck_since = None;
+                continue;
+            }
+            let stuck = stuck_since.get_or_insert_with(Instant::now).elapsed();
+            if stuck >= STALL_LIMIT {
+                self.report_stall(region, page, stuck);
+                return false;
+            }
+            if stuck >= STUCK_SLEEP {
+                // Nothing freed for a while (write-backs failing, or very slow): retry at a
+                // calmer pace (a tenth of the time waited so far, at most 10 ms) instead of
+                // hammering the store.
+                std::thread::sleep((stuck / 10).min(STUCK_SLEEP));
             } else if let Some(wait) = young {
                 // Every resident page was just filled: let the threads woken by those fills
                 // touch them (sleeping frees this CPU for them) before evicting any.
@@ -348,8 +391,31 @@ impl Filler<'_> {
                 // All resident pages are in transition: their owners finish soon.
                 backoff.wait();
             }
-            tries = tries.saturating_add(1);
         }
+    }
+
+    /// Counts, logs and records a fill that gave up on a full buffer.
+    #[cold]
+    fn report_stall(&self, region: &RegionShared, page: usize, waited: Duration) {
+        let shared = self.shared;
+        bump(&shared.counters.buffer_stalls, 1);
+        let message = format!(
+            "the buffer ({} bytes) stayed full for {waited:?} with no page that could be \
+             evicted (dirty pages whose write-back fails?); the fill of page {page} is retried",
+            shared.buffer.capacity()
+        );
+        log::error!("{region:?}: {message}");
+        region.errors.record(
+            &shared.counters,
+            ErrorKind::BufferFull,
+            (
+                page * region.page_size,
+                region.page_size,
+                region.page_store_offset(page),
+            ),
+            None,
+            &message,
+        );
     }
 
     /// This filler's page-aligned scratch buffer, at least `len` bytes; `None` (logged) if

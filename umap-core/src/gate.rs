@@ -53,6 +53,14 @@ impl Gate {
     }
 }
 
+impl Gate {
+    /// Opens a closed gate again (an unmap that could not write its region back gives the
+    /// region back, working as before).
+    pub(crate) fn reopen(&self) {
+        self.state.fetch_and(!CLOSED, Ordering::SeqCst);
+    }
+}
+
 impl Drop for GateGuard<'_> {
     #[inline]
     fn drop(&mut self) {
@@ -92,5 +100,10 @@ mod tests {
         assert!(gate.enter().is_none());
         assert!(gate.is_closed());
         worker.join().unwrap();
+        gate.reopen();
+        assert!(!gate.is_closed());
+        drop(gate.enter().expect("open again"));
+        gate.close();
+        assert!(gate.is_closed());
     }
 }

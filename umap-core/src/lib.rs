@@ -38,6 +38,7 @@ mod page_table;
 mod pin;
 mod prefetch;
 mod region;
+mod report;
 pub mod snapshot;
 mod stats;
 pub mod sys;
@@ -50,7 +51,8 @@ pub use engine::Umap;
 pub use error::{Error, Result};
 pub use latency::Latency;
 pub use prefetch::Prefetch;
-pub use region::{MapOptions, Region};
+pub use region::{MapOptions, Region, UnmapError};
+pub use report::{ErrorKind, RegionError, MAX_RECORDS};
 pub use stats::{RegionStats, Stats};
 
 #[cfg(test)]
@@ -64,6 +66,8 @@ mod tests {
         check::<crate::Config>();
         check::<crate::Stats>();
         check::<crate::Error>();
+        check::<crate::UnmapError>();
+        check::<crate::RegionError>();
         check::<crate::snapshot::Snapshot>();
         check::<crate::snapshot::SnapshotStats>();
     }

@@ -6,14 +6,16 @@ use std::sync::Arc;
 
 use umap_store::Store;
 
-use crate::advice::{Advice, Pattern, PatternMap, Streams};
+use crate::advice::{Advice, Pattern, PatternMap, StreamHit, Streams};
 use crate::engine::Umap;
 use crate::error::{Error, Result};
 use crate::gate::Gate;
 use crate::page_table::{PageTable, DIRTY};
 use crate::pin::Pins;
 use crate::prefetch::Prefetch;
+use crate::report::{ErrorLog, RegionError};
 use crate::stats::{Counters, RegionStats};
+
 use crate::sys::Mapping;
 
 /// How to map a store; see [`Umap::map`].
@@ -29,6 +31,14 @@ pub struct MapOptions {
     pub(crate) len: Option<usize>,
     pub(crate) writable: bool,
     pub(crate) read_ahead: Option<usize>,
+    pub(crate) fixed: Option<Fixed>,
+}
+
+/// Where a fixed-address region goes, and whether it may replace what is there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Fixed {
+    pub(crate) addr: usize,
+    pub(crate) replace: bool,
 }
 
 impl MapOptions {
@@ -67,6 +77,31 @@ impl MapOptions {
         self.read_ahead = Some(pages);
         self
     }
+
+    /// Map the region at exactly `addr` (a multiple of the system page size; LLNL umap's
+    /// `UMAP_FIXED`). The map fails, touching nothing, if any part of the range is mapped
+    /// already (`MAP_FIXED_NOREPLACE`).
+    pub fn fixed_address(mut self, addr: usize) -> MapOptions {
+        self.fixed = Some(Fixed {
+            addr,
+            replace: false,
+        });
+        self
+    }
+
+    /// Map the region at exactly `addr` (a multiple of the system page size), replacing
+    /// whatever is mapped in the range (`MAP_FIXED`, as LLNL umap's `UMAP_FIXED` does).
+    ///
+    /// # Safety
+    /// The caller owns `[addr, addr + len)` (the length rounded up to the page size), and
+    /// nothing uses what is mapped there any more: the map removes it, as `munmap` would.
+    pub unsafe fn fixed_address_replacing(mut self, addr: usize) -> MapOptions {
+        self.fixed = Some(Fixed {
+            addr,
+            replace: true,
+        });
+        self
+    }
 }
 
 /// Bytes a prefetch or `Sequential` read-ahead run reads at most in one store call.
@@ -88,6 +123,8 @@ pub(crate) struct RegionShared {
     pub(crate) pages: PageTable,
     /// Held by every thread that touches the region's memory.
     pub(crate) gate: Gate,
+    /// Failures met in the background, for [`Region::take_errors`].
+    pub(crate) errors: ErrorLog,
     /// This region's share of the statistics.
     pub(crate) counters: Counters,
     /// Read-ahead window in pages after a sequential fault (0: off).
@@ -135,18 +172,18 @@ impl RegionShared {
         self.store_offset + (page * self.page_size) as u64
     }
 
-    /// The read-ahead window for a fault on `page` (0 for none), and the sequential stream the
-    /// fault continues, if it continues one.
+    /// The read-ahead window for a fault on `page` (0 for none), and the fault's place in the
+    /// sequential streams (to record once the run's length is known), if read-ahead applies.
     #[inline]
-    pub(crate) fn read_ahead_window(&self, page: usize) -> (usize, Option<usize>) {
+    pub(crate) fn read_ahead_window(&self, page: usize) -> (usize, Option<StreamHit>) {
         match self.patterns.get(page) {
             Pattern::Random => (0, None),
             Pattern::Sequential => (self.sequential_window, None),
             Pattern::Normal if self.read_ahead == 0 => (0, None),
-            Pattern::Normal => match self.streams.find(page) {
-                Some(stream) => (self.read_ahead, Some(stream)),
-                None => (0, None),
-            },
+            Pattern::Normal => {
+                let hit = self.streams.find(page);
+                (Streams::window(hit, self.read_ahead), Some(hit))
+            }
         }
     }
 
@@ -189,8 +226,12 @@ impl fmt::Debug for RegionShared {
 /// write to a clean page is a write-protect fault) and writes them back to the store when
 /// they are evicted, on [`flush`](Region::flush), and when the region is unmapped.
 ///
-/// Dropping a region writes back and unmaps it (and logs an error it cannot return);
-/// [`Region::unmap`] does the same and returns the error.
+/// [`Region::unmap`] writes back and unmaps it; if the write-back fails, the region stays
+/// mapped and comes back in the error ([`UnmapError::into_region`]), so no dirty byte is lost.
+/// Dropping a region does the same, and when the write-back fails it logs the error and keeps
+/// the region mapped and registered with the engine (leaked, out of the application's reach):
+/// [`Umap::flush`] retries it and unmaps it once written, and the engine's shutdown tries a
+/// last time. Call [`Region::unmap`] to handle the error yourself.
 ///
 /// ```
 /// use umap_core::{MapOptions, Umap};
@@ -304,6 +345,16 @@ impl Region {
     pub fn flush_range(&self, offset: usize, len: usize) -> Result<()> {
         let pages = self.shared.page_range(offset, len)?;
         self.engine.flush_region(&self.shared, pages)
+    }
+
+    /// Takes the failures the engine recorded for this region since the last call, oldest
+    /// first: store reads that failed (their pages are poisoned, accesses raise `SIGBUS`),
+    /// write-backs and syncs that failed (the pages stay dirty and are retried), and fills
+    /// that stalled on a buffer full of pages that could not be written back. Each says
+    /// where (region and store offsets), the errno and how many times it happened; see
+    /// [`RegionError`]. The counts are in [`Umap::stats`] too.
+    pub fn take_errors(&self) -> Vec<RegionError> {
+        self.shared.errors.take()
     }
 
     /// Starts filling the pages overlapping `[offset, offset + len)` in the background and
@@ -452,24 +503,115 @@ impl Region {
     /// Writes back every dirty page, syncs the store, and unmaps the region: waits for
     /// in-flight fills and evictions, releases its share of the buffer, and removes the
     /// address range. Threads still touching the range afterwards fault as on any unmapped
-    /// memory. Returns the first write-back or sync error (the range is unmapped anyway).
-    pub fn unmap(mut self) -> Result<()> {
-        self.unmap_inner()
-    }
-
-    fn unmap_inner(&mut self) -> Result<()> {
-        match self.mapping.take() {
-            Some(mapping) => self.engine.unmap_region(&self.shared, mapping),
-            None => Ok(()),
+    /// memory.
+    ///
+    /// If a write-back or the sync fails, nothing is unmapped: the error gives the region
+    /// back, mapped, intact and working ([`UnmapError::into_region`]), to retry later (a
+    /// `flush` that succeeds, then `unmap`) or to drop. Threads that faulted on the region
+    /// while the unmap was trying just retry.
+    pub fn unmap(mut self) -> Result<(), UnmapError> {
+        let Some(mapping) = self.mapping.take() else {
+            return Ok(());
+        };
+        match self.engine.unmap_region(&self.shared, mapping) {
+            Ok(()) => Ok(()),
+            Err((error, Some(mapping))) => {
+                self.mapping = Some(mapping);
+                Err(UnmapError {
+                    error,
+                    region: Some(self),
+                })
+            }
+            Err((error, None)) => Err(UnmapError {
+                error,
+                region: None,
+            }),
         }
     }
 }
 
 impl Drop for Region {
     fn drop(&mut self) {
-        if let Err(e) = self.unmap_inner() {
-            log::error!("unmapping region at {:#x} failed: {e}", self.shared.base);
+        let Some(mapping) = self.mapping.take() else {
+            return;
+        };
+        match self.engine.unmap_region(&self.shared, mapping) {
+            Ok(()) => {}
+            Err((e, Some(mapping))) => {
+                log::error!(
+                    "dropping region at {:#x}: its dirty pages could not be written back ({e}); \
+                     it stays mapped until a Umap::flush writes them",
+                    self.shared.base
+                );
+                self.engine.leak(self.shared.clone(), mapping);
+            }
+            Err((e, None)) => {
+                log::error!("unmapping region at {:#x} failed: {e}", self.shared.base);
+            }
         }
+    }
+}
+
+/// An unmap that did not complete: the error, and the region if it is still mapped (its dirty
+/// pages could not all be written back). See [`Region::unmap`].
+///
+/// Converting it into an [`Error`] (with `?`) drops the region, which then stays mapped for
+/// [`Umap::flush`] to retry (see [`Region`]).
+pub struct UnmapError {
+    error: Error,
+    region: Option<Region>,
+}
+
+impl UnmapError {
+    /// Why the unmap did not complete.
+    pub fn error(&self) -> &Error {
+        &self.error
+    }
+
+    /// The region, still mapped with all its data, if the write-back is what failed; `None`
+    /// if the data was written and synced but `munmap` failed.
+    pub fn into_region(self) -> Option<Region> {
+        self.region
+    }
+
+    /// The error and the region.
+    pub fn into_parts(self) -> (Error, Option<Region>) {
+        (self.error, self.region)
+    }
+}
+
+impl fmt::Debug for UnmapError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UnmapError")
+            .field("error", &self.error)
+            .field("region", &self.region)
+            .finish()
+    }
+}
+
+impl fmt::Display for UnmapError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.region {
+            Some(_) => write!(
+                f,
+                "the region was not unmapped, its dirty pages could not be written back \
+                 (it is still mapped: UnmapError::into_region gives it back): {}",
+                self.error
+            ),
+            None => write!(f, "unmapping the region failed: {}", self.error),
+        }
+    }
+}
+
+impl std::error::Error for UnmapError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
+    }
+}
+
+impl From<UnmapError> for Error {
+    fn from(e: UnmapError) -> Error {
+        e.error
     }
 }
 

@@ -27,6 +27,8 @@ pub(crate) struct Counters {
     pub(crate) flushes: AtomicU64,
     pub(crate) read_errors: AtomicU64,
     pub(crate) buffer_full_waits: AtomicU64,
+    pub(crate) buffer_stalls: AtomicU64,
+    pub(crate) errors_unrecorded: AtomicU64,
     pub(crate) high_water_hits: AtomicU64,
     pub(crate) event_batches: AtomicU64,
     pub(crate) fault_latency: Histogram,
@@ -94,6 +96,13 @@ pub struct Stats {
     pub read_errors: u64,
     /// Fills that found the buffer full and had to reclaim or wait.
     pub buffer_full_waits: u64,
+    /// Fills that waited longer than the engine allows for a full buffer whose pages could
+    /// not be evicted (dirty pages whose write-back fails): the fault was retried, and the
+    /// stall recorded ([`ErrorKind::BufferFull`](crate::ErrorKind::BufferFull)).
+    pub buffer_stalls: u64,
+    /// Failures logged and counted but not recorded for
+    /// [`Region::take_errors`](crate::Region::take_errors) (too many distinct ones).
+    pub errors_unrecorded: u64,
     /// Times the resident size reached the high-water mark.
     pub high_water_hits: u64,
     /// Batches of events read from the kernel (`read_faults / event_batches` is the batch size).
@@ -172,6 +181,8 @@ impl Counters {
             flushes: get(&self.flushes),
             read_errors: get(&self.read_errors),
             buffer_full_waits: get(&self.buffer_full_waits),
+            buffer_stalls: get(&self.buffer_stalls),
+            errors_unrecorded: get(&self.errors_unrecorded),
             high_water_hits: get(&self.high_water_hits),
             event_batches: get(&self.event_batches),
             resident_bytes,
@@ -236,6 +247,8 @@ impl fmt::Display for Stats {
                 ("flushes", self.flushes),
                 ("read errors", self.read_errors),
                 ("buffer-full waits", self.buffer_full_waits),
+                ("buffer stalls", self.buffer_stalls),
+                ("errors unrecorded", self.errors_unrecorded),
                 ("high-water hits", self.high_water_hits),
                 ("event batches", self.event_batches),
                 ("resident bytes", self.resident_bytes),

@@ -73,6 +73,74 @@ impl Mapping {
         })
     }
 
+    /// As [`Mapping::anonymous`], at exactly `addr` (a multiple of the system page): fails
+    /// with `EEXIST` if any part of `[addr, addr + len)` is mapped already
+    /// (`MAP_FIXED_NOREPLACE`; on kernels that ignore it, a mapping placed elsewhere is undone
+    /// and the same error returned).
+    pub fn anonymous_at(
+        addr: usize,
+        len: usize,
+        prot: libc::c_int,
+        flags: libc::c_int,
+    ) -> io::Result<Mapping> {
+        // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping: the new one aliases
+        // nothing.
+        let got = unsafe {
+            libc::mmap(
+                addr as *mut _,
+                len,
+                prot,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE | flags,
+                -1,
+                0,
+            )
+        };
+        if got == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let mapping = Mapping {
+            addr: got as usize,
+            len,
+        };
+        if mapping.addr != addr {
+            // An old kernel took the flag for a hint: the range was not free.
+            return Err(io::Error::from_raw_os_error(libc::EEXIST));
+        }
+        Ok(mapping)
+    }
+
+    /// As [`Mapping::anonymous`], at exactly `addr` (a multiple of the system page), replacing
+    /// whatever is mapped in `[addr, addr + len)` (`MAP_FIXED`).
+    ///
+    /// # Safety
+    /// The caller owns that range, and nothing uses what was mapped there any more: it is
+    /// gone once this returns (as after `munmap`).
+    pub unsafe fn anonymous_replacing(
+        addr: usize,
+        len: usize,
+        prot: libc::c_int,
+        flags: libc::c_int,
+    ) -> io::Result<Mapping> {
+        // SAFETY: the caller gives up whatever lies in the range (see above).
+        let got = unsafe {
+            libc::mmap(
+                addr as *mut _,
+                len,
+                prot,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED | flags,
+                -1,
+                0,
+            )
+        };
+        if got == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Mapping {
+            addr: got as usize,
+            len,
+        })
+    }
+
     /// Start address.
     pub fn addr(&self) -> usize {
         self.addr

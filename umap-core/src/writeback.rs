@@ -19,6 +19,7 @@ use crate::engine::Shared;
 use crate::error::{Error, Result};
 use crate::page_table::{CLEAN, DIRTY, FILLING, UNPROTECTING, WRITEBACK};
 use crate::region::RegionShared;
+use crate::report::ErrorKind;
 use crate::stats::bump_both;
 
 /// Attempts at a store write that fails with a transient error.
@@ -81,6 +82,13 @@ fn write_run(shared: &Shared, region: &RegionShared, run: &[usize]) -> Result<()
             }
             Err(e) => {
                 bump_both(&shared.counters, &region.counters, |c| &c.write_errors, 1);
+                region.errors.record(
+                    &shared.counters,
+                    ErrorKind::Write,
+                    (first * region.page_size, data_len, offset),
+                    e.raw_os_error(),
+                    &e,
+                );
                 log::error!(
                     "store write of {} page(s) ({data_len} bytes at offset {offset}) failed; \
                      they stay dirty and resident: {e}",
@@ -178,7 +186,17 @@ pub(crate) fn flush_pages(
     if let Some(e) = flush.first_error {
         return Err(e);
     }
-    region.store.sync().map_err(Error::Store)
+    region.store.sync().map_err(|e| {
+        region.errors.record(
+            &shared.counters,
+            ErrorKind::Sync,
+            (0, 0, region.store_offset),
+            e.raw_os_error(),
+            &e,
+        );
+        log::error!("store sync after a flush of {region:?} failed: {e}");
+        Error::Store(e)
+    })
 }
 
 /// A flush in progress: the run of adjacent pages it owns in `WriteBack`, and the first error.

@@ -25,6 +25,8 @@
 #![warn(missing_docs)]
 
 mod error;
+#[cfg(feature = "fault-injection")]
+pub mod fault;
 mod file;
 mod mem;
 #[cfg(test)]

@@ -1,6 +1,9 @@
 /* Every misuse fails with the right errno (and the program goes on).
  * Usage: errors FILE     (default configuration or any valid one)
  *        errors badenv   (run with an invalid UMAP_* variable: every call fails, EINVAL) */
+#include <signal.h>
+#include <sys/resource.h>
+
 #include <umap.h>
 
 #include "check.h"
@@ -52,6 +55,15 @@ int main(int argc, char **argv) {
   void *p = umap(NULL, size, PROT_READ, UMAP_PRIVATE, ro, 0);
   CHECK(p != UMAP_FAILED);
 
+  /* UMAP_FIXED: an address, page aligned, not over another umap region */
+  CHECK_ERRNO(umap(NULL, size, PROT_READ, UMAP_PRIVATE | UMAP_FIXED, fd, 0), FAILED, EINVAL);
+  CHECK_ERRNO(umap((char *)p + size + 1, size, PROT_READ, UMAP_PRIVATE | UMAP_FIXED, fd, 0), FAILED,
+              EINVAL);
+  CHECK_ERRNO(umap((char *)p - page, 2 * page, PROT_READ, UMAP_PRIVATE | UMAP_FIXED, fd, 0),
+              FAILED, EEXIST);
+  CHECK_ERRNO(umap((char *)p + size - page, size, PROT_READ, UMAP_PRIVATE | UMAP_FIXED, fd, 0),
+              FAILED, EEXIST);
+
   /* uunmap: only the start address, only the whole length */
   CHECK_ERRNO(uunmap((char *)p + page, 0), MINUS_ONE, EINVAL);
   CHECK_ERRNO(uunmap(p, size / 2), MINUS_ONE, EINVAL);
@@ -83,6 +95,23 @@ int main(int argc, char **argv) {
 
   CHECK(uunmap(p, size) == 0);
   CHECK_ERRNO(uunmap(p, size), MINUS_ONE, EINVAL); /* twice */
+
+  /* A write-back that fails (the file may not grow: RLIMIT_FSIZE) fails uunmap with the
+   * file's errno and unmaps nothing; once the file can grow, uunmap writes and unmaps. */
+  CHECK(signal(SIGXFSZ, SIG_IGN) != SIG_ERR);
+  uint64_t *w = umap(NULL, 2 * size, PROT_READ | PROT_WRITE, UMAP_PRIVATE, fd, 0);
+  CHECK(w != UMAP_FAILED);
+  for (size_t i = size / 8; i < 2 * size / 8; i++) w[i] = i * 8 + 5; /* past the end */
+  struct rlimit old, small = {size, size};
+  CHECK(getrlimit(RLIMIT_FSIZE, &old) == 0);
+  small.rlim_max = old.rlim_max;
+  CHECK(setrlimit(RLIMIT_FSIZE, &small) == 0);
+  CHECK_ERRNO(uunmap(w, 2 * size), MINUS_ONE, EFBIG);
+  /* (Not touched while no dirty page can be written: a fault could wait for room.) */
+  CHECK(setrlimit(RLIMIT_FSIZE, &old) == 0);
+  CHECK(w[size / 8] == size + 5); /* still mapped, data intact */
+  CHECK(uunmap(w, 2 * size) == 0);
+  CHECK(file_word(fd, 2 * size - 8) == 2 * size - 8 + 5);
 
   printf("errors ok\n");
   return 0;

@@ -97,6 +97,20 @@ int main(int argc, char **argv) {
   CHECK(file_word(fd, pin_at + pin_len) == pin_at + pin_len);
   CHECK(uunmap(p, SIZE) == 0);
 
+  /* UMAP_FIXED: at exactly the address given, replacing what was there (here a PROT_NONE
+   * reservation, as programs that place their data make). */
+  CHECK(close(fd) == 0);
+  fd = make_file(argv[1], SIZE, 0);
+  size_t fixed_len = 1u << 20;
+  char *reserved = mmap(NULL, fixed_len + 2 * page, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  CHECK(reserved != MAP_FAILED);
+  char *at = (char *)(((uintptr_t)reserved + page) / page * page);
+  p = umap(at, fixed_len, PROT_READ, UMAP_PRIVATE | UMAP_FIXED, fd, 8 * page);
+  CHECK(p == (unsigned char *)at);
+  check_view(p, fixed_len, 8 * page, 0);
+  CHECK(uunmap(p, fixed_len) == 0);
+  CHECK(munmap(reserved, fixed_len + 2 * page) == 0);
+
   printf("offset ok: umap page %llu, system page %ld\n", (unsigned long long)page, sys_page);
   return 0;
 }
