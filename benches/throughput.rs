@@ -1461,6 +1461,10 @@ fn main() -> ExitCode {
 }
 
 fn run(options: &Options) -> Result<ExitCode, BoxError> {
+    // Create the output files now, so that a bad path fails before the long run.
+    let json_file = create_output(options.json.as_deref(), "--json")?;
+    let plot_file = create_output(options.plot.as_deref(), "--plot")?;
+
     // The data file: the given one, or a generated one in a temporary directory.
     let _tempdir;
     let (path, generated) = match &options.file {
@@ -1505,10 +1509,6 @@ fn run(options: &Options) -> Result<ExitCode, BoxError> {
     let writes = options
         .writes
         .unwrap_or(if options.quick { 4_000 } else { reads });
-
-    // Create the output files now, so that a bad path fails before the long run.
-    let json_file = create_output(options.json.as_deref(), "--json")?;
-    let plot_file = create_output(options.plot.as_deref(), "--plot")?;
 
     // Fail early (and say how) if userfaultfd is unavailable.
     let probe = Umap::builder()
