@@ -22,8 +22,12 @@
 #![warn(missing_docs)]
 
 pub use umap_core::{
-    Config, ConfigBuilder, Error, MapOptions, Region, Result, Stats, Umap, MIN_BUFFER_PAGES,
+    Advice, Config, ConfigBuilder, Error, Latency, MapOptions, Prefetch, Region, RegionStats,
+    Result, Stats, Umap, MAX_READ_AHEAD, MIN_BUFFER_PAGES,
 };
+
+/// The `UMAP_*` environment variables ([`Config::from_env`], [`ConfigBuilder::env`]).
+pub use umap_core::env;
 pub use umap_store::{FileStore, FileStoreOptions, MemStore, Store, StoreError};
 
 /// The typed userfaultfd layer, for programs that drive userfaultfd themselves.

@@ -113,6 +113,27 @@ impl Buffer {
         self.queue.lock().push_back(page);
     }
 
+    /// Queues newly resident pages for eviction, in order, under one lock.
+    #[inline]
+    pub(crate) fn push_run(&self, pages: impl Iterator<Item = PageRef>) {
+        self.queue.lock().extend(pages);
+    }
+
+    /// Removes the queue entries of `pages` of `region` (they were dropped out of turn).
+    pub(crate) fn forget_pages(&self, region: &Arc<RegionShared>, pages: &[usize]) {
+        if pages.is_empty() {
+            return;
+        }
+        self.queue
+            .lock()
+            .retain(|p| !(Arc::ptr_eq(&p.region, region) && pages.binary_search(&p.page).is_ok()));
+    }
+
+    /// The low-water mark in bytes.
+    pub(crate) fn low_water(&self) -> usize {
+        self.low
+    }
+
     /// Takes the oldest queued pages, up to `max_pages` of them or until their sizes add up
     /// to `bytes`, whichever comes first, but none filled less than [`MIN_RESIDENCY`] ago.
     /// Returns how long until the next queued page may be taken, if a young page stopped it.
@@ -226,6 +247,12 @@ mod tests {
             store_offset: 0,
             pages: crate::page_table::PageTable::new(8),
             gate: Default::default(),
+            counters: Default::default(),
+            read_ahead: 0,
+            sequential_window: 0,
+            max_run: 1,
+            patterns: Default::default(),
+            streams: Default::default(),
         })
     }
 

@@ -1,8 +1,11 @@
-//! Engine configuration: page size, buffer, thread counts and watermarks, validated before
-//! anything starts.
+//! Engine configuration: page size, buffer, thread counts, watermarks, read-ahead and
+//! diagnostics, validated before anything starts. The `UMAP_*` environment variables are read
+//! by [`crate::env`].
+
+use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::sys;
+use crate::{memory, sys};
 
 /// The engine's configuration. Build one with [`Config::builder`] (or start from
 /// [`Config::default`]); [`Config::validate`] runs before an engine starts.
@@ -10,12 +13,20 @@ use crate::sys;
 /// | field | default | meaning |
 /// |---|---|---|
 /// | `page_size` | 64 KiB | bytes per umap page (a multiple of the system page), per region overridable |
-/// | `buffer_size` | 1/4 of physical memory | bytes that may be resident across all regions (at least 2 pages) |
+/// | `buffer_size` | half the memory available to the process (see below) | bytes that may be resident across all regions (at least 2 pages) |
 /// | `fillers` | number of CPUs | threads that serve page faults |
 /// | `evictors` | 1 | threads that keep the buffer under the high-water mark |
 /// | `high_water_percent` | 90 | eviction starts when this much of the buffer is resident |
 /// | `low_water_percent` | 70 | eviction stops at this much |
 /// | `max_fault_events` | 32 | page-fault events a filler reads per system call |
+/// | `read_ahead` | 0 | pages filled after a sequential fault (per region overridable) |
+/// | `monitor_interval` | none | print the statistics to stderr this often |
+/// | `log_level` | none | install a stderr logger at this level if the program has none |
+///
+/// The default buffer is half of what the process can use without pressure: the smaller of
+/// the system's `MemAvailable` and the room left under the memory limit of the process's
+/// cgroup (v1 or v2, the tightest limit among its ancestors), at least 16 MiB. A container
+/// limited to 1 GiB thus gets a buffer under 512 MiB even on a large host.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     /// Bytes per umap page: a multiple of the system page size.
@@ -32,6 +43,15 @@ pub struct Config {
     pub low_water_percent: u8,
     /// Page-fault events read per system call by a filler.
     pub max_fault_events: usize,
+    /// Read-ahead window in pages: after a fault that continues a sequential run of faults,
+    /// this many following pages are filled with it (0: off). Capped per region at the
+    /// buffer's low-water share.
+    pub read_ahead: usize,
+    /// Print [`Stats`](crate::Stats) to stderr at this interval (`None`: never).
+    pub monitor_interval: Option<Duration>,
+    /// If set, the engine installs a logger that writes to stderr at this level, unless the
+    /// program installed one of its own (then only the maximum level is set).
+    pub log_level: Option<log::LevelFilter>,
 }
 
 impl Default for Config {
@@ -45,21 +65,22 @@ impl Default for Config {
             high_water_percent: 90,
             low_water_percent: 70,
             max_fault_events: 32,
+            read_ahead: 0,
+            monitor_interval: None,
+            log_level: None,
         }
     }
 }
 
-/// A quarter of physical memory, at least 64 MiB.
+/// Half of the memory available to this process, at least 16 MiB; see [`Config`].
 fn default_buffer_size() -> usize {
-    // SAFETY: sysconf has no preconditions.
-    let pages = unsafe { libc::sysconf(libc::_SC_PHYS_PAGES) };
-    let total = if pages > 0 {
-        pages as usize * sys::page_size()
-    } else {
-        1 << 30
-    };
-    (total / 4).max(64 << 20)
+    let available = memory::available_to_process();
+    let half = usize::try_from(available / 2).unwrap_or(usize::MAX);
+    half.max(16 << 20) & !(sys::page_size() - 1)
 }
+
+/// The most pages a read-ahead window may have.
+pub const MAX_READ_AHEAD: usize = 1 << 16;
 
 impl Config {
     /// A builder starting from the defaults.
@@ -129,6 +150,14 @@ impl Config {
                 "must be between 1 and 4096",
             ));
         }
+        validate_read_ahead(self.read_ahead)?;
+        if self.monitor_interval == Some(Duration::ZERO) {
+            return Err(Error::invalid(
+                "monitor_interval",
+                "0s",
+                "must be positive (None turns the monitor off)",
+            ));
+        }
         Ok(())
     }
 }
@@ -137,6 +166,18 @@ impl Config {
 /// needs both resident at once to complete; a one-page buffer would evict one to fill the
 /// other forever. (With several threads faulting at once, give it at least two pages each.)
 pub const MIN_BUFFER_PAGES: usize = 2;
+
+/// Checks a read-ahead window.
+pub(crate) fn validate_read_ahead(pages: usize) -> Result<()> {
+    if pages > MAX_READ_AHEAD {
+        return Err(Error::invalid(
+            "read_ahead",
+            pages,
+            format!("must be at most {MAX_READ_AHEAD} pages"),
+        ));
+    }
+    Ok(())
+}
 
 /// Checks that `page_size` is a non-zero multiple of the system page size.
 pub(crate) fn validate_page_size(page_size: usize) -> Result<()> {
@@ -194,6 +235,26 @@ impl ConfigBuilder {
         self.0.max_fault_events = n;
         self
     }
+    /// Read-ahead window in pages for regions that do not choose their own (0: off).
+    pub fn read_ahead(mut self, pages: usize) -> Self {
+        self.0.read_ahead = pages;
+        self
+    }
+    /// Print the statistics to stderr at this interval (`None`: never).
+    pub fn monitor_interval(mut self, interval: Option<Duration>) -> Self {
+        self.0.monitor_interval = interval;
+        self
+    }
+    /// Log to stderr at this level if the program installed no logger (`None`: leave logging
+    /// to the program).
+    pub fn log_level(mut self, level: Option<log::LevelFilter>) -> Self {
+        self.0.log_level = level;
+        self
+    }
+    /// The configuration so far (not validated yet).
+    pub fn config(&self) -> &Config {
+        &self.0
+    }
     /// The validated configuration.
     pub fn build(self) -> Result<Config> {
         self.0.validate()?;
@@ -212,7 +273,7 @@ mod tests {
 
     #[test]
     fn invalid_values_name_the_field_and_the_fix() {
-        let cases: [(ConfigBuilder, &str, &str); 7] = [
+        let cases: [(ConfigBuilder, &str, &str); 9] = [
             (
                 Config::builder().page_size(0),
                 "page_size",
@@ -239,6 +300,16 @@ mod tests {
                 Config::builder().max_fault_events(0),
                 "max_fault_events",
                 "between",
+            ),
+            (
+                Config::builder().read_ahead(MAX_READ_AHEAD + 1),
+                "read_ahead",
+                "at most",
+            ),
+            (
+                Config::builder().monitor_interval(Some(Duration::ZERO)),
+                "monitor_interval",
+                "positive",
             ),
         ];
         for (builder, field, hint) in cases {

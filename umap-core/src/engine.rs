@@ -7,19 +7,23 @@ use std::ops::Range;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
-use parking_lot::{Mutex, RwLock};
+use parking_lot::{Condvar, Mutex, RwLock};
 use umap_store::Store;
 
 use crate::buffer::Buffer;
-use crate::config::{validate_page_size, Config, ConfigBuilder, MIN_BUFFER_PAGES};
+use crate::config::{
+    validate_page_size, validate_read_ahead, Config, ConfigBuilder, MIN_BUFFER_PAGES,
+};
 use crate::error::{Error, Result};
 use crate::page_table::PageTable;
-use crate::region::{MapOptions, Region, RegionShared};
+use crate::prefetch::{Prefetch, PrefetchQueue};
+use crate::region::{MapOptions, Region, RegionShared, MAX_RUN_BYTES};
 use crate::stats::{Counters, Stats};
 use crate::sys::{self, EventFd, Mapping};
 use crate::uffd::{Features, RegisterMode, Uffd};
-use crate::{evictor, filler, writeback};
+use crate::{evictor, filler, logger, writeback};
 
 /// What every engine thread shares.
 pub(crate) struct Shared {
@@ -38,6 +42,11 @@ pub(crate) struct Shared {
     pub(crate) dropper: sys::Dropper,
     /// How many fillers are polling the userfaultfd instead of sleeping (at most one).
     pub(crate) spinners: AtomicUsize,
+    /// Prefetch requests, served by idle fillers.
+    pub(crate) prefetch: PrefetchQueue,
+    /// Set when the engine stops; wakes the monitor thread.
+    stopped: Mutex<bool>,
+    stopped_cv: Condvar,
 }
 
 impl Shared {
@@ -50,6 +59,29 @@ impl Shared {
         if let Err(e) = self.uffd.wake(start, end - start) {
             log::error!("{e}");
         }
+    }
+
+    /// Wakes one idle filler to take shared work (published faults, prefetches).
+    pub(crate) fn signal_work(&self) {
+        if let Err(e) = self.work_fd.signal() {
+            log::error!("cannot wake a filler for shared work: {e}");
+        }
+    }
+
+    /// Sleeps for `interval`, or until the engine stops; false once it has stopped.
+    fn sleep_unless_stopped(&self, interval: Duration) -> bool {
+        let deadline = Instant::now() + interval;
+        let mut stopped = self.stopped.lock();
+        while !*stopped {
+            if self
+                .stopped_cv
+                .wait_until(&mut stopped, deadline)
+                .timed_out()
+            {
+                return true;
+            }
+        }
+        false
     }
 }
 
@@ -119,6 +151,9 @@ impl Umap {
     /// Starts an engine with `config`: creates the userfaultfd and the threads.
     pub fn new(config: Config) -> Result<Umap> {
         config.validate()?;
+        if let Some(level) = config.log_level {
+            logger::install(level);
+        }
         let uffd = Uffd::open(
             Features::PAGEFAULT_FLAG_WP | Features::POISON | Features::MOVE,
             Features::empty(),
@@ -142,6 +177,9 @@ impl Umap {
             pending: Mutex::new(VecDeque::new()),
             work_fd: EventFd::new().map_err(|e| Error::os("eventfd", e))?,
             dropper: sys::Dropper::new(),
+            prefetch: PrefetchQueue::default(),
+            stopped: Mutex::new(false),
+            stopped_cv: Condvar::new(),
             config,
         });
         let handle = Arc::new(Handle {
@@ -155,7 +193,41 @@ impl Umap {
         for i in 0..shared.config.evictors {
             handle.spawn(format!("umap-evict-{i}"), evictor::run)?;
         }
+        if shared.config.monitor_interval.is_some() {
+            handle.spawn("umap-monitor".into(), monitor)?;
+        }
         Ok(Umap { handle })
+    }
+
+    /// The buffer's capacity in bytes.
+    pub(crate) fn buffer_capacity(&self) -> usize {
+        self.handle.shared.buffer.capacity()
+    }
+
+    /// The buffer's low-water mark in bytes.
+    pub(crate) fn low_water_bytes(&self) -> usize {
+        self.handle.shared.buffer.low_water()
+    }
+
+    /// Queues a prefetch of `pages` of `region` and wakes a filler for it.
+    pub(crate) fn prefetch(
+        &self,
+        region: &Arc<RegionShared>,
+        pages: std::ops::Range<usize>,
+    ) -> Prefetch {
+        let shared = &self.handle.shared;
+        let request = shared.prefetch.push(region.clone(), pages);
+        shared.signal_work();
+        request
+    }
+
+    /// Writes back and drops the resident pages of `pages` of `region` (`Advice::DontNeed`).
+    pub(crate) fn drop_range(
+        &self,
+        region: &Arc<RegionShared>,
+        pages: std::ops::Range<usize>,
+    ) -> Result<()> {
+        evictor::drop_range(&self.handle.shared, region, pages)
     }
 
     /// The engine's configuration.
@@ -191,6 +263,9 @@ impl Umap {
         let shared = &self.handle.shared;
         let page_size = options.page_size.unwrap_or(shared.config.page_size);
         validate_page_size(page_size)?;
+        if let Some(pages) = options.read_ahead {
+            validate_read_ahead(pages)?;
+        }
         if MIN_BUFFER_PAGES * page_size > shared.buffer.capacity() {
             return Err(Error::invalid(
                 "page_size",
@@ -267,6 +342,19 @@ impl Umap {
                  UFFDIO_WRITEPROTECT) on it",
             ));
         }
+        // Read-ahead and prefetch runs stay within the low-water share of the buffer, so what
+        // is read ahead is not evicted before it is used.
+        let low_water_pages = (shared.buffer.low_water() / page_size).max(1);
+        let read_ahead = options
+            .read_ahead
+            .unwrap_or(shared.config.read_ahead)
+            .min(low_water_pages - 1);
+        let max_run = (MAX_RUN_BYTES / page_size).clamp(1, low_water_pages);
+        let sequential_window = if read_ahead > 0 {
+            read_ahead
+        } else {
+            max_run.min(low_water_pages - 1)
+        };
         let region = Arc::new(RegionShared {
             base: mapping.addr(),
             len,
@@ -277,6 +365,12 @@ impl Umap {
             store_offset: options.offset,
             pages: PageTable::new(mapped_len / page_size),
             gate: Default::default(),
+            counters: Counters::default(),
+            read_ahead,
+            sequential_window,
+            max_run,
+            patterns: Default::default(),
+            streams: Default::default(),
         });
         shared.registry.insert(region.clone());
         log::debug!("mapped {region:?}");
@@ -331,6 +425,7 @@ impl Umap {
             );
         }
         shared.registry.remove(region.base);
+        shared.prefetch.forget_region(region);
         shared.buffer.forget_region(region);
         let resident = region.pages.count_resident() * region.page_size;
         shared.buffer.release(resident);
@@ -370,8 +465,44 @@ impl Handle {
     }
 }
 
+/// The monitor thread (`Config::monitor_interval`): prints the statistics to stderr.
+fn monitor(shared: Arc<Shared>) {
+    let Some(interval) = shared.config.monitor_interval else {
+        return;
+    };
+    let started = Instant::now();
+    while shared.sleep_unless_stopped(interval) {
+        let stats = shared.counters.snapshot(
+            shared.buffer.resident() as u64,
+            shared.buffer.capacity() as u64,
+        );
+        let mut text = format!(
+            "umap statistics after {:.1} s ({} regions):\n{stats}",
+            started.elapsed().as_secs_f64(),
+            shared.registry.len()
+        );
+        for region in shared.registry.all() {
+            let r = region.counters.snapshot(0, 0);
+            text.push_str(&format!(
+                "  region {:#x} ({} bytes, {} B pages): {} faults, {} fills, {} evictions, \
+                 {} resident pages\n",
+                region.base,
+                region.len,
+                region.page_size,
+                r.read_faults + r.write_faults + r.wp_faults,
+                r.fills,
+                r.evictions,
+                region.pages.count_resident()
+            ));
+        }
+        eprint!("{text}");
+    }
+}
+
 impl Drop for Handle {
     fn drop(&mut self) {
+        *self.shared.stopped.lock() = true;
+        self.shared.stopped_cv.notify_all();
         self.shared.buffer.stop();
         if let Err(e) = self.shared.stop_fd.signal() {
             log::error!("cannot signal engine threads to stop: {e}");

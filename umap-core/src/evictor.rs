@@ -13,10 +13,15 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::backoff::Backoff;
 use crate::buffer::PageRef;
 use crate::engine::Shared;
-use crate::page_table::{is_resident, DIRTY, EVICTING, WRITEBACK};
-use crate::stats::bump;
+use crate::error::Result;
+use crate::page_table::{
+    is_resident, ABSENT, CLEAN, DIRTY, EVICTING, FILLING, POISONED, UNPROTECTING, WRITEBACK,
+};
+use crate::region::RegionShared;
+use crate::stats::bump_both;
 use crate::writeback;
 
 /// Pages taken from the queue per batch.
@@ -108,7 +113,12 @@ pub(crate) fn evict_batch(
                     }
                 }
             });
-            bump(&shared.counters.dirty_evictions, written as u64);
+            bump_both(
+                &shared.counters,
+                &region.counters,
+                |c| &c.dirty_evictions,
+                written as u64,
+            );
             drop_list.sort_unstable();
         }
         freed += drop_pages(shared, &region, &drop_list);
@@ -121,7 +131,7 @@ pub(crate) fn evict_batch(
 /// Drops `pages` (ascending, all owned in state Evicting) in runs of adjacent pages, with one
 /// system call for the whole batch, then makes them Absent, wakes parked faults and releases
 /// their bytes.
-fn drop_pages(shared: &Shared, region: &crate::region::RegionShared, pages: &[usize]) -> usize {
+fn drop_pages(shared: &Shared, region: &RegionShared, pages: &[usize]) -> usize {
     let ps = region.page_size;
     let mut runs: Vec<(usize, usize)> = Vec::new();
     for &p in pages {
@@ -150,6 +160,89 @@ fn drop_pages(shared: &Shared, region: &crate::region::RegionShared, pages: &[us
         }
         shared.buffer.release(ps);
     }
-    bump(&shared.counters.evictions, pages.len() as u64);
+    bump_both(
+        &shared.counters,
+        &region.counters,
+        |c| &c.evictions,
+        pages.len() as u64,
+    );
     pages.len() * ps
+}
+
+/// Writes back and drops every resident page of `pages` of `region` (`Advice::DontNeed`),
+/// waiting for pages in transition to settle first. Returns the first write-back error; the
+/// pages concerned stay resident and dirty.
+pub(crate) fn drop_range(
+    shared: &Shared,
+    region: &Arc<RegionShared>,
+    pages: std::ops::Range<usize>,
+) -> Result<()> {
+    // A closed gate means the region is being unmapped, which drops everything anyway.
+    let Some(_inside) = region.gate.enter() else {
+        return Ok(());
+    };
+    let mut first_error = None;
+    let mut busy: Vec<usize> = Vec::new();
+    let mut start = pages.start;
+    while start < pages.end {
+        let end = pages.end.min(start + BATCH);
+        drop_some(shared, region, start..end, &mut busy, &mut first_error);
+        start = end;
+    }
+    // Pages that were in transition: wait for each to settle, then drop it.
+    let mut backoff = Backoff::new();
+    while !busy.is_empty() {
+        backoff.wait();
+        let again = std::mem::take(&mut busy);
+        for p in again {
+            drop_some(shared, region, p..p + 1, &mut busy, &mut first_error);
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
+/// One batch of [`drop_range`]: drops the clean pages of `pages`, writes back and drops the
+/// dirty ones, and notes in `busy` those owned by another thread for now.
+fn drop_some(
+    shared: &Shared,
+    region: &Arc<RegionShared>,
+    pages: std::ops::Range<usize>,
+    busy: &mut Vec<usize>,
+    first_error: &mut Option<crate::error::Error>,
+) {
+    let mut drop_list = Vec::new();
+    let mut dirty = Vec::new();
+    for p in pages {
+        match region.pages.state(p) {
+            ABSENT | POISONED => {}
+            CLEAN if region.pages.begin_evict(p) => drop_list.push(p),
+            DIRTY if region.pages.claim(p, DIRTY, WRITEBACK) => dirty.push(p),
+            FILLING | UNPROTECTING | WRITEBACK | EVICTING | CLEAN | DIRTY => busy.push(p),
+            other => log::error!("page {p} of {region:?} in unknown state {other}"),
+        }
+    }
+    if !dirty.is_empty() {
+        writeback::write_back(shared, region, &dirty, |run, result| match result {
+            Ok(()) => {
+                for &p in run {
+                    region.pages.hand_over(p, WRITEBACK, EVICTING);
+                    drop_list.push(p);
+                }
+                bump_both(
+                    &shared.counters,
+                    &region.counters,
+                    |c| &c.dirty_evictions,
+                    run.len() as u64,
+                );
+            }
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        });
+    }
+    drop_list.sort_unstable();
+    // Their queue entries go first, while the pages are still ours: once dropped, a page can
+    // be filled again and queued anew.
+    shared.buffer.forget_pages(region, &drop_list);
+    drop_pages(shared, region, &drop_list);
 }

@@ -16,11 +16,10 @@
 //! ever waits for another page's I/O.
 
 use std::os::fd::AsRawFd;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::backoff::Backoff;
 use crate::buffer::PageRef;
 use crate::engine::Shared;
 use crate::evictor;
@@ -28,16 +27,22 @@ use crate::page_table::{
     ABSENT, CLEAN, DIRTY, EVICTING, FILLING, POISONED, UNPROTECTING, WRITEBACK,
 };
 use crate::region::RegionShared;
-use crate::stats::bump;
+use crate::stats::{bump, bump_both, Counters};
 use crate::sys::{self, Epoll, Mapping};
-use crate::uffd::{CopyMode, Event, UffdMsg};
+use crate::uffd::{Event, UffdMsg};
 
 const TOKEN_UFFD: u64 = 0;
 const TOKEN_STOP: u64 = 1;
 const TOKEN_WORK: u64 = 2;
 
-/// A fault to serve: a page of a region, and what the faulting threads want of it.
-pub(crate) type Job = (Arc<RegionShared>, usize, Access);
+/// A fault to serve: a page of a region, what the faulting threads want of it, and when its
+/// event was read (for the service-time statistics).
+pub(crate) struct Job {
+    region: Arc<RegionShared>,
+    page: usize,
+    access: Access,
+    read_at: Instant,
+}
 
 /// What a fault asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,15 +63,12 @@ impl Access {
     }
 }
 
-/// Attempts at a store read that fails with a transient error.
-const READ_ATTEMPTS: u32 = 3;
-
 /// One filler thread's state. It borrows the engine's shared state from the thread's own
 /// `Arc`, so serving a fault clones no reference count.
-struct Filler<'a> {
-    shared: &'a Shared,
-    scratch: Option<Mapping>,
-    reclaim: Vec<PageRef>,
+pub(crate) struct Filler<'a> {
+    pub(crate) shared: &'a Shared,
+    pub(crate) scratch: Option<Mapping>,
+    pub(crate) reclaim: Vec<PageRef>,
     jobs: Vec<Job>,
 }
 
@@ -100,6 +102,10 @@ pub(crate) fn run(shared: Arc<Shared>) {
                 if filler.shared.buffer.is_stopping() {
                     return;
                 }
+                if !filler.shared.prefetch.is_empty() && filler.prefetch_chunk() {
+                    // Look for faults again before the next chunk.
+                    continue;
+                }
                 if just_served {
                     just_served = false;
                     if let Some(n) = spin.poll(filler.shared, &mut msgs) {
@@ -113,6 +119,10 @@ pub(crate) fn run(shared: Arc<Shared>) {
                         if tokens[..n].contains(&TOKEN_WORK) {
                             filler.shared.work_fd.reset();
                             filler.serve_shared_work();
+                            if !filler.shared.prefetch.is_empty() {
+                                // More prefetch work than this filler: wake another one.
+                                filler.shared.signal_work();
+                            }
                         }
                     }
                     Err(e) => {
@@ -195,6 +205,7 @@ impl Filler<'_> {
     fn serve_batch(&mut self, msgs: &[UffdMsg]) {
         let shared = self.shared;
         bump(&shared.counters.event_batches, 1);
+        let read_at = Instant::now();
         let mut jobs = std::mem::take(&mut self.jobs);
         jobs.clear();
         let mut last: Option<Arc<RegionShared>> = None;
@@ -206,14 +217,6 @@ impl Filler<'_> {
                     continue;
                 }
             };
-            let counter = if pf.write_protect {
-                &shared.counters.wp_faults
-            } else if pf.write {
-                &shared.counters.write_faults
-            } else {
-                &shared.counters.read_faults
-            };
-            bump(counter, 1);
             let access = Access {
                 write: pf.write || pf.write_protect,
                 write_protect: pf.write_protect,
@@ -233,27 +236,43 @@ impl Filler<'_> {
                     }
                 },
             };
+            let kind: fn(&Counters) -> &AtomicU64 = if pf.write_protect {
+                |c| &c.wp_faults
+            } else if pf.write {
+                |c| &c.write_faults
+            } else {
+                |c| &c.read_faults
+            };
+            bump_both(&shared.counters, &region.counters, kind, 1);
             let page = region.page_of(pf.address);
             if let Some(job) = jobs
                 .iter_mut()
-                .find(|(r, p, _)| *p == page && Arc::ptr_eq(r, &region))
+                .find(|j| j.page == page && Arc::ptr_eq(&j.region, &region))
             {
                 // Twice in this batch: serving it once (for both needs) wakes both threads.
-                job.2 = job.2.merge(access);
-                bump(&shared.counters.duplicate_faults, 1);
+                job.access = job.access.merge(access);
+                bump_both(
+                    &shared.counters,
+                    &region.counters,
+                    |c| &c.duplicate_faults,
+                    1,
+                );
                 continue;
             }
-            jobs.push((region, page, access));
+            jobs.push(Job {
+                region,
+                page,
+                access,
+                read_at,
+            });
         }
         if jobs.len() > 1 {
             // Let an idle filler serve the rest while this one serves the first.
             shared.pending.lock().extend(jobs.drain(1..));
-            if let Err(e) = shared.work_fd.signal() {
-                log::error!("cannot wake a filler for shared work: {e}");
-            }
+            shared.signal_work();
         }
-        if let Some((region, page, access)) = jobs.pop() {
-            self.serve(&region, page, access);
+        if let Some(job) = jobs.pop() {
+            self.serve(&job);
         }
         self.jobs = jobs;
         self.serve_shared_work();
@@ -264,14 +283,16 @@ impl Filler<'_> {
         loop {
             let job = self.shared.pending.lock().pop_front();
             match job {
-                Some((region, page, access)) => self.serve(&region, page, access),
+                Some(job) => self.serve(&job),
                 None => return,
             }
         }
     }
 
-    /// Serves a fault on `page` of `region`.
-    fn serve(&mut self, region: &Arc<RegionShared>, page: usize, access: Access) {
+    /// Serves a fault: fills its page, or makes it writable, or parks or drops the event if
+    /// another thread owns the page.
+    fn serve(&mut self, job: &Job) {
+        let (region, page, access) = (&job.region, job.page, job.access);
         let shared = self.shared;
         let ps = region.page_size;
         let Some(_inside) = region.gate.enter() else {
@@ -284,13 +305,19 @@ impl Filler<'_> {
             match state {
                 ABSENT => {
                     if region.pages.claim_fill(page) {
-                        self.fill(region, page, write);
+                        self.fill_fault(region, page, write);
+                        self.served(region, job.read_at);
                         return;
                     }
                 }
                 FILLING if !access.write_protect => {
                     // The owner's UFFDIO_COPY wakes every thread waiting on the missing page.
-                    bump(&shared.counters.duplicate_faults, 1);
+                    bump_both(
+                        &shared.counters,
+                        &region.counters,
+                        |c| &c.duplicate_faults,
+                        1,
+                    );
                     return;
                 }
                 CLEAN | DIRTY if write && (state == CLEAN || access.write_protect) => {
@@ -298,6 +325,7 @@ impl Filler<'_> {
                     // still protected): make it dirty, then writable.
                     if region.pages.claim(page, state, UNPROTECTING) {
                         self.unprotect(region, page, state);
+                        self.served(region, job.read_at);
                         return;
                     }
                 }
@@ -307,14 +335,19 @@ impl Filler<'_> {
                     // protected, or on one being written back, or any fault on a page being
                     // dropped).
                     if region.pages.park(page, state) {
-                        bump(&shared.counters.parked_faults, 1);
+                        bump_both(&shared.counters, &region.counters, |c| &c.parked_faults, 1);
                         return;
                     }
                 }
                 CLEAN | DIRTY | POISONED => {
                     // Stale event: the page was installed (or poisoned) after the fault was
                     // queued. The install woke the thread; wake again in case.
-                    bump(&shared.counters.duplicate_faults, 1);
+                    bump_both(
+                        &shared.counters,
+                        &region.counters,
+                        |c| &c.duplicate_faults,
+                        1,
+                    );
                     shared.wake(region.page_addr(page), ps);
                     return;
                 }
@@ -326,6 +359,13 @@ impl Filler<'_> {
                 }
             }
         }
+    }
+
+    /// Records the service time of a fault read at `read_at` and just served.
+    fn served(&self, region: &RegionShared, read_at: Instant) {
+        let elapsed = read_at.elapsed();
+        self.shared.counters.fault_latency.record(elapsed);
+        region.counters.fault_latency.record(elapsed);
     }
 
     /// Makes `page` (owned in state Unprotecting, entered from `from`) dirty and writable,
@@ -344,190 +384,6 @@ impl Filler<'_> {
         };
         if region.pages.release(page, UNPROTECTING, to) || to != DIRTY {
             shared.wake(addr, ps);
-        }
-    }
-
-    /// Fills `page`, which this thread owns in state Filling: writable and dirty if `write`,
-    /// else clean (write-protected in a writable region).
-    fn fill(&mut self, region: &Arc<RegionShared>, page: usize, write: bool) {
-        let shared = self.shared;
-        let ps = region.page_size;
-        let addr = region.page_addr(page);
-        if !self.reserve(region, ps) {
-            // The region is being unmapped.
-            region.pages.finish_fill(page, ABSENT);
-            shared.wake(addr, ps);
-            return;
-        }
-        let data_len = region.page_data_len(page);
-        let offset = region.page_store_offset(page);
-        let Some(buf) = self.scratch(ps) else {
-            region.pages.finish_fill(page, ABSENT);
-            shared.buffer.release(ps);
-            shared.wake(addr, ps);
-            return;
-        };
-        if let Err(e) = read_page(&*region.store, &mut buf[..data_len], offset) {
-            bump(&shared.counters.read_errors, 1);
-            log::error!(
-                "store read of page {page} ({data_len} bytes at offset {offset}) failed, \
-                 the page is poisoned (access raises SIGBUS): {e}"
-            );
-            // SAFETY: the page is ours (Filling) in a registered range kept mapped by the
-            // gate; poisoning it makes accesses raise SIGBUS, as an I/O error under mmap.
-            let poisoned = unsafe { shared.uffd.poison(addr, ps, false) };
-            let to = match poisoned {
-                Ok(()) => POISONED,
-                Err(pe) => {
-                    log::error!("cannot poison page at {addr:#x}: {pe}; it will be retried");
-                    shared.wake(addr, ps);
-                    ABSENT
-                }
-            };
-            region.pages.finish_fill(page, to);
-            shared.buffer.release(ps);
-            return;
-        }
-        buf[data_len..].fill(0);
-        let src = buf.as_ptr();
-        let mode = CopyMode {
-            write_protect: region.writable && !write,
-            ..CopyMode::default()
-        };
-        match self.install(addr, src, ps, mode) {
-            Ok(()) => {
-                if region
-                    .pages
-                    .finish_fill(page, if write { DIRTY } else { CLEAN })
-                {
-                    shared.wake(addr, ps);
-                }
-                shared.buffer.push(PageRef {
-                    region: region.clone(),
-                    page,
-                    filled_at: Instant::now(),
-                });
-                bump(&shared.counters.fills, 1);
-                bump(&shared.counters.bytes_read, data_len as u64);
-            }
-            Err(e) => {
-                log::error!("cannot install page at {addr:#x}: {e}");
-                region.pages.finish_fill(page, ABSENT);
-                shared.buffer.release(ps);
-                shared.wake(addr, ps);
-            }
-        }
-    }
-
-    /// Copies `len` bytes from `src` to the missing page at `addr`, waking its waiters.
-    fn install(
-        &self,
-        addr: usize,
-        src: *const u8,
-        len: usize,
-        mode: CopyMode,
-    ) -> Result<(), crate::uffd::UffdError> {
-        let uffd = &self.shared.uffd;
-        let mut done = 0;
-        loop {
-            // SAFETY: `addr..addr + len` is a page of a registered region kept mapped by the
-            // caller's gate and owned by this thread (Filling); `src` is this thread's scratch
-            // buffer holding `len` initialised bytes.
-            let res = unsafe { uffd.copy(addr + done, src.add(done), len - done, mode) };
-            match res {
-                Ok(()) => return Ok(()),
-                Err(e) if e.errno() == Some(libc::EAGAIN) => {
-                    // The address space was changing; the kernel copied `done` bytes.
-                    done += e.done();
-                    if done >= len {
-                        return Ok(());
-                    }
-                }
-                Err(e) if e.errno() == Some(libc::EEXIST) => {
-                    // Already present: another path installed it. Wake and move on.
-                    self.shared.wake(addr, len);
-                    return Ok(());
-                }
-                Err(e) => return Err(e),
-            }
-        }
-    }
-
-    /// Reserves `bytes` of the buffer for a fill of `region`, reclaiming the oldest pages
-    /// itself when the buffer is full. False if the region is being unmapped meanwhile.
-    fn reserve(&mut self, region: &RegionShared, bytes: usize) -> bool {
-        let shared = self.shared;
-        let mut tries = 0u32;
-        let mut backoff = Backoff::new();
-        loop {
-            if let Some(crossed_high) = shared.buffer.try_reserve(bytes) {
-                if crossed_high {
-                    bump(&shared.counters.high_water_hits, 1);
-                    shared.buffer.kick_evictors();
-                }
-                return true;
-            }
-            if tries == 0 {
-                bump(&shared.counters.buffer_full_waits, 1);
-            }
-            if region.gate.is_closed() {
-                return false;
-            }
-            shared.buffer.kick_evictors();
-            // Free what this fill needs (the queue's pages may be smaller than ours), no more:
-            // whatever is reclaimed here delays this fault, and the evictors, on another CPU,
-            // free the rest in batches (and write dirty pages back in coalesced runs). Taking
-            // 256 KiB here instead made sequential 4 KiB scans about 1.5x slower.
-            let (freed, young) =
-                evictor::evict_batch(shared, bytes, evictor::BATCH, &mut self.reclaim);
-            if freed > 0 {
-                // Try the reservation again.
-            } else if let Some(wait) = young {
-                // Every resident page was just filled: let the threads woken by those fills
-                // touch them (sleeping frees this CPU for them) before evicting any.
-                std::thread::sleep(wait);
-            } else {
-                // All resident pages are in transition: their owners finish soon.
-                backoff.wait();
-            }
-            tries = tries.saturating_add(1);
-        }
-    }
-
-    /// This filler's page-aligned scratch buffer, at least `len` bytes; `None` (logged) if
-    /// memory for it cannot be had (the fault is then retried).
-    fn scratch(&mut self, len: usize) -> Option<&mut [u8]> {
-        if self.scratch.as_ref().is_none_or(|m| m.len() < len) {
-            self.scratch = None;
-            match Mapping::anonymous(len, libc::PROT_READ | libc::PROT_WRITE, 0) {
-                Ok(m) => self.scratch = Some(m),
-                Err(e) => {
-                    log::error!("cannot allocate a {len}-byte fill buffer: {e}");
-                    return None;
-                }
-            }
-        }
-        let map = self.scratch.as_ref()?;
-        // SAFETY: the mapping is private to this thread, readable and writable, and at least
-        // `len` bytes long; the returned borrow ties it to `&mut self`.
-        Some(unsafe { std::slice::from_raw_parts_mut(map.as_ptr(), len) })
-    }
-}
-
-/// Reads `buf` from `store` at `offset`, retrying transient errors.
-fn read_page(
-    store: &dyn umap_store::Store,
-    buf: &mut [u8],
-    offset: u64,
-) -> Result<(), umap_store::StoreError> {
-    let mut attempt = 1;
-    loop {
-        match store.read_at(buf, offset) {
-            Err(e) if e.is_transient() && attempt < READ_ATTEMPTS => {
-                attempt += 1;
-                std::thread::sleep(Duration::from_micros(100 << attempt));
-            }
-            other => return other,
         }
     }
 }

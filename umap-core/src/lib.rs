@@ -11,22 +11,31 @@
 //! - [`uffd`]: the typed userfaultfd layer (the only place that issues its ioctls);
 //! - [`sys`]: mappings, `madvise`, `mincore`, epoll and eventfd;
 //! - [`snapshot`]: live snapshots of any memory range into a store, through write protection;
-//! - `config`, `engine`, `region`: the public API;
+//! - [`env`]: the `UMAP_*` environment variables;
+//! - `config`, `engine`, `region`, `prefetch`, `advice`: the public API;
 //! - `page_table` (per-page state machine), `gate` (region lifetime), `buffer` (capacity and
-//!   eviction order), `filler`, `evictor`, `writeback` (dirty pages to the store), `stats`:
-//!   the machinery.
+//!   eviction order), `filler` (serving faults), `fill` (runs of pages, read-ahead), `evictor`,
+//!   `writeback` (dirty pages to the store), `stats` and `latency`, `memory` (the default
+//!   buffer size), `logger`: the machinery.
 
 #![warn(missing_docs)]
 
+mod advice;
 mod backoff;
 mod buffer;
 mod config;
 mod engine;
+pub mod env;
 mod error;
 mod evictor;
+mod fill;
 mod filler;
 mod gate;
+mod latency;
+mod logger;
+mod memory;
 mod page_table;
+mod prefetch;
 mod region;
 pub mod snapshot;
 mod stats;
@@ -34,11 +43,14 @@ pub mod sys;
 pub mod uffd;
 mod writeback;
 
-pub use config::{Config, ConfigBuilder, MIN_BUFFER_PAGES};
+pub use advice::Advice;
+pub use config::{Config, ConfigBuilder, MAX_READ_AHEAD, MIN_BUFFER_PAGES};
 pub use engine::Umap;
 pub use error::{Error, Result};
+pub use latency::Latency;
+pub use prefetch::Prefetch;
 pub use region::{MapOptions, Region};
-pub use stats::Stats;
+pub use stats::{RegionStats, Stats};
 
 #[cfg(test)]
 mod tests {

@@ -6,10 +6,13 @@ use std::sync::Arc;
 
 use umap_store::Store;
 
+use crate::advice::{Advice, Pattern, PatternMap, Streams};
 use crate::engine::Umap;
 use crate::error::{Error, Result};
 use crate::gate::Gate;
-use crate::page_table::PageTable;
+use crate::page_table::{PageTable, DIRTY};
+use crate::prefetch::Prefetch;
+use crate::stats::{Counters, RegionStats};
 use crate::sys::Mapping;
 
 /// How to map a store; see [`Umap::map`].
@@ -24,6 +27,7 @@ pub struct MapOptions {
     pub(crate) offset: u64,
     pub(crate) len: Option<usize>,
     pub(crate) writable: bool,
+    pub(crate) read_ahead: Option<usize>,
 }
 
 impl MapOptions {
@@ -53,7 +57,19 @@ impl MapOptions {
         self.writable = writable;
         self
     }
+    /// This region's read-ahead window in pages (default: the engine's
+    /// [`Config::read_ahead`](crate::Config::read_ahead)); 0 turns read-ahead off. After a
+    /// fault that continues a sequential run of faults, up to this many following pages are
+    /// filled with it, in the same store read. The window is capped at the buffer's
+    /// low-water share.
+    pub fn read_ahead(mut self, pages: usize) -> MapOptions {
+        self.read_ahead = Some(pages);
+        self
+    }
 }
+
+/// Bytes a prefetch or `Sequential` read-ahead run reads at most in one store call.
+pub(crate) const MAX_RUN_BYTES: usize = 1 << 20;
 
 /// What the engine threads know of a region.
 pub(crate) struct RegionShared {
@@ -71,6 +87,18 @@ pub(crate) struct RegionShared {
     pub(crate) pages: PageTable,
     /// Held by every thread that touches the region's memory.
     pub(crate) gate: Gate,
+    /// This region's share of the statistics.
+    pub(crate) counters: Counters,
+    /// Read-ahead window in pages after a sequential fault (0: off).
+    pub(crate) read_ahead: usize,
+    /// Window in pages for faults in ranges advised `Sequential`.
+    pub(crate) sequential_window: usize,
+    /// Most pages filled by one store read for a prefetch.
+    pub(crate) max_run: usize,
+    /// Access patterns advised by the application.
+    pub(crate) patterns: PatternMap,
+    /// Sequential fault streams seen (for read-ahead).
+    pub(crate) streams: Streams,
 }
 
 impl RegionShared {
@@ -102,6 +130,21 @@ impl RegionShared {
     #[inline]
     pub(crate) fn page_store_offset(&self, page: usize) -> u64 {
         self.store_offset + (page * self.page_size) as u64
+    }
+
+    /// The read-ahead window for a fault on `page` (0 for none), and the sequential stream the
+    /// fault continues, if it continues one.
+    #[inline]
+    pub(crate) fn read_ahead_window(&self, page: usize) -> (usize, Option<usize>) {
+        match self.patterns.get(page) {
+            Pattern::Random => (0, None),
+            Pattern::Sequential => (self.sequential_window, None),
+            Pattern::Normal if self.read_ahead == 0 => (0, None),
+            Pattern::Normal => match self.streams.find(page) {
+                Some(stream) => (self.read_ahead, Some(stream)),
+                None => (0, None),
+            },
+        }
     }
 
     /// The pages that overlap `[offset, offset + len)` of the region, or an error naming the
@@ -260,6 +303,89 @@ impl Region {
         self.engine.flush_region(&self.shared, pages)
     }
 
+    /// Starts filling the pages overlapping `[offset, offset + len)` in the background and
+    /// returns at once; [`Prefetch::wait`] blocks until they are resident. Filler threads do
+    /// it when no fault is waiting (faults go first), in runs of up to 1 MiB per store read.
+    /// A later access to the range does not fault (as long as the pages were not evicted
+    /// meanwhile: prefetch at most the buffer's low-water share, less what other threads
+    /// fill meanwhile). Pages already resident are left as they are.
+    ///
+    /// Errors: the range is not inside the region, or is larger than the buffer (the end of
+    /// the range would evict its start).
+    ///
+    /// ```
+    /// use umap_core::{MapOptions, Umap};
+    /// use umap_store::MemStore;
+    ///
+    /// let umap = Umap::builder().buffer_size(4 << 20).page_size(4096).fillers(1).start()?;
+    /// let region = umap.map(MemStore::from_vec(vec![7u8; 8 << 20]), MapOptions::new())?;
+    /// region.prefetch(1 << 20, 2 << 20)?.wait()?;
+    /// let faults = region.stats().read_faults;
+    /// assert!(region.as_slice()[1 << 20..3 << 20].iter().all(|&b| b == 7));
+    /// assert_eq!(region.stats().read_faults, faults, "no fault: the range was resident");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn prefetch(&self, offset: usize, len: usize) -> Result<Prefetch> {
+        let pages = self.shared.page_range(offset, len)?;
+        let bytes = pages.len() * self.shared.page_size;
+        let capacity = self.engine.buffer_capacity();
+        if bytes > capacity {
+            return Err(Error::invalid(
+                "len",
+                len,
+                format!(
+                    "the range covers {bytes} bytes of pages, more than the buffer holds                      ({capacity} bytes): prefetch at most the buffer's low-water share,                      a part at a time"
+                ),
+            ));
+        }
+        Ok(self.engine.prefetch(&self.shared, pages))
+    }
+
+    /// Tells the pager how the range `[offset, offset + len)` will be used; see [`Advice`].
+    /// `Normal`, `Sequential` and `Random` set the range's read-ahead policy; `WillNeed`
+    /// prefetches it (in the background, up to the buffer's low-water share); `DontNeed`
+    /// writes back and drops its resident pages before returning, and returns the first
+    /// write-back error (pages that could not be written stay resident and dirty).
+    ///
+    /// ```
+    /// use umap_core::{Advice, MapOptions, Umap};
+    /// use umap_store::MemStore;
+    ///
+    /// let umap = Umap::builder().buffer_size(4 << 20).page_size(4096).fillers(1).start()?;
+    /// let region = umap.map(MemStore::from_vec(vec![1u8; 2 << 20]), MapOptions::new())?;
+    /// let sum: u64 = region.as_slice().iter().map(|&b| b as u64).sum();
+    /// assert!(region.resident_bytes() > 0);
+    /// region.advise(0, region.len(), Advice::DontNeed)?;
+    /// assert_eq!(region.resident_bytes(), 0);
+    /// assert_eq!(region.as_slice()[12345], 1, "the data is still there");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn advise(&self, offset: usize, len: usize, advice: Advice) -> Result<()> {
+        let pages = self.shared.page_range(offset, len)?;
+        match advice {
+            Advice::Normal => self.shared.patterns.set(pages, Pattern::Normal),
+            Advice::Sequential => self.shared.patterns.set(pages, Pattern::Sequential),
+            Advice::Random => self.shared.patterns.set(pages, Pattern::Random),
+            Advice::WillNeed => {
+                let low_water_pages = self.engine.low_water_bytes() / self.shared.page_size;
+                let end = pages.end.min(pages.start + low_water_pages.max(1));
+                // The handle is not needed: the prefetch runs on its own.
+                drop(self.engine.prefetch(&self.shared, pages.start..end));
+            }
+            Advice::DontNeed => return self.engine.drop_range(&self.shared, pages),
+        }
+        Ok(())
+    }
+
+    /// This region's statistics (the engine's [`Stats`](crate::Stats) covers all regions).
+    /// Counts the page table for the resident and dirty pages: one load per page.
+    pub fn stats(&self) -> RegionStats {
+        let pages = &self.shared.pages;
+        self.shared
+            .counters
+            .region_snapshot(pages.count_resident() as u64, pages.count(DIRTY) as u64)
+    }
+
     /// Resident bytes of this region now (pages in the buffer). Counts the page table, so it
     /// costs one load per page of the region: a diagnostic, not for hot loops.
     pub fn resident_bytes(&self) -> usize {
@@ -269,7 +395,7 @@ impl Region {
     /// Bytes of this region written since they were last written back (dirty pages). A
     /// diagnostic, as [`resident_bytes`](Region::resident_bytes).
     pub fn dirty_bytes(&self) -> usize {
-        self.shared.pages.count(crate::page_table::DIRTY) * self.shared.page_size
+        self.shared.pages.count(DIRTY) * self.shared.page_size
     }
 
     /// Writes back every dirty page, syncs the store, and unmaps the region: waits for

@@ -1,9 +1,13 @@
-//! Always-on counters of what the pager does, and their snapshot.
+//! Always-on counters of what the pager does, for the engine and for each region, and their
+//! snapshots.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// The engine's live counters (relaxed atomics: cheap enough to stay on).
+use crate::latency::{Histogram, Latency};
+
+/// Live counters (relaxed atomics: cheap enough to stay on). The engine has one set, and each
+/// region another; an event is counted in both (see [`bump_both`]).
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     pub(crate) read_faults: AtomicU64,
@@ -12,6 +16,8 @@ pub(crate) struct Counters {
     pub(crate) duplicate_faults: AtomicU64,
     pub(crate) parked_faults: AtomicU64,
     pub(crate) fills: AtomicU64,
+    pub(crate) prefetched_pages: AtomicU64,
+    pub(crate) read_ahead_pages: AtomicU64,
     pub(crate) bytes_read: AtomicU64,
     pub(crate) evictions: AtomicU64,
     pub(crate) dirty_evictions: AtomicU64,
@@ -23,6 +29,7 @@ pub(crate) struct Counters {
     pub(crate) buffer_full_waits: AtomicU64,
     pub(crate) high_water_hits: AtomicU64,
     pub(crate) event_batches: AtomicU64,
+    pub(crate) fault_latency: Histogram,
 }
 
 #[inline]
@@ -30,7 +37,24 @@ pub(crate) fn bump(counter: &AtomicU64, by: u64) {
     counter.fetch_add(by, Ordering::Relaxed);
 }
 
-/// A snapshot of the engine's statistics, from [`Umap::stats`](crate::Umap::stats).
+/// Counts `by` in the engine's and in the region's `field`.
+#[inline]
+pub(crate) fn bump_both(
+    engine: &Counters,
+    region: &Counters,
+    field: fn(&Counters) -> &AtomicU64,
+    by: u64,
+) {
+    bump(field(engine), by);
+    bump(field(region), by);
+}
+
+/// A snapshot of the engine's statistics, from [`Umap::stats`](crate::Umap::stats). Counters
+/// cover every region the engine served since it started, unmapped ones included.
+///
+/// In a read-only workload, every missing-page event either fills its page or is counted as
+/// a duplicate or parked one, so `fills == read_faults + write_faults - duplicate_faults -
+/// parked_faults + prefetched_pages + read_ahead_pages`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stats {
@@ -45,11 +69,16 @@ pub struct Stats {
     pub duplicate_faults: u64,
     /// Events parked on a page in transition and woken when it settled.
     pub parked_faults: u64,
-    /// Pages filled from stores.
+    /// Pages filled from stores (for faults, prefetches and read-ahead).
     pub fills: u64,
+    /// Of those, pages filled by [`Region::prefetch`](crate::Region::prefetch) and
+    /// `Advice::WillNeed`.
+    pub prefetched_pages: u64,
+    /// Of those, pages filled ahead of a sequential reader.
+    pub read_ahead_pages: u64,
     /// Bytes read from stores.
     pub bytes_read: u64,
-    /// Pages evicted (clean and dirty).
+    /// Pages evicted (clean and dirty, by evictors and by `Advice::DontNeed`).
     pub evictions: u64,
     /// Of those, pages written back to the store before they were dropped.
     pub dirty_evictions: u64,
@@ -73,6 +102,53 @@ pub struct Stats {
     pub resident_bytes: u64,
     /// The buffer's capacity in bytes.
     pub buffer_bytes: u64,
+    /// How long faults took to serve.
+    pub fault_latency: Latency,
+}
+
+/// A snapshot of one region's statistics, from [`Region::stats`](crate::Region::stats). The
+/// fields mean what [`Stats`]' fields of the same names mean, for this region only.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RegionStats {
+    /// Page-fault events for reads of missing pages.
+    pub read_faults: u64,
+    /// Page-fault events for writes to missing pages.
+    pub write_faults: u64,
+    /// Write-protect faults.
+    pub wp_faults: u64,
+    /// Events for a page already being filled or already resident.
+    pub duplicate_faults: u64,
+    /// Events parked on a page in transition.
+    pub parked_faults: u64,
+    /// Pages filled.
+    pub fills: u64,
+    /// Of those, prefetched.
+    pub prefetched_pages: u64,
+    /// Of those, read ahead.
+    pub read_ahead_pages: u64,
+    /// Bytes read from the store.
+    pub bytes_read: u64,
+    /// Pages evicted.
+    pub evictions: u64,
+    /// Of those, written back first.
+    pub dirty_evictions: u64,
+    /// Pages written back.
+    pub pages_written: u64,
+    /// Bytes written to the store.
+    pub bytes_written: u64,
+    /// Store writes that failed.
+    pub write_errors: u64,
+    /// Flushes.
+    pub flushes: u64,
+    /// Store reads that failed (pages poisoned).
+    pub read_errors: u64,
+    /// Pages resident now.
+    pub resident_pages: u64,
+    /// Pages dirty now.
+    pub dirty_pages: u64,
+    /// How long this region's faults took to serve.
+    pub fault_latency: Latency,
 }
 
 impl Counters {
@@ -85,6 +161,8 @@ impl Counters {
             duplicate_faults: get(&self.duplicate_faults),
             parked_faults: get(&self.parked_faults),
             fills: get(&self.fills),
+            prefetched_pages: get(&self.prefetched_pages),
+            read_ahead_pages: get(&self.read_ahead_pages),
             bytes_read: get(&self.bytes_read),
             evictions: get(&self.evictions),
             dirty_evictions: get(&self.dirty_evictions),
@@ -98,36 +176,122 @@ impl Counters {
             event_batches: get(&self.event_batches),
             resident_bytes,
             buffer_bytes,
+            fault_latency: self.fault_latency.summary(),
+        }
+    }
+
+    pub(crate) fn region_snapshot(&self, resident_pages: u64, dirty_pages: u64) -> RegionStats {
+        let s = self.snapshot(0, 0);
+        RegionStats {
+            read_faults: s.read_faults,
+            write_faults: s.write_faults,
+            wp_faults: s.wp_faults,
+            duplicate_faults: s.duplicate_faults,
+            parked_faults: s.parked_faults,
+            fills: s.fills,
+            prefetched_pages: s.prefetched_pages,
+            read_ahead_pages: s.read_ahead_pages,
+            bytes_read: s.bytes_read,
+            evictions: s.evictions,
+            dirty_evictions: s.dirty_evictions,
+            pages_written: s.pages_written,
+            bytes_written: s.bytes_written,
+            write_errors: s.write_errors,
+            flushes: s.flushes,
+            read_errors: s.read_errors,
+            resident_pages,
+            dirty_pages,
+            fault_latency: s.fault_latency,
         }
     }
 }
 
+/// Prints `rows` as a two-column table, then the latency line.
+fn table(f: &mut fmt::Formatter<'_>, rows: &[(&str, u64)], latency: &Latency) -> fmt::Result {
+    for (name, value) in rows {
+        writeln!(f, "{name:<20}{value:>16}")?;
+    }
+    writeln!(f, "{:<20}{latency}", "fault latency")
+}
+
 impl fmt::Display for Stats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let rows: [(&str, u64); 19] = [
-            ("read faults", self.read_faults),
-            ("write faults", self.write_faults),
-            ("wp faults", self.wp_faults),
-            ("duplicate faults", self.duplicate_faults),
-            ("parked faults", self.parked_faults),
-            ("fills", self.fills),
-            ("bytes read", self.bytes_read),
-            ("evictions", self.evictions),
-            ("dirty evictions", self.dirty_evictions),
-            ("pages written", self.pages_written),
-            ("bytes written", self.bytes_written),
-            ("write errors", self.write_errors),
-            ("flushes", self.flushes),
-            ("read errors", self.read_errors),
-            ("buffer-full waits", self.buffer_full_waits),
-            ("high-water hits", self.high_water_hits),
-            ("event batches", self.event_batches),
-            ("resident bytes", self.resident_bytes),
-            ("buffer bytes", self.buffer_bytes),
-        ];
-        for (name, value) in rows {
-            writeln!(f, "{name:<20}{value:>16}")?;
+        table(
+            f,
+            &[
+                ("read faults", self.read_faults),
+                ("write faults", self.write_faults),
+                ("wp faults", self.wp_faults),
+                ("duplicate faults", self.duplicate_faults),
+                ("parked faults", self.parked_faults),
+                ("fills", self.fills),
+                ("prefetched pages", self.prefetched_pages),
+                ("read-ahead pages", self.read_ahead_pages),
+                ("bytes read", self.bytes_read),
+                ("evictions", self.evictions),
+                ("dirty evictions", self.dirty_evictions),
+                ("pages written", self.pages_written),
+                ("bytes written", self.bytes_written),
+                ("write errors", self.write_errors),
+                ("flushes", self.flushes),
+                ("read errors", self.read_errors),
+                ("buffer-full waits", self.buffer_full_waits),
+                ("high-water hits", self.high_water_hits),
+                ("event batches", self.event_batches),
+                ("resident bytes", self.resident_bytes),
+                ("buffer bytes", self.buffer_bytes),
+            ],
+            &self.fault_latency,
+        )
+    }
+}
+
+impl fmt::Display for RegionStats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        table(
+            f,
+            &[
+                ("read faults", self.read_faults),
+                ("write faults", self.write_faults),
+                ("wp faults", self.wp_faults),
+                ("duplicate faults", self.duplicate_faults),
+                ("parked faults", self.parked_faults),
+                ("fills", self.fills),
+                ("prefetched pages", self.prefetched_pages),
+                ("read-ahead pages", self.read_ahead_pages),
+                ("bytes read", self.bytes_read),
+                ("evictions", self.evictions),
+                ("dirty evictions", self.dirty_evictions),
+                ("pages written", self.pages_written),
+                ("bytes written", self.bytes_written),
+                ("write errors", self.write_errors),
+                ("flushes", self.flushes),
+                ("read errors", self.read_errors),
+                ("resident pages", self.resident_pages),
+                ("dirty pages", self.dirty_pages),
+            ],
+            &self.fault_latency,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_sets_count_and_the_table_names_every_field() {
+        let (engine, region) = (Counters::default(), Counters::default());
+        bump_both(&engine, &region, |c| &c.fills, 3);
+        bump(&engine.event_batches, 1);
+        let s = engine.snapshot(4096, 8192);
+        assert_eq!((s.fills, s.event_batches, s.resident_bytes), (3, 1, 4096));
+        let r = region.region_snapshot(1, 0);
+        assert_eq!((r.fills, r.resident_pages), (3, 1));
+        let text = s.to_string();
+        for name in ["fills", "read-ahead pages", "buffer bytes", "fault latency"] {
+            assert!(text.contains(name), "{text}");
         }
-        Ok(())
+        assert!(r.to_string().contains("resident pages"));
     }
 }

@@ -19,7 +19,7 @@ use crate::engine::Shared;
 use crate::error::{Error, Result};
 use crate::page_table::{CLEAN, DIRTY, FILLING, UNPROTECTING, WRITEBACK};
 use crate::region::RegionShared;
-use crate::stats::bump;
+use crate::stats::bump_both;
 
 /// Attempts at a store write that fails with a transient error.
 const WRITE_ATTEMPTS: u32 = 3;
@@ -80,7 +80,7 @@ fn write_run(shared: &Shared, region: &RegionShared, run: &[usize]) -> Result<()
                 std::thread::sleep(Duration::from_micros(100 << attempt));
             }
             Err(e) => {
-                bump(&shared.counters.write_errors, 1);
+                bump_both(&shared.counters, &region.counters, |c| &c.write_errors, 1);
                 log::error!(
                     "store write of {} page(s) ({data_len} bytes at offset {offset}) failed; \
                      they stay dirty and resident: {e}",
@@ -90,8 +90,18 @@ fn write_run(shared: &Shared, region: &RegionShared, run: &[usize]) -> Result<()
             }
         }
     }
-    bump(&shared.counters.pages_written, run.len() as u64);
-    bump(&shared.counters.bytes_written, data_len as u64);
+    bump_both(
+        &shared.counters,
+        &region.counters,
+        |c| &c.pages_written,
+        run.len() as u64,
+    );
+    bump_both(
+        &shared.counters,
+        &region.counters,
+        |c| &c.bytes_written,
+        data_len as u64,
+    );
     Ok(())
 }
 
@@ -164,7 +174,7 @@ pub(crate) fn flush_pages(
             }
         }
     }
-    bump(&shared.counters.flushes, 1);
+    bump_both(&shared.counters, &region.counters, |c| &c.flushes, 1);
     if let Some(e) = flush.first_error {
         return Err(e);
     }

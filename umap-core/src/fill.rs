@@ -1,0 +1,441 @@
+//! Filling pages: runs of adjacent missing pages read with one store call and installed with
+//! one `UFFDIO_COPY`, for a fault (with read-ahead) or for a prefetch.
+//!
+//! A run is built the same way in both cases: the buffer bytes are reserved first, then each
+//! page is claimed (`Absent` → `Filling`) while it is absent, so a page is never claimed and
+//! then given back unfilled for lack of room (a fault dropped as a duplicate while the page
+//! was `Filling` relies on the owner's copy to wake its thread). The run is read into the
+//! filler's scratch buffer, installed, and its pages become `Clean` (or the faulting page
+//! `Dirty`, for a write), each queued for eviction.
+//!
+//! Read-ahead: a fault on the page a sequential stream of faults expects next (see
+//! [`crate::advice::Streams`]), or any fault in a range advised `Sequential`, fills the
+//! region's read-ahead window after the faulting page in the same run. The extra pages are
+//! taken only from free buffer room (`try_reserve`): read-ahead never makes a filler reclaim,
+//! and its window is at most the buffer's low-water share, so what is read ahead is not
+//! evicted before the reader gets to it. A read error in the extra pages only shortens the
+//! run: the faulting page is read alone and only it is poisoned if that fails too.
+
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::backoff::Backoff;
+use crate::buffer::PageRef;
+use crate::error::Error;
+use crate::evictor;
+use crate::filler::Filler;
+use crate::page_table::{ABSENT, CLEAN, DIRTY, POISONED};
+use crate::region::RegionShared;
+use crate::stats::{bump, bump_both, Counters};
+use crate::sys::{self, Mapping};
+use crate::uffd::CopyMode;
+
+/// Attempts at a store read that fails with a transient error.
+const READ_ATTEMPTS: u32 = 3;
+
+/// Why a run is filled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cause {
+    /// A fault on the run's first page (a write if `write`); the rest is read-ahead.
+    Fault { write: bool },
+    /// A prefetch.
+    Prefetch,
+}
+
+impl Filler<'_> {
+    /// Fills `page`, which this thread owns in state Filling for a fault, and the read-ahead
+    /// window after it if the fault continues a sequential stream.
+    pub(crate) fn fill_fault(&mut self, region: &Arc<RegionShared>, page: usize, write: bool) {
+        let shared = self.shared;
+        let ps = region.page_size;
+        if !self.reserve(region, ps) {
+            // The region is being unmapped.
+            region.pages.finish_fill(page, ABSENT);
+            shared.wake(region.page_addr(page), ps);
+            return;
+        }
+        let (window, stream) = region.read_ahead_window(page);
+        let extra = if window > 0 {
+            self.claim_free_run(region, page + 1, window)
+        } else {
+            0
+        };
+        let n = 1 + extra;
+        if region.read_ahead > 0 {
+            region.streams.expect(stream, page + n);
+        }
+        // A fault's run never returns an error: a failed read poisons the page (and logs).
+        let _ = self.fill_run(region, page, n, Cause::Fault { write });
+    }
+
+    /// Claims up to `max` absent pages from `start` on (stopping at the first page that is not
+    /// absent or at the end of the region), for which free buffer room was reserved; returns
+    /// how many.
+    fn claim_free_run(&mut self, region: &RegionShared, start: usize, max: usize) -> usize {
+        let ps = region.page_size;
+        let end = (start + max).min(region.pages.len());
+        let wanted = (start..end)
+            .take_while(|&p| region.pages.state(p) == ABSENT)
+            .count();
+        // Reserve what fits without reclaiming: halve the run until it does.
+        let mut room = wanted;
+        while room > 0 {
+            match self.shared.buffer.try_reserve(room * ps) {
+                Some(crossed_high) => {
+                    if crossed_high {
+                        bump(&self.shared.counters.high_water_hits, 1);
+                        self.shared.buffer.kick_evictors();
+                    }
+                    break;
+                }
+                None => room /= 2,
+            }
+        }
+        let claimed = (start..start + room)
+            .take_while(|&p| region.pages.claim_fill(p))
+            .count();
+        if claimed < room {
+            self.shared.buffer.release((room - claimed) * ps);
+        }
+        claimed
+    }
+
+    /// Fills a chunk of the oldest prefetch request. Returns false if there was none.
+    pub(crate) fn prefetch_chunk(&mut self) -> bool {
+        let shared = self.shared;
+        let Some(chunk) = shared.prefetch.take() else {
+            return false;
+        };
+        let region = &chunk.region;
+        let pages = chunk.pages.clone();
+        let Some(_inside) = region.gate.enter() else {
+            chunk.ticket.done(pages.len(), None);
+            return true;
+        };
+        let mut error = None;
+        let mut p = pages.start;
+        while p < pages.end {
+            if region.pages.state(p) != ABSENT {
+                p += 1;
+                continue;
+            }
+            let run = (p..pages.end.min(p + region.max_run))
+                .take_while(|&q| region.pages.state(q) == ABSENT)
+                .count();
+            if !self.reserve(region, run * region.page_size) {
+                break; // being unmapped
+            }
+            let claimed = (p..p + run)
+                .take_while(|&q| region.pages.claim_fill(q))
+                .count();
+            if claimed < run {
+                shared.buffer.release((run - claimed) * region.page_size);
+            }
+            if claimed == 0 {
+                p += 1; // taken by someone else meanwhile
+                continue;
+            }
+            if let Err(e) = self.fill_run(region, p, claimed, Cause::Prefetch) {
+                error.get_or_insert(e);
+            }
+            p += claimed;
+        }
+        chunk.ticket.done(pages.len(), error);
+        true
+    }
+
+    /// Fills the `n` pages from `start`, which this thread owns in state Filling and for
+    /// which it reserved `n` pages of the buffer. On a store error the pages are given back
+    /// (absent); for a fault, its page is then read alone and poisoned if that fails too.
+    fn fill_run(
+        &mut self,
+        region: &Arc<RegionShared>,
+        start: usize,
+        n: usize,
+        cause: Cause,
+    ) -> Result<(), Error> {
+        let shared = self.shared;
+        let ps = region.page_size;
+        let addr = region.page_addr(start);
+        let bytes = n * ps;
+        let data_len = region.len.saturating_sub(start * ps).min(bytes);
+        let offset = region.page_store_offset(start);
+        let Some(buf) = self.scratch(bytes) else {
+            self.abandon(region, start..start + n);
+            return Ok(());
+        };
+        if let Err(e) = read_with_retries(&*region.store, &mut buf[..data_len], offset) {
+            return match cause {
+                Cause::Fault { write } if n > 1 => {
+                    // Give the read-ahead pages back, then try the faulting page alone.
+                    log::debug!("read-ahead of {n} pages at offset {offset} failed: {e}");
+                    self.abandon(region, start + 1..start + n);
+                    self.fill_run(region, start, 1, Cause::Fault { write })
+                }
+                Cause::Fault { .. } => {
+                    self.poison(region, start, data_len, offset, &e);
+                    Ok(())
+                }
+                Cause::Prefetch => {
+                    log::warn!(
+                        "prefetch of {n} pages ({data_len} bytes at offset {offset}) failed; \
+                         they stay absent: {e}"
+                    );
+                    self.abandon(region, start..start + n);
+                    Err(e.into())
+                }
+            };
+        }
+        buf[data_len..bytes].fill(0);
+        let src = buf.as_ptr();
+        // Counted before the copy wakes the faulting threads, so that what they read of the
+        // statistics afterwards includes their own fill (taken back if the copy fails).
+        let counts = FillCounts::new(cause, n, data_len);
+        counts.add(shared, region, 1);
+        let first_write = matches!(cause, Cause::Fault { write: true });
+        let protect = region.writable;
+        let installed = if first_write && n > 1 {
+            // The written page is installed writable, the read-ahead pages protected.
+            self.install(addr, src, ps, CopyMode::default())
+                .and_then(|()| {
+                    // SAFETY: `src` holds `bytes` bytes; `ps < bytes`.
+                    let rest = unsafe { src.add(ps) };
+                    self.install(addr + ps, rest, bytes - ps, protect_mode(protect))
+                })
+        } else {
+            let mode = protect_mode(protect && !first_write);
+            self.install(addr, src, bytes, mode)
+        };
+        if let Err(e) = installed {
+            log::error!("cannot install {n} pages at {addr:#x}: {e}");
+            counts.add(shared, region, -1);
+            self.abandon(region, start..start + n);
+            return Ok(());
+        }
+        let filled_at = Instant::now();
+        for i in 0..n {
+            let page = start + i;
+            let to = if i == 0 && first_write { DIRTY } else { CLEAN };
+            if region.pages.finish_fill(page, to) {
+                shared.wake(region.page_addr(page), ps);
+            }
+        }
+        shared
+            .buffer
+            .push_run((start..start + n).map(|page| PageRef {
+                region: region.clone(),
+                page,
+                filled_at,
+            }));
+        Ok(())
+    }
+
+    /// Gives back `pages` (owned in state Filling, reserved): absent again, their bytes
+    /// released, and any thread waiting on them woken to fault again.
+    fn abandon(&self, region: &RegionShared, pages: Range<usize>) {
+        let ps = region.page_size;
+        for page in pages {
+            region.pages.finish_fill(page, ABSENT);
+            self.shared.buffer.release(ps);
+            self.shared.wake(region.page_addr(page), ps);
+        }
+    }
+
+    /// The store read of `page` (owned in state Filling, reserved) failed: poisons it so
+    /// accesses raise SIGBUS, as an I/O error under mmap.
+    fn poison(
+        &self,
+        region: &RegionShared,
+        page: usize,
+        data_len: usize,
+        offset: u64,
+        error: &umap_store::StoreError,
+    ) {
+        let shared = self.shared;
+        let ps = region.page_size;
+        let addr = region.page_addr(page);
+        bump_both(&shared.counters, &region.counters, |c| &c.read_errors, 1);
+        log::error!(
+            "store read of page {page} ({data_len} bytes at offset {offset}) failed, the page is \
+             poisoned (access raises SIGBUS): {error}"
+        );
+        // SAFETY: the page is ours (Filling) in a registered range kept mapped by the gate;
+        // poisoning it makes accesses raise SIGBUS.
+        let poisoned = unsafe { shared.uffd.poison(addr, ps, false) };
+        let to = match poisoned {
+            Ok(()) => POISONED,
+            Err(pe) => {
+                log::error!("cannot poison page at {addr:#x}: {pe}; it will be retried");
+                shared.wake(addr, ps);
+                ABSENT
+            }
+        };
+        region.pages.finish_fill(page, to);
+        shared.buffer.release(ps);
+    }
+
+    /// Copies `len` bytes from `src` to the missing pages at `addr`, waking their waiters.
+    fn install(
+        &self,
+        addr: usize,
+        src: *const u8,
+        len: usize,
+        mode: CopyMode,
+    ) -> Result<(), crate::uffd::UffdError> {
+        let uffd = &self.shared.uffd;
+        let sys_page = sys::page_size();
+        let mut done = 0;
+        while done < len {
+            // SAFETY: `addr..addr + len` are pages of a registered region kept mapped by the
+            // caller's gate and owned by this thread (Filling); `src` is this thread's scratch
+            // buffer holding `len` initialised bytes.
+            let res = unsafe { uffd.copy(addr + done, src.add(done), len - done, mode) };
+            match res {
+                Ok(()) => return Ok(()),
+                Err(e) if e.errno() == Some(libc::EAGAIN) => {
+                    // The address space was changing; the kernel copied `done` bytes.
+                    done += e.done();
+                }
+                Err(e) if e.errno() == Some(libc::EEXIST) => {
+                    // A system page is already present (another path installed it): skip it
+                    // and copy the rest.
+                    done += e.done();
+                    self.shared.wake(addr + done, sys_page);
+                    done += sys_page;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Reserves `bytes` of the buffer for a fill of `region`, reclaiming the oldest pages
+    /// itself when the buffer is full. False if the region is being unmapped meanwhile.
+    pub(crate) fn reserve(&mut self, region: &RegionShared, bytes: usize) -> bool {
+        let shared = self.shared;
+        let mut tries = 0u32;
+        let mut backoff = Backoff::new();
+        loop {
+            if let Some(crossed_high) = shared.buffer.try_reserve(bytes) {
+                if crossed_high {
+                    bump(&shared.counters.high_water_hits, 1);
+                    shared.buffer.kick_evictors();
+                }
+                return true;
+            }
+            if tries == 0 {
+                bump(&shared.counters.buffer_full_waits, 1);
+            }
+            if region.gate.is_closed() {
+                return false;
+            }
+            shared.buffer.kick_evictors();
+            // Free what this fill needs (the queue's pages may be smaller than ours), no more:
+            // whatever is reclaimed here delays this fault, and the evictors, on another CPU,
+            // free the rest in batches (and write dirty pages back in coalesced runs). Taking
+            // 256 KiB here instead made sequential 4 KiB scans about 1.5x slower.
+            let (freed, young) =
+                evictor::evict_batch(shared, bytes, evictor::BATCH, &mut self.reclaim);
+            if freed > 0 {
+                // Try the reservation again.
+            } else if let Some(wait) = young {
+                // Every resident page was just filled: let the threads woken by those fills
+                // touch them (sleeping frees this CPU for them) before evicting any.
+                std::thread::sleep(wait);
+            } else {
+                // All resident pages are in transition: their owners finish soon.
+                backoff.wait();
+            }
+            tries = tries.saturating_add(1);
+        }
+    }
+
+    /// This filler's page-aligned scratch buffer, at least `len` bytes; `None` (logged) if
+    /// memory for it cannot be had (the fault is then retried).
+    fn scratch(&mut self, len: usize) -> Option<&mut [u8]> {
+        if self.scratch.as_ref().is_none_or(|m| m.len() < len) {
+            self.scratch = None;
+            match Mapping::anonymous(len, libc::PROT_READ | libc::PROT_WRITE, 0) {
+                Ok(m) => self.scratch = Some(m),
+                Err(e) => {
+                    log::error!("cannot allocate a {len}-byte fill buffer: {e}");
+                    return None;
+                }
+            }
+        }
+        let map = self.scratch.as_ref()?;
+        // SAFETY: the mapping is private to this thread, readable and writable, and at least
+        // `len` bytes long; the returned borrow ties it to `&mut self`.
+        Some(unsafe { std::slice::from_raw_parts_mut(map.as_ptr(), len) })
+    }
+}
+
+/// What one run adds to the fill counters.
+struct FillCounts {
+    fills: u64,
+    bytes: u64,
+    read_ahead: u64,
+    prefetched: u64,
+}
+
+impl FillCounts {
+    fn new(cause: Cause, n: usize, data_len: usize) -> FillCounts {
+        let n = n as u64;
+        FillCounts {
+            fills: n,
+            bytes: data_len as u64,
+            read_ahead: if matches!(cause, Cause::Fault { .. }) {
+                n - 1
+            } else {
+                0
+            },
+            prefetched: if cause == Cause::Prefetch { n } else { 0 },
+        }
+    }
+
+    /// Adds the counts (`sign` 1) or takes them back (`sign` -1).
+    fn add(&self, shared: &crate::engine::Shared, region: &RegionShared, sign: i64) {
+        let both = |field: fn(&Counters) -> &AtomicU64, v: u64| {
+            if v > 0 {
+                for c in [&shared.counters, &region.counters] {
+                    if sign > 0 {
+                        field(c).fetch_add(v, Ordering::Relaxed);
+                    } else {
+                        field(c).fetch_sub(v, Ordering::Relaxed);
+                    }
+                }
+            }
+        };
+        both(|c| &c.fills, self.fills);
+        both(|c| &c.bytes_read, self.bytes);
+        both(|c| &c.read_ahead_pages, self.read_ahead);
+        both(|c| &c.prefetched_pages, self.prefetched);
+    }
+}
+
+fn protect_mode(write_protect: bool) -> CopyMode {
+    CopyMode {
+        write_protect,
+        ..CopyMode::default()
+    }
+}
+
+/// Reads `buf` from `store` at `offset`, retrying transient errors.
+fn read_with_retries(
+    store: &dyn umap_store::Store,
+    buf: &mut [u8],
+    offset: u64,
+) -> Result<(), umap_store::StoreError> {
+    let mut attempt = 1;
+    loop {
+        match store.read_at(buf, offset) {
+            Err(e) if e.is_transient() && attempt < READ_ATTEMPTS => {
+                attempt += 1;
+                std::thread::sleep(Duration::from_micros(100 << attempt));
+            }
+            other => return other,
+        }
+    }
+}
