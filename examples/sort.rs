@@ -365,11 +365,13 @@ impl Phases {
     fn print(&self, bytes: u64) {
         println!("{:<14} {:>9} {:>9}", "phase", "seconds", "MB/s");
         for (name, t) in &self.0 {
-            println!(
-                "{name:<14} {:>9.3} {:>9.1}",
-                t.as_secs_f64(),
-                bytes as f64 / 1e6 / t.as_secs_f64().max(1e-9)
-            );
+            // Mapping and unmapping (after the flush) do not move the data.
+            let rate = if matches!(*name, "map" | "unmap") {
+                "-".to_string()
+            } else {
+                format!("{:.1}", bytes as f64 / 1e6 / t.as_secs_f64().max(1e-9))
+            };
+            println!("{name:<14} {:>9.3} {rate:>9}", t.as_secs_f64());
         }
         let total: Duration = self.0.iter().map(|(_, t)| *t).sum();
         println!("{:<14} {:>9.3}", "total", total.as_secs_f64());
