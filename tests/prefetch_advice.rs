@@ -299,33 +299,37 @@ fn a_failing_read_ahead_read_falls_back_to_the_faulting_page() {
 
 #[test]
 fn writes_after_read_ahead_are_tracked_and_written_back() {
-    let umap = engine(2 * MIB, 4 * KIB, 15);
-    let store = Arc::new(MemStore::from_vec(pattern(SEED, 0, 8 * MIB)));
-    let mut region = umap
-        .map_shared(store.clone(), MapOptions::new().writable(true))
-        .unwrap();
-    let data = region.as_mut_slice().unwrap();
-    // A sequential read (read-ahead installs the pages protected), then writes to every
-    // other page: each must be seen as dirty and reach the store.
-    let mut sum = 0u64;
-    for off in (0..8 * MIB).step_by(4 * KIB) {
-        sum = sum.wrapping_add(data[off] as u64);
+    // A buffer larger than the region (read-ahead pages still resident when written) and one
+    // smaller (evicted and refilled in between).
+    for buffer in [16 * MIB, 2 * MIB] {
+        let umap = engine(buffer, 4 * KIB, 15);
+        let store = Arc::new(MemStore::from_vec(pattern(SEED, 0, 8 * MIB)));
+        let mut region = umap
+            .map_shared(store.clone(), MapOptions::new().writable(true))
+            .unwrap();
+        let data = region.as_mut_slice().unwrap();
+        // A sequential read (read-ahead installs the pages protected), then writes to every
+        // other page: each must be seen as dirty and reach the store.
+        let mut sum = 0u64;
+        for off in (0..8 * MIB).step_by(4 * KIB) {
+            sum = sum.wrapping_add(data[off] as u64);
+        }
+        assert!(umap.stats().read_ahead_pages > 0);
+        for off in (0..8 * MIB).step_by(8 * KIB) {
+            data[off + 1] = data[off + 1].wrapping_add(1);
+        }
+        region.flush().unwrap();
+        let mut expected = pattern(SEED, 0, 8 * MIB);
+        for off in (0..8 * MIB).step_by(8 * KIB) {
+            expected[off + 1] = expected[off + 1].wrapping_add(1);
+        }
+        assert!(
+            store.to_vec() == expected,
+            "buffer {buffer}: a write after read-ahead was lost"
+        );
+        std::hint::black_box(sum);
+        region.unmap().unwrap();
     }
-    for off in (0..8 * MIB).step_by(8 * KIB) {
-        data[off + 1] = data[off + 1].wrapping_add(1);
-    }
-    region.flush().unwrap();
-    let mut expected = pattern(SEED, 0, 8 * MIB);
-    for off in (0..8 * MIB).step_by(8 * KIB) {
-        expected[off + 1] = expected[off + 1].wrapping_add(1);
-    }
-    assert!(
-        store.to_vec() == expected,
-        "a write after read-ahead was lost"
-    );
-    assert!(umap.stats().read_ahead_pages > 0);
-    std::hint::black_box(sum);
-    region.unmap().unwrap();
 }
 
 #[test]

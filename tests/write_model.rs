@@ -66,10 +66,11 @@ fn run_case(page: usize, seed: u64) {
     };
     let file_len = offset + len + rng.below(2 * page as u64) as usize;
     let fillers = 1 + rng.below(3) as usize;
+    let read_ahead = [0, 4, 16][rng.below(3) as usize];
     let ops = 300;
     let case = format!(
         "page {page}, seed {seed:#x} (buffer {buffer}, len {len}, offset {offset}, file \
-         {file_len}, fillers {fillers})"
+         {file_len}, fillers {fillers}, read-ahead {read_ahead})"
     );
 
     let dir = tempfile::tempdir().unwrap();
@@ -80,6 +81,7 @@ fn run_case(page: usize, seed: u64) {
         .buffer_size(buffer)
         .page_size(page)
         .fillers(fillers)
+        .read_ahead(read_ahead)
         .start()
         .expect("userfaultfd engine (needs Linux userfaultfd with write-protect support)");
     let mut region = map(&umap, &path, page, offset, len);

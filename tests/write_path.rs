@@ -18,6 +18,8 @@ fn engine(buffer: usize, fillers: usize) -> Umap {
         .buffer_size(buffer)
         .page_size(PS)
         .fillers(fillers)
+        // These tests count faults and resident pages exactly: no pages read ahead.
+        .read_ahead(0)
         .start()
         .expect("userfaultfd engine (needs Linux userfaultfd with write-protect support)")
 }

@@ -88,13 +88,19 @@ impl PatternMap {
     }
 }
 
-/// Sequential fault streams of a region: the page each stream is expected to fault on next.
-/// A fault on such a page continues its stream (read ahead); any other fault starts a stream
-/// in the slot used least recently (round robin). Several readers scanning different parts of
-/// a region each keep their own stream. Lock-free: a race only costs a missed detection.
+/// Sequential fault streams of a region: the page each stream is expected to fault on next,
+/// and how far it has ramped up. A fault on such a page continues its stream; any other fault
+/// starts a stream in the next slot (round robin), so several readers scanning different parts
+/// of a region each keep their own stream. A stream reads ahead only from its second
+/// continuation on, with a window that doubles each time (2, 4, 8 ... up to the region's
+/// window), so a random access that happens to land right after an earlier fault reads ahead
+/// nothing, and one more such coincidence reads ahead two pages. Lock-free: a race only costs
+/// a missed detection or a smaller window.
 #[derive(Debug)]
 pub(crate) struct Streams {
     next: [AtomicUsize; STREAMS],
+    /// Continuations seen so far, per stream.
+    ramp: [AtomicUsize; STREAMS],
     victim: AtomicUsize,
 }
 
@@ -106,24 +112,60 @@ impl Default for Streams {
     fn default() -> Self {
         Streams {
             next: [const { AtomicUsize::new(NONE) }; STREAMS],
+            ramp: [const { AtomicUsize::new(0) }; STREAMS],
             victim: AtomicUsize::new(0),
         }
     }
 }
 
+/// A fault's place in the streams: the stream it continues (if any) and that stream's ramp.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct StreamHit {
+    slot: Option<usize>,
+    ramp: usize,
+}
+
 impl Streams {
-    /// The stream that expected a fault on `page`, if one did.
+    /// Looks up the stream a fault on `page` continues.
     #[inline]
-    pub(crate) fn find(&self, page: usize) -> Option<usize> {
-        self.next
+    pub(crate) fn find(&self, page: usize) -> StreamHit {
+        match self
+            .next
             .iter()
             .position(|n| n.load(Ordering::Relaxed) == page)
+        {
+            Some(slot) => StreamHit {
+                slot: Some(slot),
+                ramp: self.ramp[slot].load(Ordering::Relaxed) + 1,
+            },
+            None => StreamHit {
+                slot: None,
+                ramp: 0,
+            },
+        }
     }
 
-    /// Records that stream `slot` (or a new stream, if `None`) next expects `page`.
+    /// The read-ahead window for `hit` under a region window of `max` pages: none for a new
+    /// stream or its first continuation, then 2, 4, 8 ... pages up to `max`.
     #[inline]
-    pub(crate) fn expect(&self, slot: Option<usize>, page: usize) {
-        let slot = slot.unwrap_or_else(|| self.victim.fetch_add(1, Ordering::Relaxed) % STREAMS);
+    pub(crate) fn window(hit: StreamHit, max: usize) -> usize {
+        match hit.ramp {
+            0 | 1 => 0,
+            r => max.min(1usize << (r - 1).min(20)),
+        }
+    }
+
+    /// Records that the stream of `hit` (or a new stream) next expects `page`.
+    #[inline]
+    pub(crate) fn expect(&self, hit: StreamHit, page: usize) {
+        let slot = hit.slot.unwrap_or_else(|| {
+            // Round robin without a read-modify-write: racing fillers may pick the same slot,
+            // which only costs a stream.
+            let v = self.victim.load(Ordering::Relaxed);
+            self.victim.store(v.wrapping_add(1), Ordering::Relaxed);
+            v % STREAMS
+        });
+        self.ramp[slot].store(hit.ramp, Ordering::Relaxed);
         self.next[slot].store(page, Ordering::Relaxed);
     }
 }
@@ -154,16 +196,38 @@ mod tests {
     }
 
     #[test]
-    fn interleaved_streams_are_each_detected() {
+    fn streams_ramp_up_and_interleaved_streams_are_each_detected() {
         let s = Streams::default();
-        assert_eq!(s.find(0), None);
-        s.expect(None, 1);
-        s.expect(None, 1001);
-        assert!(s.find(1).is_some());
-        let b = s.find(1001).unwrap();
-        s.expect(Some(b), 1002);
-        assert_eq!(s.find(1001), None);
-        assert_eq!(s.find(1002), Some(b));
-        assert_eq!(s.find(1), Some(0));
+        let max = 16;
+        // Stream A from page 0, stream B from page 1000, interleaved.
+        let mut windows = Vec::new();
+        let (mut a, mut b) = (0, 1000);
+        for _ in 0..7 {
+            for page in [&mut a, &mut b] {
+                let hit = s.find(*page);
+                let w = Streams::window(hit, max);
+                s.expect(hit, *page + 1 + w);
+                windows.push(w);
+                *page += 1 + w;
+            }
+        }
+        assert_eq!(windows, [0, 0, 0, 0, 2, 2, 4, 4, 8, 8, 16, 16, 16, 16]);
+        // A fault elsewhere starts a new stream and reads nothing ahead.
+        assert_eq!(
+            s.find(5000),
+            StreamHit {
+                slot: None,
+                ramp: 0
+            }
+        );
+    }
+
+    #[test]
+    fn a_single_coincidence_reads_nothing_ahead() {
+        let s = Streams::default();
+        let first = s.find(10);
+        s.expect(first, 11);
+        let hit = s.find(11);
+        assert_eq!(Streams::window(hit, 16), 0);
     }
 }

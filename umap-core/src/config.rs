@@ -19,7 +19,7 @@ use crate::{memory, sys};
 /// | `high_water_percent` | 90 | eviction starts when this much of the buffer is resident |
 /// | `low_water_percent` | 70 | eviction stops at this much |
 /// | `max_fault_events` | 32 | page-fault events a filler reads per system call |
-/// | `read_ahead` | 0 | pages filled after a sequential fault (per region overridable) |
+/// | `read_ahead` | 16 | pages filled after a sequential fault (per region overridable) |
 /// | `monitor_interval` | none | print the statistics to stderr this often |
 /// | `log_level` | none | install a stderr logger at this level if the program has none |
 ///
@@ -65,7 +65,7 @@ impl Default for Config {
             high_water_percent: 90,
             low_water_percent: 70,
             max_fault_events: 32,
-            read_ahead: 0,
+            read_ahead: DEFAULT_READ_AHEAD,
             monitor_interval: None,
             log_level: None,
         }
@@ -78,6 +78,11 @@ fn default_buffer_size() -> usize {
     let half = usize::try_from(available / 2).unwrap_or(usize::MAX);
     half.max(16 << 20) & !(sys::page_size() - 1)
 }
+
+/// The default read-ahead window in pages. A scan faults once per window instead of once per
+/// page (about 6x faster at 4 KiB pages, 1.3x at 64 KiB, in `benches/read_ahead.rs`); random
+/// access never triggers it.
+pub const DEFAULT_READ_AHEAD: usize = 16;
 
 /// The most pages a read-ahead window may have.
 pub const MAX_READ_AHEAD: usize = 1 << 16;

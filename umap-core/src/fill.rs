@@ -9,8 +9,9 @@
 //! `Dirty`, for a write), each queued for eviction.
 //!
 //! Read-ahead: a fault on the page a sequential stream of faults expects next (see
-//! [`crate::advice::Streams`]), or any fault in a range advised `Sequential`, fills the
-//! region's read-ahead window after the faulting page in the same run. The extra pages are
+//! [`crate::advice::Streams`]: the window ramps up 2, 4, 8 ... pages from a stream's second
+//! continuation on), or any fault in a range advised `Sequential`, fills the read-ahead window
+//! after the faulting page in the same run. The extra pages are
 //! taken only from free buffer room (`try_reserve`): read-ahead never makes a filler reclaim,
 //! and its window is at most the buffer's low-water share, so what is read ahead is not
 //! evicted before the reader gets to it. A read error in the extra pages only shortens the
@@ -63,8 +64,8 @@ impl Filler<'_> {
             0
         };
         let n = 1 + extra;
-        if region.read_ahead > 0 {
-            region.streams.expect(stream, page + n);
+        if let Some(hit) = stream {
+            region.streams.expect(hit, page + n);
         }
         // A fault's run never returns an error: a failed read poisons the page (and logs).
         let _ = self.fill_run(region, page, n, Cause::Fault { write });

@@ -11,7 +11,7 @@
 //! - [`uffd`]: the typed userfaultfd layer (the only place that issues its ioctls);
 //! - [`sys`]: mappings, `madvise`, `mincore`, epoll and eventfd;
 //! - [`snapshot`]: live snapshots of any memory range into a store, through write protection;
-//! - [`env`]: the `UMAP_*` environment variables;
+//! - [`env`](mod@env): the `UMAP_*` environment variables;
 //! - `config`, `engine`, `region`, `prefetch`, `advice`: the public API;
 //! - `page_table` (per-page state machine), `gate` (region lifetime), `buffer` (capacity and
 //!   eviction order), `filler` (serving faults), `fill` (runs of pages, read-ahead), `evictor`,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use umap_store::Store;
 
-use crate::advice::{Advice, Pattern, PatternMap, Streams};
+use crate::advice::{Advice, Pattern, PatternMap, StreamHit, Streams};
 use crate::engine::Umap;
 use crate::error::{Error, Result};
 use crate::gate::Gate;
@@ -132,18 +132,18 @@ impl RegionShared {
         self.store_offset + (page * self.page_size) as u64
     }
 
-    /// The read-ahead window for a fault on `page` (0 for none), and the sequential stream the
-    /// fault continues, if it continues one.
+    /// The read-ahead window for a fault on `page` (0 for none), and the fault's place in the
+    /// sequential streams (to record once the run's length is known), if read-ahead applies.
     #[inline]
-    pub(crate) fn read_ahead_window(&self, page: usize) -> (usize, Option<usize>) {
+    pub(crate) fn read_ahead_window(&self, page: usize) -> (usize, Option<StreamHit>) {
         match self.patterns.get(page) {
             Pattern::Random => (0, None),
             Pattern::Sequential => (self.sequential_window, None),
             Pattern::Normal if self.read_ahead == 0 => (0, None),
-            Pattern::Normal => match self.streams.find(page) {
-                Some(stream) => (self.read_ahead, Some(stream)),
-                None => (0, None),
-            },
+            Pattern::Normal => {
+                let hit = self.streams.find(page);
+                (Streams::window(hit, self.read_ahead), Some(hit))
+            }
         }
     }
 
