@@ -2,9 +2,9 @@
 //! file and against `pread`/`pwrite`.
 //!
 //! ```text
-//! cargo bench --bench throughput -- [--quick] [--size BYTES] [--buffer BYTES] [--threads N]
-//!                                   [--fillers N] [--reads N] [--writes N] [--file PATH]
-//!                                   [--direct]
+//! cargo bench --bench throughput -- [--quick] [--json PATH] [--plot PATH.svg] [--size BYTES]
+//!                                   [--buffer BYTES] [--threads N] [--fillers N] [--reads N]
+//!                                   [--writes N] [--file PATH] [--direct]
 //! ```
 //!
 //! Every run starts cold: the data file is `fdatasync`ed and dropped from the page cache with
@@ -22,6 +22,8 @@
 mod cli;
 #[path = "support/faults.rs"]
 mod faults;
+#[path = "support/report.rs"]
+mod report;
 
 use std::collections::BTreeMap;
 use std::error::Error;
@@ -39,7 +41,6 @@ use umap::{FileStore, MapOptions, Stats, Umap};
 
 type BoxError = Box<dyn Error + Send + Sync>;
 
-const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
 
@@ -64,6 +65,8 @@ const USAGE: &str = "\
 usage: cargo bench --bench throughput -- [OPTIONS]
 
   --quick           small run (128 MiB file, 16 MiB buffer, 20000 random reads, 4000 writes)
+  --json PATH       also write the results (and the run's parameters) to PATH as JSON
+  --plot PATH.svg   also draw MB/s by workload, system and page size to PATH as an SVG chart
   --size BYTES      data file size (default 1 GiB; 128 MiB with --quick)
   --buffer BYTES    umap buffer size (default 128 MiB; 16 MiB with --quick)
   --threads N       reader (and writer) threads (default 2)
@@ -95,6 +98,10 @@ struct Options {
     file: Option<PathBuf>,
     /// umap's store (and pread/pwrite) use O_DIRECT.
     direct: bool,
+    /// Where to write the results as JSON.
+    json: Option<PathBuf>,
+    /// Where to draw the SVG chart.
+    plot: Option<PathBuf>,
 }
 
 enum Parsed {
@@ -112,6 +119,8 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> 
     let mut writes = None;
     let mut file = None;
     let mut direct = false;
+    let mut json = None;
+    let mut plot = None;
 
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
@@ -144,6 +153,20 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> 
             "--reads" => reads = Some(cli::parse_count(&value()?, "--reads")?),
             "--writes" => writes = Some(cli::parse_count(&value()?, "--writes")?),
             "--file" => file = Some(PathBuf::from(value()?)),
+            "--json" => json = Some(PathBuf::from(value()?)),
+            "--plot" => {
+                let path = PathBuf::from(value()?);
+                if path
+                    .extension()
+                    .is_none_or(|e| !e.eq_ignore_ascii_case("svg"))
+                {
+                    return Err(format!(
+                        "--plot: {} does not end in .svg (the chart is an SVG file)",
+                        path.display()
+                    ));
+                }
+                plot = Some(path);
+            }
             _ => return Err(format!("unknown argument `{arg}`")),
         }
     }
@@ -187,6 +210,8 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> 
         writes,
         file,
         direct,
+        json,
+        plot,
     }))
 }
 
@@ -303,10 +328,15 @@ impl System {
     }
 
     fn page(self) -> String {
+        page_label(self.page_bytes())
+    }
+
+    /// The page size in bytes: the system page for mmap, the 4 KiB block for pread/pwrite.
+    fn page_bytes(self) -> usize {
         match self {
-            System::Mmap => page_label(umap::sys::page_size()),
-            System::Pread => page_label(TOUCH),
-            System::Umap { page_size } => page_label(page_size),
+            System::Mmap => umap::sys::page_size(),
+            System::Pread => TOUCH,
+            System::Umap { page_size } => page_size,
         }
     }
 }
@@ -615,6 +645,10 @@ impl Measurement {
     }
     fn mb_per_s(&self) -> f64 {
         self.bytes_touched as f64 / 1e6 / self.secs()
+    }
+    /// 4 KiB positions touched per second (operations per second of the random workloads).
+    fn pages_per_s(&self) -> f64 {
+        (self.bytes_touched / TOUCH as u64) as f64 / self.secs()
     }
     fn faults_per_s(&self) -> f64 {
         self.faults as f64 / self.secs()
@@ -1243,21 +1277,39 @@ fn check_and_restore(path: &Path, expected: &BTreeMap<usize, u64>) -> io::Result
 // Output
 
 fn page_label(bytes: usize) -> String {
-    let bytes = bytes as u64;
-    if bytes >= GIB && bytes % GIB == 0 {
-        format!("{} GiB", bytes / GIB)
-    } else if bytes >= MIB && bytes % MIB == 0 {
-        format!("{} MiB", bytes / MIB)
-    } else if bytes >= KIB && bytes % KIB == 0 {
-        format!("{} KiB", bytes / KIB)
-    } else {
-        format!("{bytes} B")
-    }
+    report::page_label(bytes as u64)
+}
+
+/// The results as reported: one row per measurement, with its ratios to the mmap and the
+/// pread (pwrite) rows of the same workload.
+fn report_rows(results: &[Measurement]) -> Vec<report::Row> {
+    let ratio_to = |m: &Measurement, system: System| {
+        results
+            .iter()
+            .find(|b| b.workload == m.workload && b.system == system)
+            .map(|b| m.mb_per_s() / b.mb_per_s())
+    };
+    results
+        .iter()
+        .map(|m| report::Row {
+            workload: m.workload.name().to_string(),
+            system: m.system.name(m.workload).to_string(),
+            page_bytes: m.system.page_bytes() as u64,
+            seconds: m.secs(),
+            flush_seconds: m.write_back.map(|t| t.as_secs_f64()),
+            mb_per_s: m.mb_per_s(),
+            pages_per_s: m.pages_per_s(),
+            faults_per_s: m.faults_per_s(),
+            wp_faults_per_s: m.wp_faults_per_s(),
+            vs_mmap: ratio_to(m, System::Mmap),
+            vs_pread: ratio_to(m, System::Pread),
+        })
+        .collect()
 }
 
 /// Prints the results as a table with aligned columns.
-fn print_table(results: &[Measurement]) {
-    const COLUMNS: usize = 10;
+fn print_table(rows: &[report::Row]) {
+    const COLUMNS: usize = 11;
     const HEADER: [&str; COLUMNS] = [
         "workload",
         "system",
@@ -1265,6 +1317,7 @@ fn print_table(results: &[Measurement]) {
         "time s",
         "flush s",
         "MB/s",
+        "pages/s",
         "faults/s",
         "wp faults/s",
         "vs mmap",
@@ -1272,32 +1325,24 @@ fn print_table(results: &[Measurement]) {
     ];
     // Text columns align left, numbers right.
     const LEFT: [bool; COLUMNS] = [
-        true, true, false, false, false, false, false, false, false, false,
+        true, true, false, false, false, false, false, false, false, false, false,
     ];
-    let ratio_to = |m: &Measurement, system: System| {
-        results
-            .iter()
-            .find(|b| b.workload == m.workload && b.system == system)
-            .map_or("-".into(), |b| {
-                format!("{:.2}x", m.mb_per_s() / b.mb_per_s())
-            })
-    };
-    let rows: Vec<[String; COLUMNS]> = results
+    let ratio = |r: Option<f64>| r.map_or("-".into(), |r| format!("{r:.2}x"));
+    let rows: Vec<[String; COLUMNS]> = rows
         .iter()
-        .map(|m| {
+        .map(|r| {
             [
-                m.workload.name().to_string(),
-                m.system.name(m.workload).to_string(),
-                m.system.page(),
-                format!("{:.3}", m.secs()),
-                m.write_back
-                    .map_or("-".into(), |t| format!("{:.3}", t.as_secs_f64())),
-                format!("{:.1}", m.mb_per_s()),
-                format!("{:.0}", m.faults_per_s()),
-                m.wp_faults_per_s()
-                    .map_or("-".into(), |n| format!("{n:.0}")),
-                ratio_to(m, System::Mmap),
-                ratio_to(m, System::Pread),
+                r.workload.clone(),
+                r.system.clone(),
+                page_label(r.page_bytes as usize),
+                format!("{:.3}", r.seconds),
+                r.flush_seconds.map_or("-".into(), |t| format!("{t:.3}")),
+                format!("{:.1}", r.mb_per_s),
+                format!("{:.0}", r.pages_per_s),
+                format!("{:.0}", r.faults_per_s),
+                r.wp_faults_per_s.map_or("-".into(), |n| format!("{n:.0}")),
+                ratio(r.vs_mmap),
+                ratio(r.vs_pread),
             ]
         })
         .collect();
@@ -1336,6 +1381,61 @@ fn print_table(results: &[Measurement]) {
     }
 }
 
+/// Creates (truncates) the output file `path` given with `flag`, if any.
+fn create_output(path: Option<&Path>, flag: &str) -> Result<Option<(File, PathBuf)>, BoxError> {
+    path.map(|path| {
+        File::create(path)
+            .map(|f| (f, path.to_path_buf()))
+            .map_err(|e| format!("{flag}: cannot create {}: {e}", path.display()).into())
+    })
+    .transpose()
+}
+
+/// Writes `text` to `file` (created at `path`), reads it back and checks it with `check`.
+fn write_output(
+    mut file: File,
+    path: &Path,
+    text: &str,
+    check: impl FnOnce(&str) -> Result<(), String>,
+) -> Result<(), BoxError> {
+    file.write_all(text.as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(|e| format!("writing {}: {e}", path.display()))?;
+    let back = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    check(&back).map_err(|e| format!("{}: {e}", path.display()).into())
+}
+
+/// A check that a JSON report parses and holds `rows` rows.
+fn check_json(rows: usize) -> impl FnOnce(&str) -> Result<(), String> {
+    move |text| {
+        let doc: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"))?;
+        let found = doc["rows"].as_array().map_or(0, Vec::len);
+        if found != rows {
+            return Err(format!("{found} rows, expected {rows}"));
+        }
+        Ok(())
+    }
+}
+
+/// A check that an SVG chart is well-formed XML with one bar per row.
+fn check_svg(rows: usize) -> impl FnOnce(&str) -> Result<(), String> {
+    move |text| {
+        let doc = roxmltree::Document::parse(text).map_err(|e| format!("not well-formed: {e}"))?;
+        if doc.root_element().tag_name().name() != "svg" {
+            return Err("the root element is not <svg>".into());
+        }
+        let bars = doc
+            .descendants()
+            .filter(|n| n.attribute("class") == Some("bar"))
+            .count();
+        if bars != rows {
+            return Err(format!("{bars} bars, expected {rows}"));
+        }
+        Ok(())
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Main
 
@@ -1361,6 +1461,10 @@ fn main() -> ExitCode {
 }
 
 fn run(options: &Options) -> Result<ExitCode, BoxError> {
+    // Create the output files now, so that a bad path fails before the long run.
+    let json_file = create_output(options.json.as_deref(), "--json")?;
+    let plot_file = create_output(options.plot.as_deref(), "--plot")?;
+
     // The data file: the given one, or a generated one in a temporary directory.
     let _tempdir;
     let (path, generated) = match &options.file {
@@ -1558,12 +1662,13 @@ fn run(options: &Options) -> Result<ExitCode, BoxError> {
         }
     }
 
+    let rows = report_rows(&results);
     println!();
-    print_table(&results);
+    print_table(&rows);
     println!();
     println!(
         "MB/s: 10^6 bytes touched per second (seq-read: the file size; rand-read, rand-write, \
-         rmw: operations x 4 KiB). faults/s: umap fault events (read faults; for rand-write \
+         rmw: operations x 4 KiB). pages/s: 4 KiB positions touched per second. faults/s: umap fault events (read faults; for rand-write \
          and rmw read + write + write-protect faults), the process's minor+major faults for \
          mmap, system calls for pread/pwrite. wp faults/s: umap write-protect faults. vs pread: \
          to the pread row (the pwrite row for rand-write and rmw)."
@@ -1586,6 +1691,52 @@ fn run(options: &Options) -> Result<ExitCode, BoxError> {
             last.system.page()
         );
         print!("{}", last.stats.as_ref().expect("found by is_some"));
+    }
+    let unix_time = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    if let Some((file, path)) = json_file {
+        let meta = serde_json::json!({
+            "bench": "throughput",
+            "unix_time": unix_time,
+            "kernel": kernel_release(),
+            "cpus": cpus,
+            "userfaultfd": open_method.to_string(),
+            "file_bytes": size,
+            "file_generated": generated,
+            "buffer_bytes": options.buffer,
+            "threads": options.threads,
+            "fillers": options.fillers,
+            "evictors": EVICTORS,
+            "random_reads": reads,
+            "writes": writes,
+            "direct": options.direct,
+            "quick": options.quick,
+            "data_errors": errors.len(),
+        });
+        write_output(
+            file,
+            &path,
+            &report::to_json(meta, &rows),
+            check_json(rows.len()),
+        )?;
+        println!("\nresults written to {}", path.display());
+    }
+    if let Some((file, path)) = plot_file {
+        let title = "umap throughput: MB/s by workload, system and page size";
+        let subtitle = format!(
+            "file {}, umap buffer {}, {} threads, {} fillers; kernel {}, {cpus} CPUs{}",
+            page_label(size),
+            page_label(options.buffer),
+            options.threads,
+            options.fillers,
+            kernel_release(),
+            if options.quick { "; quick run" } else { "" }
+        );
+        let svg = report::to_svg(title, &subtitle, &rows);
+        write_output(file, &path, &svg, check_svg(rows.len()))?;
+        println!("chart drawn to {}", path.display());
     }
     io::stdout().flush()?;
 

@@ -1,0 +1,169 @@
+//! The throughput bench's report writers (`benches/support/report.rs`): the JSON parses and
+//! holds every row; the SVG chart is well-formed, with one bar per row, heights proportional to
+//! MB/s within a workload's panel, and text escaped.
+
+#[path = "../benches/support/report.rs"]
+mod report;
+
+use report::Row;
+
+fn row(workload: &str, system: &str, page_bytes: u64, mb_per_s: f64) -> Row {
+    Row {
+        workload: workload.to_string(),
+        system: system.to_string(),
+        page_bytes,
+        seconds: 1.5,
+        flush_seconds: workload.contains("write").then_some(0.25),
+        mb_per_s,
+        pages_per_s: mb_per_s * 1e6 / 4096.0,
+        faults_per_s: 1234.0,
+        wp_faults_per_s: (system == "umap").then_some(56.0),
+        vs_mmap: Some(mb_per_s / 1000.0),
+        vs_pread: None,
+    }
+}
+
+/// Rows like the bench's: two workloads, several systems, one awkward name.
+fn sample() -> Vec<Row> {
+    vec![
+        row("seq-read", "mmap", 4096, 2000.0),
+        row("seq-read", "pread", 4096, 1800.0),
+        row("seq-read", "umap", 4096, 350.0),
+        row("seq-read", "umap", 64 << 10, 1650.0),
+        row("seq-read", "umap", 1 << 20, 1500.0),
+        row("r&w <\"odd\">", "mmap", 4096, 0.75),
+        row("r&w <\"odd\">", "pwrite", 4096, 0.5),
+        row("r&w <\"odd\">", "umap", 4096, 0.0),
+    ]
+}
+
+#[test]
+fn json_parses_and_holds_every_row() {
+    let rows = sample();
+    let mut with_nan = rows.clone();
+    with_nan[0].faults_per_s = f64::NAN;
+    let meta = serde_json::json!({ "kernel": "6.18", "cpus": 2 });
+    let text = report::to_json(meta.clone(), &with_nan);
+    let doc: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
+    assert_eq!(doc["meta"], meta);
+    let out = doc["rows"].as_array().expect("a rows array");
+    assert_eq!(out.len(), rows.len());
+    for (o, r) in out.iter().zip(&rows) {
+        assert_eq!(o["workload"], r.workload.as_str());
+        assert_eq!(o["system"], r.system.as_str());
+        assert_eq!(o["page_bytes"], r.page_bytes);
+        assert_eq!(o["mb_per_s"].as_f64(), Some(r.mb_per_s));
+        assert_eq!(o["pages_per_s"].as_f64(), Some(r.pages_per_s));
+        assert_eq!(o["seconds"].as_f64(), Some(r.seconds));
+        assert_eq!(o["flush_seconds"].as_f64(), r.flush_seconds);
+        assert_eq!(o["wp_faults_per_s"].as_f64(), r.wp_faults_per_s);
+        assert_eq!(o["vs_mmap"].as_f64(), r.vs_mmap);
+        assert!(o["vs_pread"].is_null());
+    }
+    assert!(
+        out[0]["faults_per_s"].is_null(),
+        "a non-finite number is null, not invalid JSON"
+    );
+}
+
+#[test]
+fn svg_is_well_formed_with_a_proportional_bar_per_row() {
+    let rows = sample();
+    let svg = report::to_svg("title & <more>", "sub \"title\"", &rows);
+    let doc = roxmltree::Document::parse(&svg).expect("well-formed XML");
+    let root = doc.root_element();
+    assert_eq!(root.tag_name().name(), "svg");
+    assert_eq!(
+        root.tag_name().namespace(),
+        Some("http://www.w3.org/2000/svg")
+    );
+    let title = root
+        .children()
+        .find(|n| n.has_tag_name("title"))
+        .and_then(|n| n.text());
+    assert_eq!(title, Some("title & <more>"));
+
+    let bars: Vec<_> = doc
+        .descendants()
+        .filter(|n| n.attribute("class") == Some("bar"))
+        .collect();
+    assert_eq!(bars.len(), rows.len(), "one bar per row");
+    let num = |n: &roxmltree::Node, a: &str| -> f64 {
+        n.attribute(a)
+            .unwrap_or_else(|| panic!("bar without {a}"))
+            .parse()
+            .unwrap()
+    };
+    for (bar, r) in bars.iter().zip(&rows) {
+        assert_eq!(bar.attribute("data-workload"), Some(r.workload.as_str()));
+        assert_eq!(
+            bar.attribute("data-series").map(String::from),
+            Some(r.series())
+        );
+        assert_eq!(num(bar, "data-mb-per-s"), r.mb_per_s);
+        // Bars stand on a common baseline.
+        let bottom = num(bar, "y") + num(bar, "height");
+        let first_bottom = num(&bars[0], "y") + num(&bars[0], "height");
+        assert!((bottom - first_bottom).abs() < 0.2, "bar bottoms differ");
+    }
+    // Within a panel, height / MB/s is the same for every bar; the tallest bar is the largest.
+    for workload in ["seq-read", "r&w <\"odd\">"] {
+        let panel: Vec<_> = bars
+            .iter()
+            .filter(|b| b.attribute("data-workload") == Some(workload))
+            .collect();
+        let scale: Vec<f64> = panel
+            .iter()
+            .filter(|b| num(b, "data-mb-per-s") > 0.0)
+            .map(|b| num(b, "height") / num(b, "data-mb-per-s"))
+            .collect();
+        assert!(scale.len() >= 2);
+        for s in &scale {
+            assert!(
+                (s / scale[0] - 1.0).abs() < 0.01,
+                "{workload}: heights not proportional to MB/s: {scale:?}"
+            );
+        }
+        assert!(panel
+            .iter()
+            .all(|b| num(b, "data-mb-per-s") > 0.0 || num(b, "height") == 0.0));
+    }
+    // The two panels have their own scales: the slow one's bars are not flattened.
+    let tallest = |w: &str| {
+        bars.iter()
+            .filter(|b| b.attribute("data-workload") == Some(w))
+            .map(|b| num(b, "height"))
+            .fold(0.0, f64::max)
+    };
+    assert!(tallest("r&w <\"odd\">") > tallest("seq-read") / 2.0);
+
+    // One legend entry per series (system and page size).
+    let legend = doc
+        .descendants()
+        .filter(|n| n.attribute("class") == Some("legend"))
+        .count();
+    assert_eq!(legend, 6, "mmap, pread, pwrite, umap at three page sizes");
+}
+
+#[test]
+fn an_empty_report_is_still_well_formed() {
+    let svg = report::to_svg("nothing", "", &[]);
+    roxmltree::Document::parse(&svg).expect("well-formed XML");
+    let json = report::to_json(serde_json::json!({}), &[]);
+    let doc: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(doc["rows"].as_array().map(Vec::len), Some(0));
+}
+
+#[test]
+fn nice_steps_and_labels() {
+    assert_eq!(report::nice_step(2217.0, 5), 500.0);
+    assert_eq!(report::nice_step(599.0, 5), 200.0);
+    assert_eq!(report::nice_step(0.75, 5), 0.2);
+    assert_eq!(report::nice_step(0.0, 5), 1.0);
+    assert_eq!(report::nice_step(f64::NAN, 5), 1.0);
+    assert_eq!(report::page_label(4096), "4 KiB");
+    assert_eq!(report::page_label(1 << 20), "1 MiB");
+    assert_eq!(report::page_label(12 << 10), "12 KiB");
+    assert_eq!(report::page_label(100), "100 B");
+    assert_eq!(report::escape("a&<>\"'"), "a&amp;&lt;&gt;&quot;&apos;");
+}

@@ -1,0 +1,158 @@
+//! The sort example's memory: sorting data 16 times larger than the buffer keeps the process's
+//! peak resident set near the buffer, not near the data.
+//!
+//! The example runs in a child process (this test binary, re-executed with the example's
+//! arguments in an environment variable), so that its peak RSS is its own: the parent reads it
+//! from `wait4`'s resource usage. A second run with a buffer larger than the data shows that
+//! the measure sees the data when the pager keeps it all (the first assertion would fail there).
+
+#[path = "../examples/sort.rs"]
+#[allow(dead_code)] // the example's `main` is not used here
+mod sort;
+
+use std::process::Command;
+
+const MIB: u64 = 1 << 20;
+
+/// The data sorted: 256 MiB of u64s.
+const DATA: u64 = 256 * MIB;
+/// The buffer: a sixteenth of the data.
+const BUFFER: u64 = 16 * MIB;
+/// The most the child may keep resident: the buffer, the program, the I/O chunks (8 MiB) and
+/// the threads' stacks fit well inside; a quarter of the data does not hold the data.
+const RSS_LIMIT: u64 = DATA / 4;
+
+/// How long one sort may run before the test kills it.
+const CHILD_TIME_LIMIT: std::time::Duration = std::time::Duration::from_secs(120);
+
+const CHILD_ENV: &str = "UMAP_TEST_SORT_RSS_ARGS";
+
+/// Runs in the child process (see `run_sort`): the sort example with the arguments in the
+/// environment, then exits with its status. Does nothing when run as an ordinary test.
+#[test]
+fn sort_rss_child() {
+    let Ok(args) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let status = sort::run_cli(args.split_whitespace().map(String::from));
+    std::process::exit(i32::from(status));
+}
+
+/// Runs the sort example with `args` in a child process; returns its peak RSS in bytes and
+/// its output. Fails the test if the child does not exit with status 0.
+// The child is reaped with `wait4` (for its resource usage), not `Child::wait`.
+#[allow(clippy::zombie_processes)]
+fn run_sort(args: &str) -> (u64, String) {
+    let child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "sort_rss_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_ENV, args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("re-executing the test binary");
+    let pid = child.id() as libc::pid_t;
+    // Read the pipes on threads, so that a child filling one cannot block.
+    let read = |mut pipe: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            pipe.read_to_string(&mut text).unwrap();
+            text
+        })
+    };
+    let stdout = read(Box::new(child.stdout.unwrap()));
+    let stderr = read(Box::new(child.stderr.unwrap()));
+    // Kill the child if it has not exited in time (a hang fails the test, it does not hang it).
+    let (done, timeout) = std::sync::mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        if timeout.recv_timeout(CHILD_TIME_LIMIT).is_err() {
+            eprintln!("the sort did not finish within {CHILD_TIME_LIMIT:?}: killing it");
+            // SAFETY: plain system call; `pid` is our child, not yet reaped (see below), so the
+            // id cannot have been reused.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    });
+    // Wait for the exit but leave the child unreaped (WNOWAIT) until the watchdog is gone.
+    // SAFETY: an all-zero siginfo_t is a valid value of the plain C struct, and it is valid for
+    // writes for the call.
+    let rc = unsafe {
+        let mut info: libc::siginfo_t = std::mem::zeroed();
+        libc::waitid(
+            libc::P_PID,
+            pid as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::WNOWAIT,
+        )
+    };
+    assert_eq!(rc, 0, "waitid: {}", std::io::Error::last_os_error());
+    drop(done);
+    watchdog.join().unwrap();
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is a valid value of the plain C struct.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `pid` is our child, which has exited and which nothing else reaps (the `Child`
+    // handle was taken apart above and is never waited on); `status` and `usage` are valid for
+    // writes.
+    let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(rc, pid, "wait4: {}", std::io::Error::last_os_error());
+    let output = format!(
+        "--- stdout\n{}--- stderr\n{}",
+        stdout.join().unwrap(),
+        stderr.join().unwrap()
+    );
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "the sort ({args}) failed, wait status {status:#x}\n{output}"
+    );
+    // ru_maxrss is in KiB on Linux.
+    (usage.ru_maxrss as u64 * 1024, output)
+}
+
+/// 256 MiB sorted through a 16 MiB buffer: peak RSS under a quarter of the data. With a
+/// 512 MiB buffer the same sort keeps the whole data resident, and the measure shows it.
+#[test]
+fn sort_peak_rss_stays_near_the_buffer() {
+    let bounded = format!(
+        "--size {DATA} --buffer {BUFFER} --page-size 64K --threads 2 --fillers 2 --evictors 1"
+    );
+    let (peak, output) = run_sort(&bounded);
+    eprintln!(
+        "buffer {} MiB: peak RSS {:.1} MiB",
+        BUFFER / MIB,
+        peak as f64 / MIB as f64
+    );
+    assert!(
+        peak < RSS_LIMIT,
+        "sorting {} MiB through a {} MiB buffer peaked at {:.1} MiB resident (limit {} MiB)\n\
+         {output}",
+        DATA / MIB,
+        BUFFER / MIB,
+        peak as f64 / MIB as f64,
+        RSS_LIMIT / MIB
+    );
+    assert!(
+        output.contains("all checks passed"),
+        "the sort did not report its checks\n{output}"
+    );
+
+    let unbounded = format!(
+        "--size {DATA} --buffer {} --page-size 64K --threads 2",
+        2 * DATA
+    );
+    let (peak, output) = run_sort(&unbounded);
+    eprintln!(
+        "buffer {} MiB: peak RSS {:.1} MiB",
+        2 * DATA / MIB,
+        peak as f64 / MIB as f64
+    );
+    assert!(
+        peak > DATA * 3 / 4,
+        "with a buffer larger than the data the whole data should be resident at the end of \
+         the sort, yet the peak RSS was {:.1} MiB: the measure does not see the mapping\n{output}",
+        peak as f64 / MIB as f64
+    );
+}
