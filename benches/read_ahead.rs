@@ -1,4 +1,4 @@
-//! Sequential scans with and without read-ahead: umap at 4 KiB and 64 KiB pages with
+//! Sequential scans with and without read-ahead: umap at 4 KiB, 64 KiB and 1 MiB pages with
 //! read-ahead off, with a window, and with `Advice::Sequential`, against kernel `mmap` of the
 //! same file, cold and warm.
 //!
@@ -191,7 +191,7 @@ fn run(o: &Options) -> Result<(), BoxError> {
         f.into_inner()?.sync_all()?;
     }
     let mut systems = vec![System::Mmap];
-    for page in [4096, 64 * 1024] {
+    for page in [4096, 64 * 1024, 1024 * 1024] {
         for (window, sequential) in [(0, false), (o.window, false), (0, true)] {
             systems.push(System::Umap {
                 page,

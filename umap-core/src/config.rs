@@ -44,8 +44,8 @@ pub struct Config {
     /// Page-fault events read per system call by a filler.
     pub max_fault_events: usize,
     /// Read-ahead window in pages: after a fault that continues a sequential run of faults,
-    /// this many following pages are filled with it (0: off). Capped per region at the
-    /// buffer's low-water share.
+    /// this many following pages are filled with it (0: off). Capped per region so that a run
+    /// is at most 1 MiB and within the buffer's low-water share (so none with 1 MiB pages).
     pub read_ahead: usize,
     /// Print [`Stats`](crate::Stats) to stderr at this interval (`None`: never).
     pub monitor_interval: Option<Duration>,

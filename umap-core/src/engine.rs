@@ -494,17 +494,19 @@ impl Umap {
             ));
         }
         // Read-ahead and prefetch runs stay within the low-water share of the buffer, so what
-        // is read ahead is not evicted before it is used.
+        // is read ahead is not evicted before it is used, and within MAX_RUN_BYTES, so a run
+        // stays in the CPU caches between the store read and the copy, and a faulting thread
+        // waits for at most 1 MiB of reads (a 16-page window of 1 MiB pages was a 16 MiB read).
         let low_water_pages = (shared.buffer.low_water() / page_size).max(1);
+        let max_run = (MAX_RUN_BYTES / page_size).clamp(1, low_water_pages);
         let read_ahead = options
             .read_ahead
             .unwrap_or(shared.config.read_ahead)
-            .min(low_water_pages - 1);
-        let max_run = (MAX_RUN_BYTES / page_size).clamp(1, low_water_pages);
+            .min(max_run - 1);
         let sequential_window = if read_ahead > 0 {
             read_ahead
         } else {
-            max_run.min(low_water_pages - 1)
+            max_run - 1
         };
         let region = Arc::new(RegionShared {
             base: mapping.addr(),

@@ -71,8 +71,9 @@ impl MapOptions {
     /// This region's read-ahead window in pages (default: the engine's
     /// [`Config::read_ahead`](crate::Config::read_ahead)); 0 turns read-ahead off. After a
     /// fault that continues a sequential run of faults, up to this many following pages are
-    /// filled with it, in the same store read. The window is capped at the buffer's
-    /// low-water share.
+    /// filled with it, in the same store read. The window is capped so that a run (the
+    /// faulting page and its read-ahead) is at most 1 MiB and within the buffer's low-water
+    /// share: pages of 1 MiB or more are their own read-ahead.
     pub fn read_ahead(mut self, pages: usize) -> MapOptions {
         self.read_ahead = Some(pages);
         self
@@ -104,7 +105,8 @@ impl MapOptions {
     }
 }
 
-/// Bytes a prefetch or `Sequential` read-ahead run reads at most in one store call.
+/// Bytes a fill run (a fault and its read-ahead, or a prefetch chunk) reads at most in one
+/// store call: larger runs no longer fit the CPU caches between the read and the copy.
 pub(crate) const MAX_RUN_BYTES: usize = 1 << 20;
 
 /// What the engine threads know of a region.
