@@ -47,7 +47,9 @@ usage: sort [OPTIONS]
   --direct           umap reads and writes the file with O_DIRECT
   -h, --help         this text
 
-BYTES takes a suffix K, M, G, KiB, MiB or GiB (all binary: 1K = 1024).";
+BYTES takes a suffix K, M, G, KiB, MiB or GiB (all binary: 1K = 1024).
+The UMAP_* environment variables (UMAP_BUFSIZE, UMAP_PAGESIZE, UMAP_PAGE_FILLERS,
+UMAP_READ_AHEAD ...) configure the pager too; the flags above override them.";
 
 /// Seed of the random input (the word at index `i` is `mix64(SEED ^ i)`).
 const SEED: u64 = 0x736f_7274_2d75_6d61;
@@ -63,8 +65,10 @@ const VERIFY_WORDS: usize = 1 << 16;
 #[derive(Debug, Clone)]
 struct Args {
     size: u64,
-    buffer: usize,
-    page_size: usize,
+    /// `None`: `UMAP_BUFSIZE` if set, else 128 MiB.
+    buffer: Option<usize>,
+    /// `None`: `UMAP_PAGESIZE` if set, else 64 KiB.
+    page_size: Option<usize>,
     threads: usize,
     fillers: Option<usize>,
     evictors: Option<usize>,
@@ -82,8 +86,8 @@ enum Parsed {
 fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
     let mut a = Args {
         size: 1 << 30,
-        buffer: 128 << 20,
-        page_size: 64 << 10,
+        buffer: None,
+        page_size: None,
         threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
         fillers: None,
         evictors: None,
@@ -109,11 +113,13 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> 
         match name.as_str() {
             "--size" => a.size = cli::parse_size(&value()?).map_err(|e| format!("--size: {e}"))?,
             "--buffer" => {
-                a.buffer = cli::parse_size_usize(&value()?).map_err(|e| format!("--buffer: {e}"))?
+                a.buffer =
+                    Some(cli::parse_size_usize(&value()?).map_err(|e| format!("--buffer: {e}"))?)
             }
             "--page-size" => {
-                a.page_size =
-                    cli::parse_size_usize(&value()?).map_err(|e| format!("--page-size: {e}"))?
+                a.page_size = Some(
+                    cli::parse_size_usize(&value()?).map_err(|e| format!("--page-size: {e}"))?,
+                )
             }
             "--threads" => a.threads = cli::parse_count(&value()?, "--threads")?,
             "--fillers" => a.fillers = Some(cli::parse_count(&value()?, "--fillers")?),
@@ -508,9 +514,17 @@ fn sort_umap(
     path: &Path,
     input: &Digest,
 ) -> Result<(), Failure> {
+    // The example's defaults, then the UMAP_* variables, then the flags.
     let mut builder = Umap::builder()
-        .buffer_size(args.buffer)
-        .page_size(args.page_size);
+        .buffer_size(128 << 20)
+        .page_size(64 << 10)
+        .env()?;
+    if let Some(bytes) = args.buffer {
+        builder = builder.buffer_size(bytes);
+    }
+    if let Some(bytes) = args.page_size {
+        builder = builder.page_size(bytes);
+    }
     if let Some(n) = args.fillers {
         builder = builder.fillers(n);
     }
