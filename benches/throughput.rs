@@ -122,19 +122,9 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> 
     let mut json = None;
     let mut plot = None;
 
-    let mut args = args.into_iter();
-    while let Some(arg) = args.next() {
-        // Accept both `--name value` and `--name=value`.
-        let (name, inline) = match arg.split_once('=') {
-            Some((n, v)) if n.starts_with("--") => (n.to_string(), Some(v.to_string())),
-            _ => (arg.clone(), None),
-        };
-        let mut value = || -> Result<String, String> {
-            match inline.clone().or_else(|| args.next()) {
-                Some(v) => Ok(v),
-                None => Err(format!("{name} needs a value")),
-            }
-        };
+    let mut flags = cli::Flags::new(args);
+    while let Some(name) = flags.next_flag() {
+        let mut value = || flags.value();
         match name.as_str() {
             // cargo passes `--bench` to every bench target.
             "--bench" => {}
@@ -167,7 +157,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> 
                 }
                 plot = Some(path);
             }
-            _ => return Err(format!("unknown argument `{arg}`")),
+            _ => return Err(format!("unknown argument `{name}`")),
         }
     }
 

@@ -74,18 +74,9 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Option<Args>, St
         reads: 100_000,
     };
     let mut size_given = false;
-    let mut args = args.into_iter();
-    while let Some(arg) = args.next() {
-        let (name, inline) = match arg.split_once('=') {
-            Some((n, v)) if n.starts_with("--") => (n.to_string(), Some(v.to_string())),
-            _ => (arg.clone(), None),
-        };
-        let mut value = || {
-            inline
-                .clone()
-                .or_else(|| args.next())
-                .ok_or(format!("{name} needs a value"))
-        };
+    let mut flags = cli::Flags::new(args);
+    while let Some(name) = flags.next_flag() {
+        let mut value = || flags.value();
         match name.as_str() {
             "--size" => {
                 a.size = cli::parse_size(&value()?).map_err(|e| format!("--size: {e}"))?;
@@ -101,7 +92,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Option<Args>, St
             "--file" => a.file = Some(PathBuf::from(value()?)),
             "--reads" => a.reads = cli::parse_count(&value()?, "--reads")?,
             "-h" | "--help" => return Ok(None),
-            _ => return Err(format!("unknown argument `{arg}` (see --help)")),
+            _ => return Err(format!("unknown argument `{name}` (see --help)")),
         }
     }
     if size_given && a.file.is_some() {

@@ -98,18 +98,9 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> 
     };
     // Options that mean nothing with --mmap, to refuse them there.
     let mut umap_only = Vec::new();
-    let mut args = args.into_iter();
-    while let Some(arg) = args.next() {
-        let (name, inline) = match arg.split_once('=') {
-            Some((n, v)) if n.starts_with("--") => (n.to_string(), Some(v.to_string())),
-            _ => (arg.clone(), None),
-        };
-        let mut value = || {
-            inline
-                .clone()
-                .or_else(|| args.next())
-                .ok_or(format!("{name} needs a value"))
-        };
+    let mut flags = cli::Flags::new(args);
+    while let Some(name) = flags.next_flag() {
+        let mut value = || flags.value();
         match name.as_str() {
             "--size" => a.size = cli::parse_size(&value()?).map_err(|e| format!("--size: {e}"))?,
             "--buffer" => {
@@ -129,7 +120,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> 
             "--mmap" => a.mmap = true,
             "--direct" => a.direct = true,
             "-h" | "--help" => return Ok(Parsed::Help),
-            _ => return Err(format!("unknown argument `{arg}` (try --help)")),
+            _ => return Err(format!("unknown argument `{name}`")),
         }
         if matches!(
             name.as_str(),

@@ -47,3 +47,49 @@ pub fn parse_count(text: &str, flag: &str) -> Result<usize, String> {
         Err(_) => Err(format!("{flag}: `{text}` is not a positive integer")),
     }
 }
+
+/// Command-line flags, each `--name value` or `--name=value`.
+///
+/// ```ignore
+/// let mut flags = cli::Flags::new(std::env::args().skip(1));
+/// while let Some(name) = flags.next_flag() {
+///     match name.as_str() {
+///         "--size" => size = cli::parse_size(&flags.value()?)?,
+///         other => return Err(format!("unknown option {other}")),
+///     }
+/// }
+/// ```
+pub struct Flags<I> {
+    args: I,
+    name: String,
+    inline: Option<String>,
+}
+
+impl<I: Iterator<Item = String>> Flags<I> {
+    /// Flags from `args` (without the program name).
+    pub fn new(args: impl IntoIterator<IntoIter = I>) -> Flags<I> {
+        Flags {
+            args: args.into_iter(),
+            name: String::new(),
+            inline: None,
+        }
+    }
+
+    /// The next flag's name (`--size` of `--size=1G` too), or the next plain argument.
+    pub fn next_flag(&mut self) -> Option<String> {
+        let arg = self.args.next()?;
+        (self.name, self.inline) = match arg.split_once('=') {
+            Some((n, v)) if n.starts_with("--") => (n.to_string(), Some(v.to_string())),
+            _ => (arg, None),
+        };
+        Some(self.name.clone())
+    }
+
+    /// The value of the flag just read: after its `=`, else the next argument.
+    pub fn value(&mut self) -> Result<String, String> {
+        self.inline
+            .take()
+            .or_else(|| self.args.next())
+            .ok_or(format!("{} needs a value", self.name))
+    }
+}

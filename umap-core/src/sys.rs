@@ -50,13 +50,22 @@ pub struct Mapping {
 }
 
 impl Mapping {
-    /// Reserves `len` bytes (a multiple of the system page) of anonymous private memory with
-    /// protection `prot` (`PROT_*`). `flags` are added to `MAP_PRIVATE | MAP_ANONYMOUS`.
-    pub fn anonymous(len: usize, prot: libc::c_int, flags: libc::c_int) -> io::Result<Mapping> {
-        // SAFETY: a fresh anonymous mapping at an address the kernel chooses aliases nothing.
-        let addr = unsafe {
+    /// `mmap(addr, len, prot, MAP_PRIVATE | MAP_ANONYMOUS | flags)`, as a `Mapping`.
+    ///
+    /// # Safety
+    /// If `flags` holds `MAP_FIXED`, the caller gives up whatever is mapped in
+    /// `[addr, addr + len)`.
+    unsafe fn map_anonymous(
+        addr: usize,
+        len: usize,
+        prot: libc::c_int,
+        flags: libc::c_int,
+    ) -> io::Result<Mapping> {
+        // SAFETY: an anonymous mapping aliases nothing; without MAP_FIXED it replaces nothing,
+        // and with it the caller vouched for the range.
+        let got = unsafe {
             libc::mmap(
-                std::ptr::null_mut(),
+                addr as *mut _,
                 len,
                 prot,
                 libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | flags,
@@ -64,13 +73,20 @@ impl Mapping {
                 0,
             )
         };
-        if addr == libc::MAP_FAILED {
+        if got == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
         Ok(Mapping {
-            addr: addr as usize,
+            addr: got as usize,
             len,
         })
+    }
+
+    /// Reserves `len` bytes (a multiple of the system page) of anonymous private memory with
+    /// protection `prot` (`PROT_*`). `flags` are added to `MAP_PRIVATE | MAP_ANONYMOUS`.
+    pub fn anonymous(len: usize, prot: libc::c_int, flags: libc::c_int) -> io::Result<Mapping> {
+        // SAFETY: no MAP_FIXED: the kernel chooses a free range.
+        unsafe { Mapping::map_anonymous(0, len, prot, flags & !libc::MAP_FIXED) }
     }
 
     /// As [`Mapping::anonymous`], at exactly `addr` (a multiple of the system page): fails
@@ -83,25 +99,9 @@ impl Mapping {
         prot: libc::c_int,
         flags: libc::c_int,
     ) -> io::Result<Mapping> {
-        // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping: the new one aliases
-        // nothing.
-        let got = unsafe {
-            libc::mmap(
-                addr as *mut _,
-                len,
-                prot,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE | flags,
-                -1,
-                0,
-            )
-        };
-        if got == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        let mapping = Mapping {
-            addr: got as usize,
-            len,
-        };
+        let flags = (flags & !libc::MAP_FIXED) | libc::MAP_FIXED_NOREPLACE;
+        // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping.
+        let mapping = unsafe { Mapping::map_anonymous(addr, len, prot, flags) }?;
         if mapping.addr != addr {
             // An old kernel took the flag for a hint: the range was not free.
             return Err(io::Error::from_raw_os_error(libc::EEXIST));
@@ -122,23 +122,7 @@ impl Mapping {
         flags: libc::c_int,
     ) -> io::Result<Mapping> {
         // SAFETY: the caller gives up whatever lies in the range (see above).
-        let got = unsafe {
-            libc::mmap(
-                addr as *mut _,
-                len,
-                prot,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED | flags,
-                -1,
-                0,
-            )
-        };
-        if got == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(Mapping {
-            addr: got as usize,
-            len,
-        })
+        unsafe { Mapping::map_anonymous(addr, len, prot, flags | libc::MAP_FIXED) }
     }
 
     /// Start address.
