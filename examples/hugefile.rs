@@ -39,7 +39,9 @@ usage: hugefile [OPTIONS]
   --reads N          random pages read through the mapping (default 100000)
   -h, --help         this text
 
-BYTES takes a suffix K, M, G, KiB, MiB or GiB (all binary: 1K = 1024).";
+BYTES takes a suffix K, M, G, KiB, MiB or GiB (all binary: 1K = 1024).
+The UMAP_* environment variables (UMAP_BUFSIZE, UMAP_PAGESIZE, UMAP_PAGE_FILLERS ...)
+configure the pager too; the flags above override them.";
 
 const MIB: u64 = 1 << 20;
 /// A marker block every this many bytes of the created file.
@@ -59,8 +61,10 @@ const RSS_MARGIN: u64 = 32 * MIB;
 
 struct Args {
     size: u64,
-    buffer: usize,
-    page_size: usize,
+    /// `None`: `UMAP_BUFSIZE` if set, else 64 MiB.
+    buffer: Option<usize>,
+    /// `None`: `UMAP_PAGESIZE` if set, else 64 KiB.
+    page_size: Option<usize>,
     file: Option<PathBuf>,
     reads: usize,
 }
@@ -68,8 +72,8 @@ struct Args {
 fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Option<Args>, String> {
     let mut a = Args {
         size: 64 << 30,
-        buffer: 64 << 20,
-        page_size: 64 << 10,
+        buffer: None,
+        page_size: None,
         file: None,
         reads: 100_000,
     };
@@ -83,11 +87,13 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Option<Args>, St
                 size_given = true;
             }
             "--buffer" => {
-                a.buffer = cli::parse_size_usize(&value()?).map_err(|e| format!("--buffer: {e}"))?
+                a.buffer =
+                    Some(cli::parse_size_usize(&value()?).map_err(|e| format!("--buffer: {e}"))?)
             }
             "--page-size" => {
-                a.page_size =
-                    cli::parse_size_usize(&value()?).map_err(|e| format!("--page-size: {e}"))?
+                a.page_size = Some(
+                    cli::parse_size_usize(&value()?).map_err(|e| format!("--page-size: {e}"))?,
+                )
             }
             "--file" => a.file = Some(PathBuf::from(value()?)),
             "--reads" => a.reads = cli::parse_count(&value()?, "--reads")?,
@@ -308,11 +314,20 @@ fn run(args: &Args) -> Result<(), String> {
     }
 
     let baseline = status_bytes("VmRSS")?;
-    let umap = Umap::builder()
-        .buffer_size(args.buffer)
-        .page_size(args.page_size)
-        .start()
+    // The example's defaults, then the UMAP_* variables, then the flags.
+    let mut builder = Umap::builder()
+        .buffer_size(64 << 20)
+        .page_size(64 << 10)
+        .env()
         .map_err(|e| e.to_string())?;
+    if let Some(bytes) = args.buffer {
+        builder = builder.buffer_size(bytes);
+    }
+    if let Some(bytes) = args.page_size {
+        builder = builder.page_size(bytes);
+    }
+    let umap = builder.start().map_err(|e| e.to_string())?;
+    let buffer = umap.config().buffer_size;
     let store = FileStore::open_read_only(&path).map_err(|e| e.to_string())?;
     let region = umap
         .map(store, MapOptions::new())
@@ -322,7 +337,7 @@ fn run(args: &Args) -> Result<(), String> {
     println!(
         "mapped through a {:.0} MiB buffer in {} KiB pages ({} pages, page-state table {:.1} MiB); \
          resident before: {:.1} MiB",
-        mib(args.buffer as u64),
+        mib(buffer as u64),
         region.page_size() >> 10,
         pages,
         mib(pages),
@@ -420,13 +435,13 @@ fn run(args: &Args) -> Result<(), String> {
     let peak = status_bytes("VmHWM")?;
     region.unmap().map_err(|e| e.to_string())?;
     println!("\npager statistics:\n{stats}");
-    let budget = args.buffer as u64 + pages + RSS_MARGIN;
+    let budget = buffer as u64 + pages + RSS_MARGIN;
     println!(
         "pager resident at most {:.1} MiB (buffer {:.1} MiB); process RSS at most {:.1} MiB \
          sampled, peak {:.1} MiB: grew {:.1} MiB over the {:.1} MiB before mapping, for a \
          {:.1} GiB file (allowed: buffer + page-state table + {:.0} MiB = {:.1} MiB)",
         mib(max_resident),
-        mib(args.buffer as u64),
+        mib(buffer as u64),
         mib(max_rss),
         mib(peak),
         mib(peak.saturating_sub(baseline)),
@@ -439,10 +454,9 @@ fn run(args: &Args) -> Result<(), String> {
     if !mismatches.is_empty() {
         return Err(format!("reads differ:\n  {}", mismatches.join("\n  ")));
     }
-    if max_resident > args.buffer as u64 {
+    if max_resident > buffer as u64 {
         return Err(format!(
-            "the pager held {max_resident} bytes, more than its {}-byte buffer",
-            args.buffer
+            "the pager held {max_resident} bytes, more than its {buffer}-byte buffer"
         ));
     }
     if peak.saturating_sub(baseline) > budget {
