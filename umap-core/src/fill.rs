@@ -213,14 +213,25 @@ impl Filler<'_> {
         counts.add(shared, region, 1);
         let first_write = matches!(cause, Cause::Fault { write: true });
         let protect = region.writable;
+        let mut n = n;
         let installed = if first_write && n > 1 {
             // The written page is installed writable, the read-ahead pages protected.
-            self.install(addr, src, ps, CopyMode::default())
-                .and_then(|()| {
-                    // SAFETY: `src` holds `bytes` bytes; `ps < bytes`.
-                    let rest = unsafe { src.add(ps) };
-                    self.install(addr + ps, rest, bytes - ps, protect_mode(protect))
-                })
+            self.install(addr, src, ps, CopyMode::default()).map(|()| {
+                // SAFETY: `src` holds `bytes` bytes; `ps < bytes`.
+                let rest = unsafe { src.add(ps) };
+                if let Err(e) = self.install(addr + ps, rest, bytes - ps, protect_mode(protect)) {
+                    // The written page is in: only the read-ahead pages are given back.
+                    log::error!(
+                        "cannot install {} read-ahead pages at {:#x}: {e}",
+                        n - 1,
+                        addr + ps
+                    );
+                    counts.add(shared, region, -1);
+                    FillCounts::new(cause, 1, data_len.min(ps)).add(shared, region, 1);
+                    self.abandon(region, start + 1..start + n);
+                    n = 1;
+                }
+            })
         } else {
             let mode = protect_mode(protect && !first_write);
             self.install(addr, src, bytes, mode)
