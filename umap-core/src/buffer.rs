@@ -289,6 +289,7 @@ mod tests {
             max_run: 1,
             patterns: Default::default(),
             streams: Default::default(),
+            write_intent: Default::default(),
             pins: Default::default(),
         })
     }

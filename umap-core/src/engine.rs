@@ -525,6 +525,7 @@ impl Umap {
             max_run,
             patterns: Default::default(),
             streams: Default::default(),
+            write_intent: Default::default(),
             pins: Default::default(),
         });
         shared.registry.insert(region.clone());

@@ -48,8 +48,10 @@ const STUCK_SLEEP: Duration = Duration::from_millis(10);
 /// Why a run is filled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Cause {
-    /// A fault on the run's first page (a write if `write`); the rest is read-ahead.
-    Fault { write: bool },
+    /// A fault on the run's first page (a write if `write`); the rest is read-ahead. With
+    /// `dirty`, every page of the run is installed writable and dirty (see
+    /// [`crate::write_intent`]).
+    Fault { write: bool, dirty: bool },
     /// A prefetch.
     Prefetch,
 }
@@ -77,8 +79,10 @@ impl Filler<'_> {
         if let Some(hit) = stream {
             region.streams.expect(hit, page + n);
         }
+        // In a region whose clean fills are nearly all written soon after, fill dirty at once.
+        let dirty = region.writable && region.write_intent.fill_dirty();
         // A fault's run never returns an error: a failed read poisons the page (and logs).
-        let _ = self.fill_run(region, page, n, Cause::Fault { write });
+        let _ = self.fill_run(region, page, n, Cause::Fault { write, dirty });
     }
 
     /// Claims up to `max` absent pages from `start` on (stopping at the first page that is not
@@ -185,11 +189,11 @@ impl Filler<'_> {
         };
         if let Err(e) = read_with_retries(&*region.store, &mut buf[..data_len], offset) {
             return match cause {
-                Cause::Fault { write } if n > 1 => {
+                Cause::Fault { write, dirty } if n > 1 => {
                     // Give the read-ahead pages back, then try the faulting page alone.
                     log::debug!("read-ahead of {n} pages at offset {offset} failed: {e}");
                     self.abandon(region, start + 1..start + n);
-                    self.fill_run(region, start, 1, Cause::Fault { write })
+                    self.fill_run(region, start, 1, Cause::Fault { write, dirty })
                 }
                 Cause::Fault { .. } => {
                     self.poison(region, start, data_len, offset, &e);
@@ -211,10 +215,13 @@ impl Filler<'_> {
         // statistics afterwards includes their own fill (taken back if the copy fails).
         let counts = FillCounts::new(cause, n, data_len);
         counts.add(shared, region, 1);
-        let first_write = matches!(cause, Cause::Fault { write: true });
+        let all_dirty = matches!(cause, Cause::Fault { dirty: true, .. });
+        let first_write = all_dirty || matches!(cause, Cause::Fault { write: true, .. });
         let protect = region.writable;
         let mut n = n;
-        let installed = if first_write && n > 1 {
+        let installed = if all_dirty {
+            self.install(addr, src, bytes, protect_mode(false))
+        } else if first_write && n > 1 {
             // The written page is installed writable, the read-ahead pages protected.
             self.install(addr, src, ps, CopyMode::default()).map(|()| {
                 // SAFETY: `src` holds `bytes` bytes; `ps < bytes`.
@@ -245,7 +252,11 @@ impl Filler<'_> {
         let filled_at = Instant::now();
         for i in 0..n {
             let page = start + i;
-            let to = if i == 0 && first_write { DIRTY } else { CLEAN };
+            let to = if all_dirty || (i == 0 && first_write) {
+                DIRTY
+            } else {
+                CLEAN
+            };
             if region.pages.finish_fill(page, to) {
                 shared.wake(region.page_addr(page), ps);
             }
@@ -257,6 +268,10 @@ impl Filler<'_> {
                 page,
                 filled_at,
             }));
+        if protect && !all_dirty {
+            let clean = n - usize::from(first_write);
+            region.write_intent.clean_filled(clean as u32);
+        }
         Ok(())
     }
 
@@ -455,6 +470,7 @@ struct FillCounts {
     bytes: u64,
     read_ahead: u64,
     prefetched: u64,
+    eager_dirty: u64,
 }
 
 impl FillCounts {
@@ -469,6 +485,10 @@ impl FillCounts {
                 0
             },
             prefetched: if cause == Cause::Prefetch { n } else { 0 },
+            eager_dirty: match cause {
+                Cause::Fault { dirty: true, write } => n - u64::from(write),
+                _ => 0,
+            },
         }
     }
 
@@ -489,6 +509,7 @@ impl FillCounts {
         both(|c| &c.bytes_read, self.bytes);
         both(|c| &c.read_ahead_pages, self.read_ahead);
         both(|c| &c.prefetched_pages, self.prefetched);
+        both(|c| &c.eager_dirty_pages, self.eager_dirty);
     }
 }
 

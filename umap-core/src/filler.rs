@@ -324,6 +324,9 @@ impl Filler<'_> {
                     // The first write to a clean page (or a writer that found a dirty page
                     // still protected): make it dirty, then writable.
                     if region.pages.claim(page, state, UNPROTECTING) {
+                        if state == CLEAN {
+                            region.write_intent.first_write();
+                        }
                         self.unprotect(region, page, state);
                         self.served(region, job.read_at);
                         return;

@@ -43,6 +43,7 @@ pub mod snapshot;
 mod stats;
 pub mod sys;
 pub mod uffd;
+mod write_intent;
 mod writeback;
 
 pub use advice::Advice;

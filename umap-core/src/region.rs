@@ -15,6 +15,7 @@ use crate::pin::Pins;
 use crate::prefetch::Prefetch;
 use crate::report::{ErrorLog, RegionError};
 use crate::stats::{Counters, RegionStats};
+use crate::write_intent::WriteIntent;
 
 use crate::sys::Mapping;
 
@@ -139,6 +140,8 @@ pub(crate) struct RegionShared {
     pub(crate) patterns: PatternMap,
     /// Sequential fault streams seen (for read-ahead).
     pub(crate) streams: Streams,
+    /// Whether clean fills are nearly all written soon after (writable regions).
+    pub(crate) write_intent: WriteIntent,
     /// Pages never evicted (`Region::pin`).
     pub(crate) pins: Pins,
 }

@@ -1,0 +1,104 @@
+//! Eager dirty fills: in a writable region whose clean pages are nearly all written soon after
+//! they are filled, read faults fill writable and dirty at once (no write-protect fault
+//! follows); a region that is only read never does, and one that stops writing stops.
+
+mod common;
+
+use std::sync::Arc;
+
+use umap::{MapOptions, MemStore, Region, Umap};
+
+const PS: usize = 4096;
+const PAGES: usize = 4096; // 16 MiB
+const SEED: u64 = 0x1e7e;
+
+fn engine() -> Umap {
+    Umap::builder()
+        .buffer_size(2 << 20)
+        .page_size(PS)
+        .fillers(2)
+        .read_ahead(0)
+        .start()
+        .expect("userfaultfd engine (needs Linux userfaultfd with write-protect support)")
+}
+
+fn map(umap: &Umap) -> (Arc<MemStore>, Region) {
+    let store = Arc::new(MemStore::from_vec(common::pattern(SEED, 0, PAGES * PS)));
+    let region = umap
+        .map_shared(store.clone(), MapOptions::new().writable(true))
+        .unwrap();
+    (store, region)
+}
+
+/// Reads each page of `pages`, then writes one byte of it (as a sort's partition does).
+fn read_then_write(region: &mut Region, pages: std::ops::Range<usize>, expected: &mut [u8]) {
+    let data = region.as_mut_slice().unwrap();
+    for p in pages {
+        let at = p * PS + (p % 97) * 8;
+        let v = data[at].wrapping_add(1);
+        data[at] = v;
+        expected[at] = v;
+    }
+}
+
+#[test]
+fn read_then_write_pages_are_filled_dirty_after_a_while_and_all_writes_land() {
+    let umap = engine();
+    let (store, mut region) = map(&umap);
+    let mut expected = common::pattern(SEED, 0, PAGES * PS);
+    read_then_write(&mut region, 0..PAGES, &mut expected);
+    let s = region.stats();
+    // The first 256 fills are the sample; then 7 faults in 8 fill dirty.
+    assert!(s.eager_dirty_pages >= (PAGES as u64 - 256) * 3 / 4, "{s}");
+    assert!(s.wp_faults <= 256 + PAGES as u64 / 4, "{s}");
+    region.flush().unwrap();
+    assert!(store.to_vec() == expected, "a write was lost");
+    region.unmap().unwrap();
+}
+
+#[test]
+fn a_region_that_is_only_read_is_never_filled_dirty() {
+    let umap = engine();
+    let (_store, region) = map(&umap);
+    for round in 0..3 {
+        let data = region.as_slice();
+        let sum: u64 = (0..PAGES).map(|p| data[p * PS + round] as u64).sum();
+        std::hint::black_box(sum);
+    }
+    region.flush().unwrap();
+    let s = region.stats();
+    assert_eq!(s.eager_dirty_pages, 0, "{s}");
+    assert_eq!(s.pages_written, 0, "read pages were written back: {s}");
+}
+
+#[test]
+fn eager_fills_stop_when_the_writes_stop() {
+    let umap = engine();
+    let (store, mut region) = map(&umap);
+    let mut expected = common::pattern(SEED, 0, PAGES * PS);
+    // Write-heavy first: eager.
+    read_then_write(&mut region, 0..PAGES, &mut expected);
+    region.flush().unwrap();
+    let eager_before = region.stats().eager_dirty_pages;
+    assert!(eager_before > 0);
+    // Then only reads, many times the region: the probes see no writes, and eager fills
+    // stop. The 16 MiB region through a 2 MiB buffer is refilled on every pass.
+    let data = region.as_slice();
+    let mut eager_per_pass = Vec::new();
+    for pass in 0..6 {
+        let before = region.stats().eager_dirty_pages;
+        let sum: u64 = (0..PAGES).map(|p| data[p * PS + pass] as u64).sum();
+        std::hint::black_box(sum);
+        eager_per_pass.push(region.stats().eager_dirty_pages - before);
+    }
+    eprintln!("eager dirty pages per read-only pass: {eager_per_pass:?}");
+    assert_eq!(
+        *eager_per_pass.last().unwrap(),
+        0,
+        "still filling dirty after {} read-only passes: {eager_per_pass:?}",
+        eager_per_pass.len()
+    );
+    region.flush().unwrap();
+    assert!(store.to_vec() == expected);
+    region.unmap().unwrap();
+}
