@@ -81,9 +81,18 @@ fn set_errno(errno: c_int) {
 
 /// Runs `body` for the C entry point `name`: a failure or a panic sets `errno`, prints one
 /// line on stderr and returns `failed`.
+///
+/// On success `errno` is left as the caller set it: the engine's own system calls (a futex
+/// wait that finds its word changed, an `EAGAIN` from a non-blocking read) set it as a side
+/// effect, and `umap_prefetch` and `umap_fetch_and_pin` report failure only through `errno`.
 fn ffi<T>(name: &str, failed: T, body: impl FnOnce() -> Result<T, Failure>) -> T {
+    // SAFETY: `__errno_location` returns the calling thread's errno slot.
+    let saved = unsafe { *libc::__errno_location() };
     match catch_unwind(AssertUnwindSafe(body)) {
-        Ok(Ok(value)) => value,
+        Ok(Ok(value)) => {
+            set_errno(saved);
+            value
+        }
         Ok(Err(f)) => {
             eprintln!("umap: {name}: {}", f.message);
             set_errno(f.errno);
@@ -603,4 +612,41 @@ pub extern "C" fn umapcfg_get_evict_high_water_threshold() -> c_int {
     cfg("umapcfg_get_evict_high_water_threshold", |c| {
         c_int::from(c.high_water_percent)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errno() -> c_int {
+        // SAFETY: the calling thread's errno slot.
+        unsafe { *libc::__errno_location() }
+    }
+
+    #[test]
+    fn success_leaves_errno_as_the_caller_set_it() {
+        set_errno(0);
+        // The body's system calls clobber errno, as a futex wait or a non-blocking read can.
+        let v = ffi("test", -1, || {
+            set_errno(libc::EAGAIN);
+            Ok(7)
+        });
+        assert_eq!((v, errno()), (7, 0));
+        set_errno(libc::ENOENT);
+        ffi("test", -1, || Ok(1));
+        assert_eq!(
+            errno(),
+            libc::ENOENT,
+            "an errno set before the call survives it"
+        );
+    }
+
+    #[test]
+    fn failure_and_panic_set_errno() {
+        set_errno(0);
+        let v: i32 = ffi("test", -1, || Err(Failure::new(libc::EBADF, "bad fd")));
+        assert_eq!((v, errno()), (-1, libc::EBADF));
+        let v = ffi("test", -1, || -> Result<i32, Failure> { panic!("boom") });
+        assert_eq!((v, errno()), (-1, libc::EIO));
+    }
 }
