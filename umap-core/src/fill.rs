@@ -26,7 +26,7 @@ use crate::backoff::Backoff;
 use crate::buffer::PageRef;
 use crate::error::Error;
 use crate::evictor;
-use crate::filler::Filler;
+use crate::filler::{watch_again, Filler};
 use crate::page_table::{ABSENT, CLEAN, DIRTY, POISONED};
 use crate::region::RegionShared;
 use crate::report::ErrorKind;
@@ -179,11 +179,17 @@ impl Filler<'_> {
         let bytes = n * ps;
         let data_len = region.len.saturating_sub(start * ps).min(bytes);
         let offset = region.page_store_offset(start);
+        // Watched again (if lent) once the store read is over, before the install wakes the
+        // faulting threads.
+        let lent = std::mem::take(&mut self.lent_watch);
         let Some(buf) = self.scratch(bytes) else {
+            watch_again(shared, lent);
             self.abandon(region, start..start + n);
             return Ok(());
         };
-        if let Err(e) = read_with_retries(&*region.store, &mut buf[..data_len], offset) {
+        let read = read_with_retries(&*region.store, &mut buf[..data_len], offset);
+        watch_again(shared, lent);
+        if let Err(e) = read {
             return match cause {
                 Cause::Fault { write } if n > 1 => {
                     // Give the read-ahead pages back, then try the faulting page alone.

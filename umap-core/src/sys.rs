@@ -345,10 +345,43 @@ impl Epoll {
         if exclusive {
             events |= libc::EPOLLEXCLUSIVE as u32;
         }
+        self.ctl(libc::EPOLL_CTL_ADD, fd, token, events)
+    }
+
+    /// Watches `fd` for readability, edge-triggered: each readiness change (for an eventfd,
+    /// each write) wakes one thread waiting on this instance.
+    pub fn add_edge(&self, fd: RawFd, token: u64) -> io::Result<()> {
+        self.ctl(
+            libc::EPOLL_CTL_ADD,
+            fd,
+            token,
+            (libc::EPOLLIN | libc::EPOLLET) as u32,
+        )
+    }
+
+    /// Watches `fd` for readability once (`EPOLLONESHOT`): after a wait reports it, it is
+    /// not reported again until [`Epoll::rearm_oneshot`].
+    pub fn add_oneshot(&self, fd: RawFd, token: u64) -> io::Result<()> {
+        let events = (libc::EPOLLIN | libc::EPOLLONESHOT) as u32;
+        self.ctl(libc::EPOLL_CTL_ADD, fd, token, events)
+    }
+
+    /// Arms a descriptor added with [`Epoll::add_oneshot`] again; if it is readable now, a
+    /// waiting thread wakes at once.
+    pub fn rearm_oneshot(&self, fd: RawFd, token: u64) -> io::Result<()> {
+        let events = (libc::EPOLLIN | libc::EPOLLONESHOT) as u32;
+        self.ctl(libc::EPOLL_CTL_MOD, fd, token, events)
+    }
+
+    /// Stops reporting a descriptor added with [`Epoll::add_oneshot`] until it is re-armed.
+    pub fn disarm_oneshot(&self, fd: RawFd, token: u64) -> io::Result<()> {
+        self.ctl(libc::EPOLL_CTL_MOD, fd, token, libc::EPOLLONESHOT as u32)
+    }
+
+    fn ctl(&self, op: libc::c_int, fd: RawFd, token: u64, events: u32) -> io::Result<()> {
         let mut ev = libc::epoll_event { events, u64: token };
         // SAFETY: `ev` is a valid epoll_event for the call.
-        check(unsafe { libc::epoll_ctl(self.0.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) })
-            .map(drop)
+        check(unsafe { libc::epoll_ctl(self.0.as_raw_fd(), op, fd, &mut ev) }).map(drop)
     }
 
     /// Waits up to `timeout_ms` (-1: forever) and returns the tokens of ready descriptors
