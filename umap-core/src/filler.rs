@@ -1,11 +1,12 @@
 //! Fillers: the threads that serve page faults.
 //!
-//! Each filler waits on the engine's userfaultfd through its own epoll instance registered
-//! with `EPOLLEXCLUSIVE`, so a new fault wakes one filler, not all. The woken filler reads a
-//! batch of events and serves them itself: it claims each page (`Absent` → `Filling`), reads
-//! it from the store into its own aligned scratch buffer and installs it with `UFFDIO_COPY`,
-//! which wakes the faulting threads. No other thread is involved, so a fault costs one
-//! wake-up (kernel → filler), not two.
+//! Idle fillers sleep on one shared epoll instance in which the engine's userfaultfd is
+//! one-shot and armed only while no filler is awake to read it (see [`Watch`]), so a new
+//! fault wakes at most one filler, and none while another is serving, spinning or about to
+//! read again. The woken filler reads a batch of events and serves them itself: it claims
+//! each page (`Absent` → `Filling`), reads it from the store into its own aligned scratch
+//! buffer and installs it with `UFFDIO_COPY`, which wakes the faulting threads. No other
+//! thread is involved, so a fault costs at most one wake-up (kernel → filler), not two.
 //!
 //! While one filler does I/O, another takes the next events. When one read returns faults on
 //! several pages, the filler serves the first and publishes the rest on the engine's shared
@@ -30,6 +31,11 @@ use crate::region::RegionShared;
 use crate::stats::{bump, bump_both, Counters};
 use crate::sys::{self, Epoll, Mapping};
 use crate::uffd::{Event, UffdMsg};
+
+/// How long an idle filler sleeps at most. Only a safety net, long enough not to hide a
+/// missed wake-up in the tests: every event that needs a filler wakes one (a fault through
+/// the one-shot userfaultfd, see [`Watch`]; shared work; stop).
+const IDLE_WAKE_MS: i32 = 10_000;
 
 const TOKEN_UFFD: u64 = 0;
 const TOKEN_STOP: u64 = 1;
@@ -174,7 +180,7 @@ pub(crate) fn run(shared: Arc<Shared>) {
                     }
                 }
                 Watch::leave(filler.shared);
-                let woken = filler.shared.fault_epoll.wait(&mut tokens, 1000);
+                let woken = filler.shared.fault_epoll.wait(&mut tokens, IDLE_WAKE_MS);
                 let by_fault = matches!(woken, Ok(n) if tokens[..n].contains(&TOKEN_UFFD));
                 Watch::join(filler.shared, by_fault);
                 match woken {
