@@ -42,9 +42,9 @@ pub(crate) struct Shared {
     pub(crate) dropper: sys::Dropper,
     /// How many fillers are polling the userfaultfd instead of sleeping (at most one).
     pub(crate) spinners: AtomicUsize,
-    /// The epoll instance all idle fillers wait on (see [`filler::Watch`]).
+    /// The epoll instance all idle fillers wait on (see `filler::Watch`).
     pub(crate) fault_epoll: sys::Epoll,
-    /// How many fillers will read the userfaultfd again before sleeping (see [`filler::Watch`]).
+    /// How many fillers will read the userfaultfd again before sleeping (see `filler::Watch`).
     pub(crate) watchers: AtomicUsize,
     /// Regions dropped while their dirty pages could not be written back: still mapped and
     /// registered, so that [`Umap::flush`] (or the engine's shutdown) can retry and then unmap.
