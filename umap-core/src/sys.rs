@@ -439,4 +439,45 @@ mod tests {
         // SAFETY: as above.
         assert_eq!(unsafe { *map.as_ptr().add(ps) }, 0);
     }
+
+    /// The one-shot and edge-triggered registrations the fillers' shared epoll relies on: a
+    /// one-shot descriptor is reported once, not again until re-armed (even while still
+    /// readable), at once on re-arming if readable, and never while disarmed; an
+    /// edge-triggered one once per signal.
+    #[test]
+    fn epoll_oneshot_rearm_disarm_and_edge() {
+        let ep = Epoll::new().unwrap();
+        let (once, edge) = (EventFd::new().unwrap(), EventFd::new().unwrap());
+        ep.add_oneshot(once.as_raw_fd(), 7).unwrap();
+        ep.add_edge(edge.as_raw_fd(), 9).unwrap();
+        let mut tokens = [0u64; 4];
+        assert_eq!(ep.wait(&mut tokens, 0).unwrap(), 0);
+        once.signal().unwrap();
+        assert_eq!(ep.wait(&mut tokens, 1000).unwrap(), 1);
+        assert_eq!(tokens[0], 7);
+        assert_eq!(ep.wait(&mut tokens, 0).unwrap(), 0, "reported twice");
+        ep.rearm_oneshot(once.as_raw_fd(), 7).unwrap();
+        assert_eq!(ep.wait(&mut tokens, 0).unwrap(), 1, "pending event lost");
+        assert_eq!(tokens[0], 7);
+        ep.rearm_oneshot(once.as_raw_fd(), 7).unwrap();
+        ep.disarm_oneshot(once.as_raw_fd(), 7).unwrap();
+        assert_eq!(
+            ep.wait(&mut tokens, 0).unwrap(),
+            0,
+            "reported while disarmed"
+        );
+        once.reset();
+        ep.rearm_oneshot(once.as_raw_fd(), 7).unwrap();
+        assert_eq!(
+            ep.wait(&mut tokens, 0).unwrap(),
+            0,
+            "reported while unreadable"
+        );
+        edge.signal().unwrap();
+        assert_eq!(ep.wait(&mut tokens, 0).unwrap(), 1);
+        assert_eq!(tokens[0], 9);
+        assert_eq!(ep.wait(&mut tokens, 0).unwrap(), 0, "edge reported twice");
+        edge.signal().unwrap();
+        assert_eq!(ep.wait(&mut tokens, 0).unwrap(), 1, "second signal lost");
+    }
 }
