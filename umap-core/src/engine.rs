@@ -36,12 +36,16 @@ pub(crate) struct Shared {
     pub(crate) stop_fd: EventFd,
     /// Faults published by a filler that read several at once, for idle fillers to serve.
     pub(crate) pending: Mutex<VecDeque<filler::Job>>,
-    /// Readable while `pending` may hold work; wakes one idle filler (`EPOLLEXCLUSIVE`).
+    /// Signalled when `pending` or `prefetch` get work; each signal wakes one idle filler.
     pub(crate) work_fd: EventFd,
     /// Drops evicted pages in batches.
     pub(crate) dropper: sys::Dropper,
     /// How many fillers are polling the userfaultfd instead of sleeping (at most one).
     pub(crate) spinners: AtomicUsize,
+    /// The epoll instance all idle fillers wait on (see `filler::Watch`).
+    pub(crate) fault_epoll: sys::Epoll,
+    /// How many fillers will read the userfaultfd again before sleeping (see `filler::Watch`).
+    pub(crate) watchers: AtomicUsize,
     /// Regions dropped while their dirty pages could not be written back: still mapped and
     /// registered, so that [`Umap::flush`] (or the engine's shutdown) can retry and then unmap.
     leaked: Mutex<Vec<(Arc<RegionShared>, Mapping)>>,
@@ -235,6 +239,10 @@ impl Umap {
             uffd.method(),
             uffd.features()
         );
+        let stop_fd = EventFd::new().map_err(|e| Error::os("eventfd", e))?;
+        let work_fd = EventFd::new().map_err(|e| Error::os("eventfd", e))?;
+        let fault_epoll = filler::fault_epoll(&uffd, &stop_fd, &work_fd)
+            .map_err(|e| Error::os("epoll for the fillers", e))?;
         let shared = Arc::new(Shared {
             buffer: Buffer::new(
                 config.buffer_size,
@@ -244,10 +252,12 @@ impl Umap {
             uffd,
             registry: Registry::default(),
             counters: Counters::default(),
-            stop_fd: EventFd::new().map_err(|e| Error::os("eventfd", e))?,
+            stop_fd,
             spinners: AtomicUsize::new(0),
+            fault_epoll,
+            watchers: AtomicUsize::new(0),
             pending: Mutex::new(VecDeque::new()),
-            work_fd: EventFd::new().map_err(|e| Error::os("eventfd", e))?,
+            work_fd,
             dropper: sys::Dropper::new(),
             leaked: Mutex::new(Vec::new()),
             unmapped_errors: Mutex::new(Vec::new()),

@@ -1,11 +1,12 @@
 //! Fillers: the threads that serve page faults.
 //!
-//! Each filler waits on the engine's userfaultfd through its own epoll instance registered
-//! with `EPOLLEXCLUSIVE`, so a new fault wakes one filler, not all. The woken filler reads a
-//! batch of events and serves them itself: it claims each page (`Absent` → `Filling`), reads
-//! it from the store into its own aligned scratch buffer and installs it with `UFFDIO_COPY`,
-//! which wakes the faulting threads. No other thread is involved, so a fault costs one
-//! wake-up (kernel → filler), not two.
+//! Idle fillers sleep on one shared epoll instance in which the engine's userfaultfd is
+//! one-shot and armed only while no filler is awake to read it (see [`Watch`]), so a new
+//! fault wakes at most one filler, and none while another is serving, spinning or about to
+//! read again. The woken filler reads a batch of events and serves them itself: it claims
+//! each page (`Absent` → `Filling`), reads it from the store into its own aligned scratch
+//! buffer and installs it with `UFFDIO_COPY`, which wakes the faulting threads. No other
+//! thread is involved, so a fault costs at most one wake-up (kernel → filler), not two.
 //!
 //! While one filler does I/O, another takes the next events. When one read returns faults on
 //! several pages, the filler serves the first and publishes the rest on the engine's shared
@@ -30,6 +31,11 @@ use crate::region::RegionShared;
 use crate::stats::{bump, bump_both, Counters};
 use crate::sys::{self, Epoll, Mapping};
 use crate::uffd::{Event, UffdMsg};
+
+/// How long an idle filler sleeps at most. Only a safety net, long enough not to hide a
+/// missed wake-up in the tests: every event that needs a filler wakes one (a fault through
+/// the one-shot userfaultfd, see [`Watch`]; shared work; stop).
+const IDLE_WAKE_MS: i32 = 10_000;
 
 const TOKEN_UFFD: u64 = 0;
 const TOKEN_STOP: u64 = 1;
@@ -70,41 +76,100 @@ pub(crate) struct Filler<'a> {
     pub(crate) scratch: Option<Mapping>,
     pub(crate) reclaim: Vec<PageRef>,
     jobs: Vec<Job>,
+    /// Whether this filler stopped watching the userfaultfd for store I/O (see [`Watch`]).
+    pub(crate) lent_watch: bool,
+}
+
+/// The epoll instance every idle filler waits on: the userfaultfd (one-shot, see [`Watch`]),
+/// the stop eventfd (level-triggered, so it wakes every filler in turn) and the work eventfd
+/// (edge-triggered: each signal wakes one filler).
+pub(crate) fn fault_epoll(
+    uffd: &crate::uffd::Uffd,
+    stop_fd: &sys::EventFd,
+    work_fd: &sys::EventFd,
+) -> std::io::Result<Epoll> {
+    let ep = Epoll::new()?;
+    ep.add_oneshot(uffd.as_raw_fd(), TOKEN_UFFD)?;
+    ep.add_readable(stop_fd.as_raw_fd(), TOKEN_STOP, false)?;
+    ep.add_edge(work_fd.as_raw_fd(), TOKEN_WORK)?;
+    Ok(ep)
+}
+
+/// Who watches the userfaultfd: fault readiness wakes a sleeping filler only when no filler
+/// is awake to read it.
+///
+/// A filler is a watcher while it will read the userfaultfd again before it sleeps: from
+/// waking until it goes back to `epoll_wait`, except while it does store I/O (a fill, a
+/// prefetch chunk), which may block. The userfaultfd is in the shared epoll instance with
+/// `EPOLLONESHOT`: the wake-up it delivers disarms it, and it is armed again only when the
+/// number of watchers drops to zero. So while one filler serves faults, spins or unprotects
+/// pages, a new fault does not wake another filler on another CPU just to find the event
+/// already read; while every awake filler is busy with I/O, it does, and no fault waits
+/// behind another page's I/O. Arming reports an event that is already pending at once, so
+/// none is missed between the last watcher's last read and its sleep.
+struct Watch;
+
+impl Watch {
+    /// Becomes a watcher. The first one disarms the userfaultfd, unless the caller knows it
+    /// is disarmed (it was just woken by it).
+    fn join(shared: &Shared, disarmed: bool) {
+        if shared.watchers.fetch_add(1, Ordering::AcqRel) == 0 && !disarmed {
+            if let Err(e) = shared
+                .fault_epoll
+                .disarm_oneshot(shared.uffd.as_raw_fd(), TOKEN_UFFD)
+            {
+                log::error!("cannot disarm the userfaultfd in the fillers' epoll: {e}");
+            }
+        }
+    }
+
+    fn leave(shared: &Shared) {
+        if shared.watchers.fetch_sub(1, Ordering::AcqRel) == 1 {
+            if let Err(e) = shared
+                .fault_epoll
+                .rearm_oneshot(shared.uffd.as_raw_fd(), TOKEN_UFFD)
+            {
+                log::error!("cannot re-arm the userfaultfd in the fillers' epoll: {e}");
+            }
+        }
+    }
+}
+
+/// Watches the userfaultfd again if `lent` (see [`Filler::take_watch_back`]).
+pub(crate) fn watch_again(shared: &Shared, lent: bool) {
+    if lent {
+        Watch::join(shared, false);
+    }
 }
 
 /// The filler thread's loop.
 pub(crate) fn run(shared: Arc<Shared>) {
-    let epoll = match Epoll::new().and_then(|ep| {
-        ep.add_readable(shared.uffd.as_raw_fd(), TOKEN_UFFD, true)?;
-        ep.add_readable(shared.stop_fd.as_raw_fd(), TOKEN_STOP, false)?;
-        ep.add_readable(shared.work_fd.as_raw_fd(), TOKEN_WORK, true)?;
-        Ok(ep)
-    }) {
-        Ok(ep) => ep,
-        Err(e) => {
-            log::error!("filler cannot set up epoll, exiting: {e}");
-            return;
-        }
-    };
     let mut msgs = vec![UffdMsg::zeroed(); shared.config.max_fault_events];
     let mut filler = Filler {
         shared: &shared,
         scratch: None,
         reclaim: Vec::with_capacity(evictor::BATCH),
         jobs: Vec::new(),
+        lent_watch: false,
     };
     let mut tokens = [0u64; 4];
     let mut spin = Spin::new();
     let mut just_served = false;
+    Watch::join(filler.shared, false);
     loop {
         match filler.shared.uffd.read_events(&mut msgs) {
             Ok(0) => {
                 if filler.shared.buffer.is_stopping() {
                     return;
                 }
-                if !filler.shared.prefetch.is_empty() && filler.prefetch_chunk() {
-                    // Look for faults again before the next chunk.
-                    continue;
+                if !filler.shared.prefetch.is_empty() {
+                    filler.lend_watch();
+                    let filled = filler.prefetch_chunk();
+                    filler.take_watch_back();
+                    if filled {
+                        // Look for faults again before the next chunk.
+                        continue;
+                    }
                 }
                 if just_served {
                     just_served = false;
@@ -114,7 +179,11 @@ pub(crate) fn run(shared: Arc<Shared>) {
                         continue;
                     }
                 }
-                match epoll.wait(&mut tokens, 1000) {
+                Watch::leave(filler.shared);
+                let woken = filler.shared.fault_epoll.wait(&mut tokens, IDLE_WAKE_MS);
+                let by_fault = matches!(woken, Ok(n) if tokens[..n].contains(&TOKEN_UFFD));
+                Watch::join(filler.shared, by_fault);
+                match woken {
                     Ok(n) => {
                         if tokens[..n].contains(&TOKEN_WORK) {
                             filler.shared.work_fd.reset();
@@ -202,6 +271,21 @@ impl Spin {
 }
 
 impl Filler<'_> {
+    /// Stops watching the userfaultfd before work that may block (store I/O), so that a new
+    /// fault meanwhile wakes a sleeping filler.
+    pub(crate) fn lend_watch(&mut self) {
+        debug_assert!(!self.lent_watch);
+        self.lent_watch = true;
+        Watch::leave(self.shared);
+    }
+
+    /// Watches the userfaultfd again after [`Filler::lend_watch`] (no-op otherwise): done
+    /// once the store read is over and before the install wakes the faulting threads, whose
+    /// next faults then find this filler watching instead of waking another one.
+    pub(crate) fn take_watch_back(&mut self) {
+        watch_again(self.shared, std::mem::take(&mut self.lent_watch));
+    }
+
     fn serve_batch(&mut self, msgs: &[UffdMsg]) {
         let shared = self.shared;
         bump(&shared.counters.event_batches, 1);
@@ -305,7 +389,11 @@ impl Filler<'_> {
             match state {
                 ABSENT => {
                     if region.pages.claim_fill(page) {
+                        // The store read may block: let a new fault meanwhile wake another
+                        // filler (`fill_run` takes the watch back before installing).
+                        self.lend_watch();
                         self.fill_fault(region, page, write);
+                        self.take_watch_back();
                         self.served(region, job.read_at);
                         return;
                     }

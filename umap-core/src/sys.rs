@@ -345,10 +345,43 @@ impl Epoll {
         if exclusive {
             events |= libc::EPOLLEXCLUSIVE as u32;
         }
+        self.ctl(libc::EPOLL_CTL_ADD, fd, token, events)
+    }
+
+    /// Watches `fd` for readability, edge-triggered: each readiness change (for an eventfd,
+    /// each write) wakes one thread waiting on this instance.
+    pub fn add_edge(&self, fd: RawFd, token: u64) -> io::Result<()> {
+        self.ctl(
+            libc::EPOLL_CTL_ADD,
+            fd,
+            token,
+            (libc::EPOLLIN | libc::EPOLLET) as u32,
+        )
+    }
+
+    /// Watches `fd` for readability once (`EPOLLONESHOT`): after a wait reports it, it is
+    /// not reported again until [`Epoll::rearm_oneshot`].
+    pub fn add_oneshot(&self, fd: RawFd, token: u64) -> io::Result<()> {
+        let events = (libc::EPOLLIN | libc::EPOLLONESHOT) as u32;
+        self.ctl(libc::EPOLL_CTL_ADD, fd, token, events)
+    }
+
+    /// Arms a descriptor added with [`Epoll::add_oneshot`] again; if it is readable now, a
+    /// waiting thread wakes at once.
+    pub fn rearm_oneshot(&self, fd: RawFd, token: u64) -> io::Result<()> {
+        let events = (libc::EPOLLIN | libc::EPOLLONESHOT) as u32;
+        self.ctl(libc::EPOLL_CTL_MOD, fd, token, events)
+    }
+
+    /// Stops reporting a descriptor added with [`Epoll::add_oneshot`] until it is re-armed.
+    pub fn disarm_oneshot(&self, fd: RawFd, token: u64) -> io::Result<()> {
+        self.ctl(libc::EPOLL_CTL_MOD, fd, token, libc::EPOLLONESHOT as u32)
+    }
+
+    fn ctl(&self, op: libc::c_int, fd: RawFd, token: u64, events: u32) -> io::Result<()> {
         let mut ev = libc::epoll_event { events, u64: token };
         // SAFETY: `ev` is a valid epoll_event for the call.
-        check(unsafe { libc::epoll_ctl(self.0.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) })
-            .map(drop)
+        check(unsafe { libc::epoll_ctl(self.0.as_raw_fd(), op, fd, &mut ev) }).map(drop)
     }
 
     /// Waits up to `timeout_ms` (-1: forever) and returns the tokens of ready descriptors
@@ -405,5 +438,46 @@ mod tests {
         unsafe { Dropper { pidfd: None }.drop_ranges(&[(map.addr() + ps, ps)]) }.unwrap();
         // SAFETY: as above.
         assert_eq!(unsafe { *map.as_ptr().add(ps) }, 0);
+    }
+
+    /// The one-shot and edge-triggered registrations the fillers' shared epoll relies on: a
+    /// one-shot descriptor is reported once, not again until re-armed (even while still
+    /// readable), at once on re-arming if readable, and never while disarmed; an
+    /// edge-triggered one once per signal.
+    #[test]
+    fn epoll_oneshot_rearm_disarm_and_edge() {
+        let ep = Epoll::new().unwrap();
+        let (once, edge) = (EventFd::new().unwrap(), EventFd::new().unwrap());
+        ep.add_oneshot(once.as_raw_fd(), 7).unwrap();
+        ep.add_edge(edge.as_raw_fd(), 9).unwrap();
+        let mut tokens = [0u64; 4];
+        assert_eq!(ep.wait(&mut tokens, 0).unwrap(), 0);
+        once.signal().unwrap();
+        assert_eq!(ep.wait(&mut tokens, 1000).unwrap(), 1);
+        assert_eq!(tokens[0], 7);
+        assert_eq!(ep.wait(&mut tokens, 0).unwrap(), 0, "reported twice");
+        ep.rearm_oneshot(once.as_raw_fd(), 7).unwrap();
+        assert_eq!(ep.wait(&mut tokens, 0).unwrap(), 1, "pending event lost");
+        assert_eq!(tokens[0], 7);
+        ep.rearm_oneshot(once.as_raw_fd(), 7).unwrap();
+        ep.disarm_oneshot(once.as_raw_fd(), 7).unwrap();
+        assert_eq!(
+            ep.wait(&mut tokens, 0).unwrap(),
+            0,
+            "reported while disarmed"
+        );
+        once.reset();
+        ep.rearm_oneshot(once.as_raw_fd(), 7).unwrap();
+        assert_eq!(
+            ep.wait(&mut tokens, 0).unwrap(),
+            0,
+            "reported while unreadable"
+        );
+        edge.signal().unwrap();
+        assert_eq!(ep.wait(&mut tokens, 0).unwrap(), 1);
+        assert_eq!(tokens[0], 9);
+        assert_eq!(ep.wait(&mut tokens, 0).unwrap(), 0, "edge reported twice");
+        edge.signal().unwrap();
+        assert_eq!(ep.wait(&mut tokens, 0).unwrap(), 1, "second signal lost");
     }
 }
