@@ -101,40 +101,54 @@ pub(crate) fn evict_batch(
             }
         }
         pin::give_back_pinned(shared, &region, &mut drop_list, &mut dirty);
-        if !dirty.is_empty() {
-            let mut written = 0;
-            writeback::write_back(shared, &region, &dirty, |run, result| match result {
-                Ok(()) => {
-                    for &p in run {
-                        region.pages.hand_over(p, WRITEBACK, EVICTING);
-                        drop_list.push(p);
-                    }
-                    written += run.len();
-                }
-                Err(_) => {
-                    // Logged and counted; the run is dirty and resident again. Retry later.
-                    for &p in run {
-                        shared.buffer.push(PageRef {
-                            region: region.clone(),
-                            page: p,
-                            filled_at: Instant::now(),
-                        });
-                    }
-                }
-            });
-            bump_both(
-                &shared.counters,
-                &region.counters,
-                |c| &c.dirty_evictions,
-                written as u64,
-            );
-            drop_list.sort_unstable();
-        }
+        write_back_for_eviction(shared, &region, &dirty, &mut drop_list, |run, _| {
+            // Logged and counted; the run is dirty and resident again. Retry later.
+            for &p in run {
+                shared.buffer.push(PageRef {
+                    region: region.clone(),
+                    page: p,
+                    filled_at: Instant::now(),
+                });
+            }
+        });
         freed += drop_pages(shared, &region, &drop_list);
         i = j;
     }
     batch.clear();
     (freed, young)
+}
+
+/// Writes back `dirty` (ascending, owned in state WriteBack) and hands each run written over
+/// to eviction: its pages join `drop_list` (left sorted) and count as dirty evictions. The runs
+/// whose write failed are dirty and resident again; `failed` gets each with its error.
+fn write_back_for_eviction(
+    shared: &Shared,
+    region: &RegionShared,
+    dirty: &[usize],
+    drop_list: &mut Vec<usize>,
+    mut failed: impl FnMut(&[usize], crate::error::Error),
+) {
+    if dirty.is_empty() {
+        return;
+    }
+    let mut written = 0;
+    writeback::write_back(shared, region, dirty, |run, result| match result {
+        Ok(()) => {
+            for &p in run {
+                region.pages.hand_over(p, WRITEBACK, EVICTING);
+                drop_list.push(p);
+            }
+            written += run.len();
+        }
+        Err(e) => failed(run, e),
+    });
+    bump_both(
+        &shared.counters,
+        &region.counters,
+        |c| &c.dirty_evictions,
+        written as u64,
+    );
+    drop_list.sort_unstable();
 }
 
 /// Drops `pages` (ascending, all owned in state Evicting) in runs of adjacent pages, with one
@@ -231,25 +245,9 @@ fn drop_some(
         }
     }
     pin::give_back_pinned(shared, region, &mut drop_list, &mut dirty);
-    if !dirty.is_empty() {
-        writeback::write_back(shared, region, &dirty, |run, result| match result {
-            Ok(()) => {
-                for &p in run {
-                    region.pages.hand_over(p, WRITEBACK, EVICTING);
-                    drop_list.push(p);
-                }
-                bump_both(
-                    &shared.counters,
-                    &region.counters,
-                    |c| &c.dirty_evictions,
-                    run.len() as u64,
-                );
-            }
-            Err(e) => {
-                first_error.get_or_insert(e);
-            }
-        });
-    }
+    write_back_for_eviction(shared, region, &dirty, &mut drop_list, |_, e| {
+        first_error.get_or_insert(e);
+    });
     drop_list.sort_unstable();
     // Their queue entries go first, while the pages are still ours: once dropped, a page can
     // be filled again and queued anew.

@@ -94,10 +94,7 @@ impl Filler<'_> {
     /// how many.
     fn claim_free_run(&mut self, region: &RegionShared, start: usize, max: usize) -> usize {
         let ps = region.page_size;
-        let end = (start + max).min(region.pages.len());
-        let wanted = (start..end)
-            .take_while(|&p| region.pages.state(p) == ABSENT)
-            .count();
+        let wanted = region.pages.absent_run(start, max);
         // Reserve what fits without reclaiming: halve the run until it does.
         let mut room = wanted;
         while room > 0 {
@@ -112,11 +109,21 @@ impl Filler<'_> {
                 None => room /= 2,
             }
         }
-        let claimed = (start..start + room)
+        self.claim_reserved(region, start, room)
+    }
+
+    /// Claims the absent pages from `start` on (`Absent` → `Filling`), at most `reserved` of
+    /// them, for which `reserved` pages of the buffer were reserved; stops at the first page
+    /// it cannot claim and gives back the reservation of the pages it did not claim. Returns
+    /// how many it claimed.
+    fn claim_reserved(&self, region: &RegionShared, start: usize, reserved: usize) -> usize {
+        let claimed = (start..start + reserved)
             .take_while(|&p| region.pages.claim_fill(p))
             .count();
-        if claimed < room {
-            self.shared.buffer.release((room - claimed) * ps);
+        if claimed < reserved {
+            self.shared
+                .buffer
+                .release((reserved - claimed) * region.page_size);
         }
         claimed
     }
@@ -140,9 +147,9 @@ impl Filler<'_> {
                 p += 1;
                 continue;
             }
-            let run = (p..pages.end.min(p + region.max_run))
-                .take_while(|&q| region.pages.state(q) == ABSENT)
-                .count();
+            let run = region
+                .pages
+                .absent_run(p, region.max_run.min(pages.end - p));
             if !self.reserve(region, run * region.page_size, p) {
                 // Being unmapped, or a buffer full of pages that cannot be evicted.
                 if !region.gate.is_closed() {
@@ -152,12 +159,7 @@ impl Filler<'_> {
                 }
                 break;
             }
-            let claimed = (p..p + run)
-                .take_while(|&q| region.pages.claim_fill(q))
-                .count();
-            if claimed < run {
-                shared.buffer.release((run - claimed) * region.page_size);
-            }
+            let claimed = self.claim_reserved(region, p, run);
             if claimed == 0 {
                 p += 1; // taken by someone else meanwhile
                 continue;

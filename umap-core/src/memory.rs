@@ -88,7 +88,9 @@ fn hierarchies(root: &Path, cgroups: &str, mountinfo: &str) -> Vec<Hierarchy> {
 fn mount_of(root: &Path, mountinfo: &str, v2: bool, path: &str) -> Option<Hierarchy> {
     for line in mountinfo.lines() {
         // id parent major:minor root mount-point options [optional...] - fstype source super
-        let (left, right) = line.split_once(" - ")?;
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue; // not a mount line: skip it rather than give up on the rest
+        };
         let fields: Vec<&str> = left.split(' ').collect();
         let rest: Vec<&str> = right.split(' ').collect();
         let (Some(&mount_root), Some(&mount_point)) = (fields.get(3), fields.get(4)) else {
@@ -216,7 +218,8 @@ mod tests {
         write(
             r,
             "proc/self/mountinfo",
-            "24 1 0:21 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n",
+            "garbage without the separator\n\
+             24 1 0:21 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n",
         );
         // inner: no limit; outer: 1 GiB limit, 700 MiB used of which 200 MiB inactive file.
         write(r, "sys/fs/cgroup/outer/inner/memory.max", "max\n");

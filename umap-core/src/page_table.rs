@@ -168,6 +168,15 @@ impl PageTable {
         }
     }
 
+    /// How many pages from `start` on are absent, counting at most `max` and stopping at the
+    /// first page that is not (or at the end of the table). A snapshot: claim each page.
+    pub(crate) fn absent_run(&self, start: usize, max: usize) -> usize {
+        let end = start.saturating_add(max).min(self.len());
+        (start..end)
+            .take_while(|&p| self.state(p) == ABSENT)
+            .count()
+    }
+
     /// How many pages are in `state`.
     pub(crate) fn count(&self, state: u8) -> usize {
         (0..self.len()).filter(|&p| self.state(p) == state).count()
@@ -261,5 +270,16 @@ mod tests {
         }
         assert_eq!(wins.load(Ordering::Relaxed), 64);
         assert_eq!(t.count(FILLING), 64);
+    }
+
+    #[test]
+    fn absent_run_stops_at_the_first_page_in_use_or_the_end() {
+        let t = PageTable::new(8);
+        assert!(t.claim_fill(3));
+        assert_eq!(t.absent_run(0, 8), 3);
+        assert_eq!(t.absent_run(0, 2), 2);
+        assert_eq!(t.absent_run(3, 8), 0);
+        assert_eq!(t.absent_run(4, 100), 4, "the end of the table");
+        assert_eq!(t.absent_run(4, usize::MAX), 4, "no overflow");
     }
 }

@@ -310,8 +310,17 @@ mod tests {
             .unwrap();
         let pages = region.shared.clone();
         assert_eq!(region.as_slice()[3 * ps], 7);
-        // This thread plays an evictor that claimed page 3 just before the pin.
-        assert!(pages.pages.begin_evict(3));
+        // This thread plays an evictor that claimed page 3 just before the pin. The filler
+        // marks the page Clean just after waking the reader: wait for that (bounded).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !pages.pages.begin_evict(3) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "page 3 never settled as Clean (state {})",
+                pages.pages.state(3)
+            );
+            std::thread::yield_now();
+        }
         std::thread::scope(|s| {
             let pinner = s.spawn(|| region.pin(0, 8 * ps));
             std::thread::sleep(std::time::Duration::from_millis(50));
