@@ -18,8 +18,8 @@ const SEED: u64 = 0xc0f1;
 /// Set in a child process: which child body to run.
 const CHILD: &str = "UMAP_CONFIG_TEST_CHILD";
 
-/// Tests that count threads or wait for evictions run one at a time in this process (under
-/// `cargo test` they would otherwise share it).
+/// Tests that start an engine run one at a time in this process (under `cargo test` they
+/// would otherwise share it, and one test's engine threads would show in another's count).
 static SERIAL: Mutex<()> = Mutex::new(());
 
 fn scan(region: &Region, len: usize) {
@@ -67,11 +67,13 @@ fn thread_counts_take_effect() {
         .unwrap();
     // A thread names itself once it runs: give them a moment.
     assert!(
-        eventually(|| threads_named("umap-fill") - fillers == 3),
+        eventually(|| threads_named("umap-fill").saturating_sub(fillers) == 3),
         "{} fillers",
-        threads_named("umap-fill") - fillers
+        threads_named("umap-fill").saturating_sub(fillers)
     );
-    assert!(eventually(|| threads_named("umap-evict") - evictors == 2));
+    assert!(eventually(|| threads_named("umap-evict")
+        .saturating_sub(evictors)
+        == 2));
     assert_eq!(threads_named("umap-monitor"), 0, "no monitor unless asked");
     drop(umap);
     assert_eq!(
@@ -116,6 +118,7 @@ fn watermarks_take_effect() {
 
 #[test]
 fn page_size_and_buffer_take_effect() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let umap = Umap::builder()
         .buffer_size(MIB)
         .page_size(16 * KIB)
@@ -146,6 +149,7 @@ fn page_size_and_buffer_take_effect() {
 
 #[test]
 fn max_fault_events_bounds_each_batch() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let umap = Umap::builder()
         .buffer_size(4 * MIB)
         .page_size(4 * KIB)
@@ -171,6 +175,7 @@ fn max_fault_events_bounds_each_batch() {
 
 #[test]
 fn read_ahead_default_applies_to_regions_unless_they_choose() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let umap = Umap::builder()
         .buffer_size(4 * MIB)
         .page_size(4 * KIB)
@@ -198,18 +203,24 @@ fn read_ahead_default_applies_to_regions_unless_they_choose() {
 
 #[test]
 fn the_default_buffer_is_half_the_available_memory() {
-    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
-    let available: usize = meminfo
-        .lines()
-        .find_map(|l| l.strip_prefix("MemAvailable:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .map(|kib: usize| kib * 1024)
-        .unwrap();
+    let available = || -> usize {
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
+        meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix("MemAvailable:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .map(|kib: usize| kib * 1024)
+            .unwrap()
+    };
+    let before = available();
     let buffer = Config::default().buffer_size;
-    // MemAvailable moves while we look; allow 10 % either way.
+    let after = available();
+    // MemAvailable moves while we look (other tests run): half of it, 10 % either way. (This
+    // process's cgroup has no memory limit here; the cgroup test covers one that has.)
+    let (low, high) = (before.min(after) as f64, before.max(after) as f64);
     assert!(
-        buffer as f64 <= available as f64 * 0.55 && buffer >= 16 * MIB,
-        "{buffer} of {available}"
+        buffer as f64 >= low * 0.45 && buffer as f64 <= high * 0.55,
+        "buffer {buffer} for {before}..{after} bytes available"
     );
 }
 
@@ -413,7 +424,8 @@ fn the_default_buffer_respects_the_cgroup_memory_limit() {
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or_else(|| panic!("no BUFFER line:\n{out}\n{err}"));
     assert!(
-        (16 * MIB..=128 * MIB).contains(&buffer),
+        // Half the 256 MiB limit, less half of what the child itself uses.
+        (100 * MIB..=128 * MIB).contains(&buffer),
         "buffer {buffer} under a 256 MiB limit"
     );
 }

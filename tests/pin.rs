@@ -242,3 +242,29 @@ fn pins_racing_evictions_hold() {
     assert!(umap.stats().evictions > 0);
     assert_eq!(region.pinned_bytes(), 0);
 }
+
+#[test]
+fn a_pin_that_fails_leaves_earlier_pins_pinned() {
+    use umap_store::fault::{Fault, FaultyStore, Op};
+    let ps = 4096;
+    let umap = engine(1 << 20, ps);
+    let store = Arc::new(FaultyStore::new(
+        MemStore::from_vec(pattern(7, 0, 64 * ps)),
+        1,
+    ));
+    let region = umap.map_shared(store.clone(), MapOptions::new()).unwrap();
+    region.pin(0, 4 * ps).unwrap();
+    assert_eq!(region.pinned_bytes(), 4 * ps);
+    // Page 6 cannot be read: a pin over pages 0..8 fails, and must undo only its own pages.
+    store.inject(
+        Fault::on(Op::Read)
+            .range(6 * ps as u64..7 * ps as u64)
+            .permanent(),
+    );
+    assert!(region.pin(0, 8 * ps).is_err());
+    assert_eq!(
+        region.pinned_bytes(),
+        4 * ps,
+        "the earlier pin of pages 0..4 was undone"
+    );
+}

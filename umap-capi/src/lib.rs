@@ -61,16 +61,20 @@ fn errno_of(e: &Error) -> c_int {
         Error::InvalidArgument { .. } => libc::EINVAL,
         Error::Uffd(UffdError::Create { .. }) => libc::EPERM,
         Error::Uffd(UffdError::MissingFeatures { .. }) => libc::EOPNOTSUPP,
-        Error::Uffd(UffdError::Api(source) | UffdError::Read(source)) => {
-            source.raw_os_error().unwrap_or(libc::EIO)
-        }
-        Error::Uffd(UffdError::Ioctl { source, .. }) => source.raw_os_error().unwrap_or(libc::EIO),
+        Error::Uffd(u) => u.errno().unwrap_or(libc::EIO),
         Error::Store(s) => s.raw_os_error().unwrap_or(libc::EIO),
         Error::Os { source, .. } => source.raw_os_error().unwrap_or(libc::ENOMEM),
         Error::Thread { .. } => libc::EAGAIN,
         Error::PinLimit { .. } | Error::BufferFull { .. } => libc::ENOMEM,
         _ => libc::EIO,
     }
+}
+
+/// Writes one line to stderr. A failed write is ignored: `eprintln!` would panic, and a panic
+/// must not leave an `extern "C"` function.
+fn say(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
 }
 
 fn set_errno(errno: c_int) {
@@ -94,7 +98,7 @@ fn ffi<T>(name: &str, failed: T, body: impl FnOnce() -> Result<T, Failure>) -> T
             value
         }
         Ok(Err(f)) => {
-            eprintln!("umap: {name}: {}", f.message);
+            say(format_args!("umap: {name}: {}", f.message));
             set_errno(f.errno);
             failed
         }
@@ -104,7 +108,9 @@ fn ffi<T>(name: &str, failed: T, body: impl FnOnce() -> Result<T, Failure>) -> T
                 .map(|s| s.to_string())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "unknown panic".into());
-            eprintln!("umap: {name}: internal error (a bug in umap-rs, please report it): {what}");
+            say(format_args!(
+                "umap: {name}: internal error (a bug in umap-rs, please report it): {what}"
+            ));
             set_errno(libc::EIO);
             failed
         }
@@ -143,7 +149,10 @@ fn engine() -> Result<&'static Umap, Failure> {
     let engine = ENGINE.get_or_init(|| engine);
     // SAFETY: `flush_at_exit` is a plain function that catches its own panics.
     if unsafe { libc::atexit(flush_at_exit) } != 0 {
-        eprintln!("umap: cannot register the exit handler: regions not unmapped are not written back at exit");
+        say(format_args!(
+            "umap: cannot register the exit handler: regions not unmapped are not written back \
+             at exit"
+        ));
     }
     Ok(engine)
 }
@@ -154,7 +163,9 @@ extern "C" fn flush_at_exit() {
     let _ = catch_unwind(|| {
         if let Some(engine) = ENGINE.get() {
             if let Err(e) = engine.flush() {
-                eprintln!("umap: writing back the regions at exit failed: {e}");
+                say(format_args!(
+                    "umap: writing back the regions at exit failed: {e}"
+                ));
             }
         }
     });
@@ -462,9 +473,11 @@ fn fetch_and_pin(paddr: *mut c_char, size: u64) -> Result<(), Failure> {
                 ),
             )
         })?;
-    // The rest of the last page lies past the region's length: pin the page all the same.
+    // The rest of the last page lies past the region's length: pin the page all the same
+    // (a range that starts there pins the region's last byte, hence its page).
+    let start = offset.min(region.len() - 1);
     let end = end.min(region.len());
-    region.pin(offset, end - offset)?;
+    region.pin(start, end - start)?;
     Ok(())
 }
 
@@ -639,6 +652,42 @@ mod tests {
             libc::ENOENT,
             "an errno set before the call survives it"
         );
+    }
+
+    #[test]
+    fn pinning_the_tail_of_the_last_page_pins_that_page() {
+        use std::os::fd::AsRawFd;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("short.bin");
+        std::fs::write(&path, vec![5u8; 5000]).unwrap();
+        let file = File::open(&path).unwrap();
+        // SAFETY: no fixed address; the file is open for reading.
+        let p = unsafe {
+            umap(
+                std::ptr::null_mut(),
+                5000,
+                libc::PROT_READ,
+                UMAP_PRIVATE,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        assert_ne!(p, UMAP_FAILED, "umap failed: errno {}", errno());
+        // Past the region's 5000 bytes but inside its last (4 KiB or larger) page.
+        set_errno(0);
+        // SAFETY: the address lies in the mapped region.
+        unsafe { umap_fetch_and_pin((p as *mut c_char).add(4999), 100) };
+        assert_eq!(errno(), 0, "pinning the last page's tail failed");
+        set_errno(0);
+        // SAFETY: as above.
+        unsafe { umap_fetch_and_pin((p as *mut c_char).add(6000), 100) };
+        assert_eq!(
+            errno(),
+            0,
+            "pinning past the region's length in its last page failed"
+        );
+        // SAFETY: `p` is the start of the region mapped above.
+        assert_eq!(unsafe { uunmap(p, 0) }, 0);
     }
 
     #[test]

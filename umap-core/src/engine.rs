@@ -682,17 +682,6 @@ fn monitor(shared: Arc<Shared>) {
 
 impl Drop for Handle {
     fn drop(&mut self) {
-        // Last chance for regions dropped with dirty pages that could not be written back.
-        let leaked = std::mem::take(&mut *self.shared.leaked.lock());
-        for (region, mapping) in leaked {
-            let dirty = region.pages.count(crate::page_table::DIRTY) * region.page_size;
-            if let Err((e, _mapping)) = self.shared.unmap_region(&region, mapping) {
-                log::error!(
-                    "engine shutting down: {dirty} dirty bytes of {region:?} could not be \
-                     written back and are lost: {e}"
-                );
-            }
-        }
         *self.shared.stopped.lock() = true;
         self.shared.stopped_cv.notify_all();
         self.shared.buffer.stop();
@@ -702,6 +691,20 @@ impl Drop for Handle {
         for thread in self.threads.get_mut().drain(..) {
             if thread.join().is_err() {
                 log::error!("an engine thread panicked");
+            }
+        }
+        // Last chance for regions dropped with dirty pages that could not be written back,
+        // once no engine thread runs any more: a failed write-back reopens the region's gate
+        // and queues its pages for eviction, and an evictor still running could then write
+        // back from the mapping after it is unmapped below.
+        let leaked = std::mem::take(&mut *self.shared.leaked.lock());
+        for (region, mapping) in leaked {
+            let dirty = region.pages.count(crate::page_table::DIRTY) * region.page_size;
+            if let Err((e, _mapping)) = self.shared.unmap_region(&region, mapping) {
+                log::error!(
+                    "engine shutting down: {dirty} dirty bytes of {region:?} could not be \
+                     written back and are lost: {e}"
+                );
             }
         }
     }

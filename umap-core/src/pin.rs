@@ -60,21 +60,32 @@ impl Pins {
         self.ranges.read().iter().map(|r| r.len()).sum()
     }
 
-    /// Pins `pages` if `admit(newly pinned pages)` agrees (it accounts for them); returns how
-    /// many pages were not pinned before. The ranges are locked meanwhile, so concurrent pins
-    /// of overlapping ranges count each page once.
-    fn add(&self, pages: Range<usize>, admit: impl FnOnce(usize) -> Result<()>) -> Result<usize> {
+    /// Pins `pages` if `admit(newly pinned pages)` agrees (it accounts for them); returns the
+    /// parts of `pages` that were not pinned before (so that a pin that fails later undoes
+    /// only what it added). The ranges are locked meanwhile, so concurrent pins of
+    /// overlapping ranges count each page once.
+    fn add(
+        &self,
+        pages: Range<usize>,
+        admit: impl FnOnce(usize) -> Result<()>,
+    ) -> Result<Vec<Range<usize>>> {
         let mut ranges = self.ranges.write();
-        let covered: usize = ranges
+        // The gaps of `pages` between the (sorted, disjoint) pinned ranges.
+        let mut gaps = Vec::new();
+        let mut at = pages.start;
+        for r in ranges
             .iter()
-            .map(|r| {
-                r.end
-                    .min(pages.end)
-                    .saturating_sub(r.start.max(pages.start))
-            })
-            .sum();
-        let new = pages.len() - covered;
-        admit(new)?;
+            .filter(|r| r.end > pages.start && r.start < pages.end)
+        {
+            if r.start > at {
+                gaps.push(at..r.start);
+            }
+            at = at.max(r.end);
+        }
+        if at < pages.end {
+            gaps.push(at..pages.end);
+        }
+        admit(gaps.iter().map(|g| g.len()).sum())?;
         let (mut start, mut end) = (pages.start, pages.end);
         ranges.retain(|r| {
             if r.end < start || r.start > end {
@@ -88,7 +99,7 @@ impl Pins {
         let at = ranges.partition_point(|r| r.end < start);
         ranges.insert(at, start..end);
         self.any.store(true, Ordering::SeqCst);
-        Ok(new)
+        Ok(gaps)
     }
 
     /// Unpins `pages`; returns how many pages were pinned.
@@ -142,7 +153,7 @@ pub(crate) fn pin(
 ) -> Result<()> {
     let ps = region.page_size;
     let limit = limit(shared, region);
-    region.pins.add(pages.clone(), |new| {
+    let added = region.pins.add(pages.clone(), |new| {
         shared
             .buffer
             .try_pin(new * ps, limit)
@@ -157,7 +168,10 @@ pub(crate) fn pin(
     match fill(engine, region, pages.clone()) {
         Ok(()) => Ok(()),
         Err(e) => {
-            unpin(shared, region, pages);
+            // Undo only this pin: pages pinned before it stay pinned.
+            for gap in added {
+                unpin(shared, region, gap);
+            }
             Err(e)
         }
     }
@@ -265,13 +279,17 @@ mod tests {
     fn ranges_merge_split_and_count_each_page_once() {
         let p = Pins::default();
         assert!(!p.any() && !p.contains(0));
-        assert_eq!(p.add(2..5, |_| Ok(())).unwrap(), 3);
-        assert_eq!(p.add(8..10, |_| Ok(())).unwrap(), 2);
-        assert_eq!(p.add(4..9, |_| Ok(())).unwrap(), 3, "5, 6, 7 are new");
+        assert_eq!(p.add(2..5, |_| Ok(())).unwrap(), vec![2..5]);
+        assert_eq!(p.add(8..10, |_| Ok(())).unwrap(), vec![8..10]);
+        assert_eq!(
+            p.add(4..9, |_| Ok(())).unwrap(),
+            vec![5..8],
+            "5, 6, 7 are new"
+        );
         assert_eq!(ranges(&p), vec![2..10]);
-        assert_eq!(p.add(10..11, |_| Ok(())).unwrap(), 1);
+        assert_eq!(p.add(10..11, |_| Ok(())).unwrap(), vec![10..11]);
         assert_eq!(ranges(&p), vec![2..11], "adjacent ranges merge");
-        assert_eq!(p.add(0..1, |_| Ok(())).unwrap(), 1);
+        assert_eq!(p.add(0..1, |_| Ok(())).unwrap(), vec![0..1]);
         assert_eq!(ranges(&p), vec![0..1, 2..11]);
         assert_eq!(p.pages(), 10);
         assert!(p.contains(0) && !p.contains(1) && p.contains(2) && p.contains(10));
