@@ -313,36 +313,13 @@ const UNMAP_CHILD_ENV: &str = "UMAP_TEST_UNMAP_CHILD";
 /// Runs `test` of this binary in a child process with `env` set; returns its exit status
 /// and output (killed after 60 s: a hang is a failure, not a stuck CI run).
 fn run_child(test: &str, env: &str) -> (std::process::ExitStatus, String) {
-    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", test, "--nocapture", "--test-threads=1"])
-        .env(env, "1")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            child.kill().unwrap();
-            let out = child.wait_with_output().unwrap();
-            panic!(
-                "child {test} hung\nstdout: {}\nstderr: {}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    let out = child.wait_with_output().unwrap();
-    let text = format!(
-        "stdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (status, text)
+    common::run_command(
+        std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", test, "--nocapture", "--test-threads=1"])
+            .env(env, "1"),
+        &format!("child {test}"),
+        Duration::from_secs(60),
+    )
 }
 
 /// Runs in a child process (see `unmap_wakes_threads_faulting_meanwhile`). Does nothing when

@@ -129,6 +129,30 @@ fn a_failed_prefetch_read_is_reported_and_leaves_the_pages_readable() {
 }
 
 #[test]
+fn will_need_prefetches_up_to_the_low_water_share() {
+    // 8 MiB buffer, low water 70 %: 5.6 MiB. Advise 12 MiB: about 5.6 MiB is prefetched.
+    let umap = engine(8 * MIB, 64 * KIB, 0);
+    let region = umap
+        .map(pattern_store(16 * MIB), MapOptions::new())
+        .unwrap();
+    region.advise(2 * MIB, 12 * MIB, Advice::WillNeed).unwrap();
+    let low_water_pages = (8 * MIB * 7 / 10 / (64 * KIB)) as u64;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while region.stats().prefetched_pages < low_water_pages {
+        assert!(std::time::Instant::now() < deadline, "{}", region.stats());
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    // The advised range's start is resident: reading it does not fault.
+    scan(&region, 2 * MIB, 2 * MIB + 4 * MIB);
+    let s = region.stats();
+    assert_eq!(s.read_faults, 0, "{s}");
+    assert_eq!(
+        s.prefetched_pages, low_water_pages,
+        "capped at the low-water share: {s}"
+    );
+}
+
+#[test]
 fn dont_need_writes_back_and_empties_the_range_and_keeps_its_data() {
     let umap = engine(16 * MIB, 4 * KIB, 0);
     let store = Arc::new(MemStore::new(8 * MIB));

@@ -5,7 +5,7 @@
 mod common;
 
 use std::os::unix::process::ExitStatusExt;
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -45,30 +45,7 @@ fn run_child(exe: &std::path::Path, test: &str, env: &str, value: &str) -> (Exit
 }
 
 fn run_command(cmd: &mut Command, what: &str) -> (ExitStatus, String) {
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            child.kill().unwrap();
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let out = child.wait_with_output().unwrap();
-    let text = format!(
-        "stdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        Instant::now() <= deadline,
-        "child {what} hung and was killed\n{text}"
-    );
-    (out.status, text)
+    common::run_command(cmd, &format!("child {what}"), Duration::from_secs(60))
 }
 
 /// Every invalid argument is refused with a typed error naming the argument and what to

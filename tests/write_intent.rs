@@ -102,3 +102,26 @@ fn eager_fills_stop_when_the_writes_stop() {
     assert!(store.to_vec() == expected);
     region.unmap().unwrap();
 }
+
+#[test]
+fn eager_fills_cover_read_ahead_runs_and_lose_no_write() {
+    // With read-ahead, a sequential read-then-write pass fills whole runs dirty.
+    let umap = Umap::builder()
+        .buffer_size(2 << 20)
+        .page_size(PS)
+        .fillers(2)
+        .read_ahead(15)
+        .start()
+        .expect("userfaultfd engine (needs Linux userfaultfd with write-protect support)");
+    let (store, mut region) = map(&umap);
+    let mut expected = common::pattern(SEED, 0, PAGES * PS);
+    read_then_write(&mut region, 0..PAGES, &mut expected);
+    let s = region.stats();
+    assert!(
+        s.read_ahead_pages > 0 && s.eager_dirty_pages > PAGES as u64 / 2,
+        "{s}"
+    );
+    region.flush().unwrap();
+    assert!(store.to_vec() == expected, "a write was lost");
+    region.unmap().unwrap();
+}
