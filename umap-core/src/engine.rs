@@ -149,15 +149,15 @@ impl Shared {
         // evict them. Entries queued twice, or for pages evicted meanwhile, are harmless
         // (whoever pops one checks the page's state).
         let now = std::time::Instant::now();
-        for page in 0..region.pages.len() {
-            if crate::page_table::is_resident(region.pages.state(page)) {
-                self.buffer.push(crate::buffer::PageRef {
+        self.buffer.push_run(
+            (0..region.pages.len())
+                .filter(|&page| crate::page_table::is_resident(region.pages.state(page)))
+                .map(|page| crate::buffer::PageRef {
                     region: region.clone(),
                     page,
                     filled_at: now,
-                });
-            }
-        }
+                }),
+        );
     }
 }
 

@@ -393,7 +393,9 @@ impl Region {
                 "len",
                 len,
                 format!(
-                    "the range covers {bytes} bytes of pages, more than the buffer holds                      ({capacity} bytes): prefetch at most the buffer's low-water share,                      a part at a time"
+                    "the range covers {bytes} bytes of pages, more than the buffer holds \
+                     ({capacity} bytes): prefetch at most the buffer's low-water share, a part \
+                     at a time"
                 ),
             ));
         }

@@ -112,7 +112,8 @@ impl Fault {
 
     /// Only a random share `p` (0.0 to 1.0) of the calls, drawn from the store's seed.
     pub fn probability(mut self, p: f64) -> Fault {
-        self.probability = Some(p.clamp(0.0, 1.0));
+        // NaN would compare false everywhere (and fire always): treat it as never.
+        self.probability = Some(if p.is_nan() { 0.0 } else { p.clamp(0.0, 1.0) });
         self
     }
 
@@ -457,6 +458,13 @@ mod tests {
             (800..1200).contains(&failed),
             "{failed} of 4000 at p = 0.25"
         );
+    }
+
+    #[test]
+    fn a_nan_probability_never_fires() {
+        let s = FaultyStore::new(MemStore::new(64), 1);
+        s.inject(Fault::on(Op::Read).probability(f64::NAN));
+        assert!((0..100).all(|_| s.read_at(&mut [0; 1], 0).is_ok()));
     }
 
     #[test]
