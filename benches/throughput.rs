@@ -4,11 +4,14 @@
 //! ```text
 //! cargo bench --bench throughput -- [--quick] [--json PATH] [--plot PATH.svg] [--size BYTES]
 //!                                   [--buffer BYTES] [--threads N] [--fillers N] [--reads N]
-//!                                   [--writes N] [--file PATH] [--direct]
+//!                                   [--writes N] [--file PATH] [--direct] [--warm]
+//!                                   [--workloads LIST] [--page-sizes LIST]
 //! ```
 //!
 //! Every run starts cold: the data file is `fdatasync`ed and dropped from the page cache with
-//! `posix_fadvise(POSIX_FADV_DONTNEED)` first. The results form a table of workloads (rows of
+//! `posix_fadvise(POSIX_FADV_DONTNEED)` first. With `--warm` every run starts with the whole
+//! file in the page cache instead, so that the figures measure the pager's fault path rather
+//! than the disk. The results form a table of workloads (rows of
 //! [`Workload::ALL`]) by systems ([`systems`]); each (workload, system) pair is one
 //! [`Measurement`], made by [`measure`].
 //!
@@ -78,6 +81,12 @@ usage: cargo bench --bench throughput -- [OPTIONS]
                     workloads are skipped
   --direct          umap reads and writes the file with O_DIRECT (no second copy in the page
                     cache), and so do pread and pwrite
+  --warm            start every run with the whole file in the page cache (read through
+                    first) instead of dropping it: measures the fault path, not the disk
+  --workloads LIST  run only these workloads, comma-separated (seq-read, rand-read,
+                    rand-write, rmw; default all)
+  --page-sizes LIST umap page sizes to run, comma-separated (default 4K,64K,1M); mmap and
+                    pread always run
   -h, --help        this text
 
 BYTES takes a suffix K, M, G, KiB, MiB or GiB (all binary: 1K = 1024).";
@@ -98,6 +107,12 @@ struct Options {
     file: Option<PathBuf>,
     /// umap's store (and pread/pwrite) use O_DIRECT.
     direct: bool,
+    /// Every run starts with the file in the page cache instead of out of it.
+    warm: bool,
+    /// The workloads to run, in [`Workload::ALL`] order.
+    workloads: Vec<Workload>,
+    /// The umap page sizes to run, ascending.
+    page_sizes: Vec<usize>,
     /// Where to write the results as JSON.
     json: Option<PathBuf>,
     /// Where to draw the SVG chart.
@@ -119,6 +134,9 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> 
     let mut writes = None;
     let mut file = None;
     let mut direct = false;
+    let mut warm = false;
+    let mut workloads: Option<Vec<Workload>> = None;
+    let mut page_sizes: Vec<usize> = UMAP_PAGE_SIZES.to_vec();
     let mut json = None;
     let mut plot = None;
 
@@ -130,6 +148,40 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> 
             "--bench" => {}
             "--quick" => quick = true,
             "--direct" => direct = true,
+            "--warm" => warm = true,
+            "--workloads" => {
+                let list = value()?;
+                let mut chosen = Vec::new();
+                for name in list.split(',').map(str::trim) {
+                    let workload = Workload::ALL
+                        .into_iter()
+                        .find(|w| w.name() == name)
+                        .ok_or_else(|| {
+                            format!(
+                                "--workloads: unknown workload `{name}` (choose from seq-read, \
+                                 rand-read, rand-write, rmw)"
+                            )
+                        })?;
+                    chosen.push(workload);
+                }
+                workloads = Some(chosen);
+            }
+            "--page-sizes" => {
+                let list = value()?;
+                page_sizes.clear();
+                for item in list.split(',').map(str::trim) {
+                    let size = cli::parse_size(item).map_err(|e| format!("--page-sizes: {e}"))?;
+                    let size = usize::try_from(size)
+                        .ok()
+                        .filter(|s| s.is_power_of_two() && *s >= 4096)
+                        .ok_or_else(|| {
+                            format!("--page-sizes: {item} is not a power of two of at least 4K")
+                        })?;
+                    page_sizes.push(size);
+                }
+                page_sizes.sort_unstable();
+                page_sizes.dedup();
+            }
             "-h" | "--help" => return Ok(Parsed::Help),
             "--size" => {
                 size = Some(cli::parse_size(&value()?).map_err(|e| format!("--size: {e}"))?)
@@ -161,6 +213,18 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> 
         }
     }
 
+    if warm && direct {
+        return Err(
+            "--warm and --direct exclude each other (O_DIRECT bypasses the page cache)".into(),
+        );
+    }
+    let workloads: Vec<Workload> = match workloads {
+        Some(chosen) => Workload::ALL
+            .into_iter()
+            .filter(|w| chosen.contains(w))
+            .collect(),
+        None => Workload::ALL.to_vec(),
+    };
     if file.is_some() && size.is_some() {
         return Err("--size and --file exclude each other (the file's size is used)".into());
     }
@@ -179,7 +243,10 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> 
         }
     }
     let buffer = buffer.unwrap_or(if quick { 16 << 20 } else { 128 << 20 });
-    let largest_page = *UMAP_PAGE_SIZES.iter().max().unwrap();
+    let largest_page = *page_sizes
+        .iter()
+        .max()
+        .expect("the list has at least one size");
     if buffer < largest_page {
         return Err(format!(
             "--buffer: {buffer} bytes cannot hold a {} page (at least {largest_page})",
@@ -200,6 +267,9 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> 
         writes,
         file,
         direct,
+        warm,
+        workloads,
+        page_sizes,
         json,
         plot,
     }))
@@ -332,10 +402,10 @@ impl System {
 }
 
 /// The systems measured, the baseline (`mmap`) first.
-fn systems() -> Vec<System> {
+fn systems(page_sizes: &[usize]) -> Vec<System> {
     let mut all = vec![System::Mmap, System::Pread];
     all.extend(
-        UMAP_PAGE_SIZES
+        page_sizes
             .iter()
             .map(|&page_size| System::Umap { page_size }),
     );
@@ -656,6 +726,8 @@ struct Bench {
     fillers: usize,
     /// umap's store (and pread/pwrite) use O_DIRECT.
     direct: bool,
+    /// Runs start with the file in the page cache (`--warm`) instead of out of it.
+    warm: bool,
     /// How long one run may take before the bench declares a hang.
     run_limit: Duration,
 }
@@ -694,7 +766,7 @@ fn aligned_block(raw: &mut [u8]) -> &mut [u8] {
 /// the pager): each call counts as one "fault".
 fn measure_pread(bench: &Bench, plan: &Plan) -> Result<Measurement, BoxError> {
     use std::os::unix::fs::FileExt;
-    let cached_before = drop_from_page_cache(&bench.path)?;
+    let cached_before = prepare_page_cache(bench)?;
     let file = open_for_io(bench, false)?;
     let _watchdog = Watchdog::arm(
         format!("{} on pread", plan.workload.name()),
@@ -751,7 +823,7 @@ fn measure_pread(bench: &Bench, plan: &Plan) -> Result<Measurement, BoxError> {
 }
 
 fn measure_mmap(bench: &Bench, plan: &Plan) -> Result<Measurement, BoxError> {
-    let cached_before = drop_from_page_cache(&bench.path)?;
+    let cached_before = prepare_page_cache(bench)?;
     let file = File::open(&bench.path)?;
     let map = FileMap::new(&file, bench.size)?;
     let _watchdog = Watchdog::arm(
@@ -778,7 +850,7 @@ fn measure_mmap(bench: &Bench, plan: &Plan) -> Result<Measurement, BoxError> {
 
 fn measure_umap(bench: &Bench, plan: &Plan, page_size: usize) -> Result<Measurement, BoxError> {
     let (umap, region) = map_bench_file(bench, page_size, false)?;
-    let cached_before = drop_from_page_cache(&bench.path)?;
+    let cached_before = prepare_page_cache(bench)?;
     let watchdog = umap_watchdog(bench, plan, &umap, page_size);
     let before = umap.stats();
     let (elapsed, checksum) = run_plan(region.as_slice(), plan);
@@ -805,7 +877,7 @@ fn measure_umap(bench: &Bench, plan: &Plan, page_size: usize) -> Result<Measurem
 /// operation reads the block, changes the `u64` and writes the block. `fdatasync` at the end
 /// is timed. Each system call counts as one "fault".
 fn measure_pwrite(bench: &Bench, plan: &Plan) -> Result<Measurement, BoxError> {
-    let cached_before = drop_from_page_cache(&bench.path)?;
+    let cached_before = prepare_page_cache(bench)?;
     let file = open_for_io(bench, true)?;
     let _watchdog = Watchdog::arm(
         format!("{} on pwrite", plan.workload.name()),
@@ -899,7 +971,7 @@ fn pwrite_op(
 /// The write workloads through a shared writable kernel mapping; `msync(MS_SYNC)` of the whole
 /// mapping at the end is timed.
 fn measure_mmap_write(bench: &Bench, plan: &Plan) -> Result<Measurement, BoxError> {
-    let cached_before = drop_from_page_cache(&bench.path)?;
+    let cached_before = prepare_page_cache(bench)?;
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -982,7 +1054,7 @@ fn measure_umap_write(
         base: region.as_mut_ptr(),
         len: region.len(),
     };
-    let cached_before = drop_from_page_cache(&bench.path)?;
+    let cached_before = prepare_page_cache(bench)?;
     let watchdog = umap_watchdog(bench, plan, &umap, page_size);
     let before = umap.stats();
     let (elapsed, write_back, checksum) = run_write_plan(memory, plan, || Ok(region.flush()?))?;
@@ -1083,6 +1155,34 @@ impl Drop for FileMap {
 
 /// Writes back the file's dirty pages and drops its pages from the page cache; returns the
 /// fraction of the file still cached afterwards (measured with `mincore`).
+/// Puts the data file in the state a run starts from: out of the page cache, or with
+/// `--warm` wholly in it. Returns the fraction of the file cached afterwards.
+fn prepare_page_cache(bench: &Bench) -> io::Result<f64> {
+    if bench.warm {
+        read_into_page_cache(&bench.path)
+    } else {
+        drop_from_page_cache(&bench.path)
+    }
+}
+
+/// Reads `path` through once so that all of it is in the page cache; returns the fraction
+/// cached afterwards.
+fn read_into_page_cache(path: &Path) -> io::Result<f64> {
+    use std::os::unix::fs::FileExt;
+    let file = File::open(path)?;
+    let len = file.metadata()?.len();
+    let mut chunk = vec![0u8; 1 << 20];
+    let mut offset = 0u64;
+    while offset < len {
+        let n = file.read_at(&mut chunk, offset)?;
+        if n == 0 {
+            break;
+        }
+        offset += n as u64;
+    }
+    cached_fraction(&file)
+}
+
 fn drop_from_page_cache(path: &Path) -> io::Result<f64> {
     let file = File::open(path)?;
     file.sync_data()?;
@@ -1515,6 +1615,7 @@ fn run(options: &Options) -> Result<ExitCode, BoxError> {
         buffer: options.buffer,
         fillers: options.fillers,
         direct: options.direct,
+        warm: options.warm,
         run_limit: Duration::from_secs(if options.quick { 120 } else { 900 }),
     };
     println!("umap throughput: reads and writes");
@@ -1556,17 +1657,26 @@ fn run(options: &Options) -> Result<ExitCode, BoxError> {
              reads one there, adds 1 and writes it back (same positions; each thread its own)"
         );
     }
-    println!(
-        "  page cache: before every run the file is fdatasync'ed and dropped with \
-         posix_fadvise(POSIX_FADV_DONTNEED) (not /proc/sys/vm/drop_caches)"
-    );
+    if options.warm {
+        println!(
+            "  page cache: warm; before every run the whole file is read through, so every \
+             run starts with it cached (the figures measure the fault path, not the disk)"
+        );
+    } else {
+        println!(
+            "  page cache: before every run the file is fdatasync'ed and dropped with \
+             posix_fadvise(POSIX_FADV_DONTNEED) (not /proc/sys/vm/drop_caches)"
+        );
+    }
     println!();
 
     let mut results: Vec<Measurement> = Vec::new();
     let mut errors: Vec<String> = Vec::new();
     // A given file is only read: the write workloads need a generated one.
-    let workloads = Workload::ALL
-        .into_iter()
+    let workloads = options
+        .workloads
+        .iter()
+        .copied()
         .filter(|w| generated || !w.writes());
     for workload in workloads {
         let ops = if workload.writes() { writes } else { reads };
@@ -1580,7 +1690,7 @@ fn run(options: &Options) -> Result<ExitCode, BoxError> {
             let sum = generated.then(|| plan.expected_checksum(|o| pattern((o / 8) as u64)));
             (sum, None)
         };
-        for system in systems() {
+        for system in systems(&options.page_sizes) {
             let label = format!(
                 "{} on {} {}",
                 workload.name(),
@@ -1702,6 +1812,7 @@ fn run(options: &Options) -> Result<ExitCode, BoxError> {
             "random_reads": reads,
             "writes": writes,
             "direct": options.direct,
+            "warm_page_cache": options.warm,
             "quick": options.quick,
             "data_errors": errors.len(),
         });
@@ -1722,7 +1833,12 @@ fn run(options: &Options) -> Result<ExitCode, BoxError> {
             options.threads,
             options.fillers,
             kernel_release(),
-            if options.quick { "; quick run" } else { "" }
+            match (options.quick, options.warm) {
+                (false, false) => "",
+                (true, false) => "; quick run",
+                (false, true) => "; warm page cache",
+                (true, true) => "; quick run, warm page cache",
+            }
         );
         let svg = report::to_svg(title, &subtitle, &rows);
         write_output(file, &path, &svg, check_svg(rows.len()))?;
