@@ -246,6 +246,82 @@ fn read_ahead_cuts_faults_on_a_sequential_scan() {
 }
 
 #[test]
+fn read_ahead_cuts_faults_on_a_descending_scan() {
+    // A scan from the last page down to the first (as a quicksort partition's right-hand
+    // cursor moves): the read-ahead window lies below each fault.
+    for page_size in [4 * KIB, 64 * KIB] {
+        let len = 8 * MIB;
+        let pages = (len / page_size) as u64;
+        let descending = |read_ahead| {
+            let umap = engine(4 * MIB, page_size, read_ahead);
+            let region = umap.map(pattern_store(len), MapOptions::new()).unwrap();
+            let data = region.as_slice();
+            for off in (0..len).step_by(4 * KIB).rev() {
+                check_pattern(SEED, off as u64, &data[off..off + 4 * KIB]);
+            }
+            let s = umap.stats();
+            assert_fills_add_up(&s);
+            s
+        };
+        let without = descending(0);
+        assert_eq!(without.read_faults, pages, "{without}");
+        let with = descending(15);
+        assert!(with.read_ahead_pages > pages / 2, "{page_size}: {with}");
+        assert!(
+            with.read_faults * 8 <= without.read_faults,
+            "{page_size}: {} faults with read-ahead, {} without",
+            with.read_faults,
+            without.read_faults
+        );
+        assert_eq!(with.fills, pages);
+    }
+}
+
+#[test]
+fn descending_writes_with_read_ahead_are_tracked_and_written_back() {
+    // Descending write faults: each fills its page writable and the read-ahead pages below
+    // it protected, so the next write down must be caught too. Then a descending read pass
+    // and writes to every other page. A buffer larger than the region and one smaller.
+    for buffer in [16 * MIB, 2 * MIB] {
+        let len = 8 * MIB;
+        let umap = engine(buffer, 4 * KIB, 15);
+        let store = Arc::new(MemStore::from_vec(pattern(SEED, 0, len)));
+        let mut region = umap
+            .map_shared(store.clone(), MapOptions::new().writable(true))
+            .unwrap();
+        let mut expected = pattern(SEED, 0, len);
+        let data = region.as_mut_slice().unwrap();
+        for off in (0..len).step_by(4 * KIB).rev() {
+            data[off + 2] = data[off + 2].wrapping_add(3);
+            expected[off + 2] = expected[off + 2].wrapping_add(3);
+        }
+        let after_writes = umap.stats();
+        assert!(after_writes.read_ahead_pages > 0, "{after_writes}");
+        region.flush().unwrap();
+        assert!(
+            store.to_vec() == expected,
+            "buffer {buffer}: a descending write was lost"
+        );
+        let data = region.as_mut_slice().unwrap();
+        let mut sum = 0u64;
+        for off in (0..len).step_by(4 * KIB).rev() {
+            sum = sum.wrapping_add(data[off] as u64);
+        }
+        for off in (0..len).step_by(8 * KIB).rev() {
+            data[off + 1] = data[off + 1].wrapping_add(1);
+            expected[off + 1] = expected[off + 1].wrapping_add(1);
+        }
+        region.flush().unwrap();
+        assert!(
+            store.to_vec() == expected,
+            "buffer {buffer}: a write after descending read-ahead was lost"
+        );
+        std::hint::black_box(sum);
+        region.unmap().unwrap();
+    }
+}
+
+#[test]
 fn random_advice_turns_read_ahead_off_and_sequential_turns_it_on() {
     let pages = (8 * MIB / (4 * KIB)) as u64;
     let random = sequential_scan(4 * KIB, 15, Some(Advice::Random));

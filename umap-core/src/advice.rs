@@ -88,17 +88,22 @@ impl PatternMap {
     }
 }
 
-/// Sequential fault streams of a region: the page each stream is expected to fault on next,
-/// and how far it has ramped up. A fault on such a page continues its stream; any other fault
-/// starts a stream in the next slot (round robin), so several readers scanning different parts
-/// of a region each keep their own stream. A stream reads ahead only from its second
-/// continuation on, with a window that doubles each time (2, 4, 8 ... up to the region's
-/// window), so a random access that happens to land right after an earlier fault reads ahead
-/// nothing, and one more such coincidence reads ahead two pages. Lock-free: a race only costs
-/// a missed detection or a smaller window.
+/// Sequential fault streams of a region, ascending or descending: the page each stream is
+/// expected to fault on next, and how far it has ramped up. A fault on such a page continues
+/// its stream; any other fault starts a stream in the next slot (round robin), expecting the
+/// page above it *and* the page below it: the stream's first continuation settles which way it
+/// runs. Several readers scanning different parts of a region, in either direction (a
+/// quicksort partition scans its range from both ends), each keep their own stream. A stream
+/// reads ahead only from its second continuation on, with a window that doubles each time (2,
+/// 4, 8 ... up to the region's window), so a random access that happens to land right next to
+/// an earlier fault reads ahead nothing, and one more such coincidence reads ahead two pages.
+/// Lock-free: a race only costs a missed detection or a smaller window.
 #[derive(Debug)]
 pub(crate) struct Streams {
-    next: [AtomicUsize; STREAMS],
+    /// Per slot, the page an ascending stream expects next ([`NONE`] if it descends).
+    up: [AtomicUsize; STREAMS],
+    /// Per slot, the page a descending stream expects next ([`NONE`] if it ascends).
+    down: [AtomicUsize; STREAMS],
     /// Continuations seen so far, per stream.
     ramp: [AtomicUsize; STREAMS],
     victim: AtomicUsize,
@@ -111,36 +116,52 @@ const NONE: usize = usize::MAX;
 impl Default for Streams {
     fn default() -> Self {
         Streams {
-            next: [const { AtomicUsize::new(NONE) }; STREAMS],
+            up: [const { AtomicUsize::new(NONE) }; STREAMS],
+            down: [const { AtomicUsize::new(NONE) }; STREAMS],
             ramp: [const { AtomicUsize::new(0) }; STREAMS],
             victim: AtomicUsize::new(0),
         }
     }
 }
 
-/// A fault's place in the streams: the stream it continues (if any) and that stream's ramp.
+/// A fault's place in the streams: the stream it continues (if any), that stream's ramp, and
+/// which way it runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct StreamHit {
     slot: Option<usize>,
     ramp: usize,
+    descending: bool,
+}
+
+impl StreamHit {
+    /// Whether the fault continues a descending stream: its read-ahead lies below it.
+    #[inline]
+    pub(crate) fn descending(self) -> bool {
+        self.descending
+    }
 }
 
 impl Streams {
     /// Looks up the stream a fault on `page` continues.
     #[inline]
     pub(crate) fn find(&self, page: usize) -> StreamHit {
-        match self
-            .next
-            .iter()
-            .position(|n| n.load(Ordering::Relaxed) == page)
-        {
+        let found = |slots: &[AtomicUsize; STREAMS]| {
+            slots.iter().position(|n| n.load(Ordering::Relaxed) == page)
+        };
+        let (slot, descending) = match found(&self.up) {
+            Some(slot) => (Some(slot), false),
+            None => (found(&self.down), true),
+        };
+        match slot {
             Some(slot) => StreamHit {
                 slot: Some(slot),
                 ramp: self.ramp[slot].load(Ordering::Relaxed) + 1,
+                descending,
             },
             None => StreamHit {
                 slot: None,
                 ramp: 0,
+                descending: false,
             },
         }
     }
@@ -155,18 +176,26 @@ impl Streams {
         }
     }
 
-    /// Records that the stream of `hit` (or a new stream) next expects `page`.
+    /// Records that the stream of `hit` (or a new stream) filled the pages `run` (the faulting
+    /// page and its read-ahead), so it next expects the page after the run (ascending), the
+    /// page before it (descending), or either (a new stream).
     #[inline]
-    pub(crate) fn expect(&self, hit: StreamHit, page: usize) {
-        let slot = hit.slot.unwrap_or_else(|| {
-            // Round robin without a read-modify-write: racing fillers may pick the same slot,
-            // which only costs a stream.
-            let v = self.victim.load(Ordering::Relaxed);
-            self.victim.store(v.wrapping_add(1), Ordering::Relaxed);
-            v % STREAMS
-        });
+    pub(crate) fn expect(&self, hit: StreamHit, run: Range<usize>) {
+        let below = run.start.checked_sub(1).unwrap_or(NONE);
+        let (slot, up, down) = match hit.slot {
+            Some(slot) if hit.descending => (slot, NONE, below),
+            Some(slot) => (slot, run.end, NONE),
+            None => {
+                // Round robin without a read-modify-write: racing fillers may pick the same
+                // slot, which only costs a stream.
+                let v = self.victim.load(Ordering::Relaxed);
+                self.victim.store(v.wrapping_add(1), Ordering::Relaxed);
+                (v % STREAMS, run.end, below)
+            }
+        };
         self.ramp[slot].store(hit.ramp, Ordering::Relaxed);
-        self.next[slot].store(page, Ordering::Relaxed);
+        self.up[slot].store(up, Ordering::Relaxed);
+        self.down[slot].store(down, Ordering::Relaxed);
     }
 }
 
@@ -206,7 +235,7 @@ mod tests {
             for page in [&mut a, &mut b] {
                 let hit = s.find(*page);
                 let w = Streams::window(hit, max);
-                s.expect(hit, *page + 1 + w);
+                s.expect(hit, *page..*page + 1 + w);
                 windows.push(w);
                 *page += 1 + w;
             }
@@ -217,7 +246,8 @@ mod tests {
             s.find(5000),
             StreamHit {
                 slot: None,
-                ramp: 0
+                ramp: 0,
+                descending: false,
             }
         );
     }
@@ -226,8 +256,47 @@ mod tests {
     fn a_single_coincidence_reads_nothing_ahead() {
         let s = Streams::default();
         let first = s.find(10);
-        s.expect(first, 11);
+        s.expect(first, 10..11);
         let hit = s.find(11);
         assert_eq!(Streams::window(hit, 16), 0);
+        let s = Streams::default();
+        let first = s.find(10);
+        s.expect(first, 10..11);
+        let hit = s.find(9);
+        assert!(hit.descending());
+        assert_eq!(Streams::window(hit, 16), 0);
+    }
+
+    #[test]
+    fn descending_streams_ramp_up_next_to_ascending_ones() {
+        let s = Streams::default();
+        let max = 16;
+        // Stream A descends from page 10_000 (each run ends at the faulting page), stream B
+        // ascends from page 0, interleaved, as a quicksort partition scans its range.
+        let mut windows = Vec::new();
+        let (mut a, mut b) = (10_000usize, 0usize);
+        for _ in 0..7 {
+            let hit = s.find(a);
+            assert!(hit.slot.is_none() || hit.descending(), "A descends");
+            let w = Streams::window(hit, max);
+            s.expect(hit, a - w..a + 1);
+            windows.push(w);
+            a -= 1 + w;
+            let hit = s.find(b);
+            assert!(!hit.descending(), "B ascends");
+            let w = Streams::window(hit, max);
+            s.expect(hit, b..b + 1 + w);
+            windows.push(w);
+            b += 1 + w;
+        }
+        assert_eq!(windows, [0, 0, 0, 0, 2, 2, 4, 4, 8, 8, 16, 16, 16, 16]);
+        // A descending stream reaching page 0 expects nothing below it.
+        let s = Streams::default();
+        let hit = s.find(1);
+        s.expect(hit, 1..2);
+        let hit = s.find(0);
+        assert!(hit.descending());
+        s.expect(hit, 0..1);
+        assert!(s.down.iter().all(|d| d.load(Ordering::Relaxed) == NONE));
     }
 }

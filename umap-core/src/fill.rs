@@ -11,7 +11,8 @@
 //! Read-ahead: a fault on the page a sequential stream of faults expects next (see
 //! [`crate::advice::Streams`]: the window ramps up 2, 4, 8 ... pages from a stream's second
 //! continuation on), or any fault in a range advised `Sequential`, fills the read-ahead window
-//! after the faulting page in the same run. The extra pages are
+//! in the same run: after the faulting page for an ascending stream, before it (the run ends
+//! at the faulting page) for a descending one. The extra pages are
 //! taken only from free buffer room (`try_reserve`): read-ahead never makes a filler reclaim,
 //! and its window is at most the buffer's low-water share, so what is read ahead is not
 //! evicted before the reader gets to it. A read error in the extra pages only shortens the
@@ -48,10 +49,10 @@ const STUCK_SLEEP: Duration = Duration::from_millis(10);
 /// Why a run is filled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Cause {
-    /// A fault on the run's first page (a write if `write`); the rest is read-ahead. With
-    /// `dirty`, every page of the run is installed writable and dirty (see
-    /// [`crate::write_intent`]).
-    Fault { write: bool, dirty: bool },
+    /// A fault on the run's page `at` (counted from the run's start; a write if `write`);
+    /// the rest is read-ahead. With `dirty`, every page of the run is installed writable and
+    /// dirty (see [`crate::write_intent`]).
+    Fault { write: bool, dirty: bool, at: usize },
     /// A prefetch.
     Prefetch,
 }
@@ -62,7 +63,8 @@ const SHORT_INSTALL: usize = 16 << 10;
 
 impl Filler<'_> {
     /// Fills `page`, which this thread owns in state Filling for a fault, and the read-ahead
-    /// window after it if the fault continues a sequential stream.
+    /// window after it (before it, for a descending stream) if the fault continues a
+    /// sequential stream.
     pub(crate) fn fill_fault(&mut self, region: &Arc<RegionShared>, page: usize, write: bool) {
         let shared = self.shared;
         let ps = region.page_size;
@@ -74,31 +76,64 @@ impl Filler<'_> {
             return;
         }
         let (window, stream) = region.read_ahead_window(page);
-        let extra = if window > 0 {
-            self.claim_free_run(region, page + 1, window)
-        } else {
-            0
+        let run = match stream {
+            _ if window == 0 => page..page + 1,
+            Some(hit) if hit.descending() => {
+                page - self.claim_free_run_below(region, page, window)..page + 1
+            }
+            _ => page..page + 1 + self.claim_free_run(region, page + 1, window),
         };
-        let n = 1 + extra;
         if let Some(hit) = stream {
-            region.streams.expect(hit, page + n);
+            region.streams.expect(hit, run.clone());
         }
         // In a region whose clean fills are nearly all written soon after, fill dirty at once.
         let dirty = region.writable && region.write_intent.fill_dirty();
+        let at = page - run.start;
         // A fault's run never returns an error: a failed read poisons the page (and logs).
-        let _ = self.fill_run(region, page, n, Cause::Fault { write, dirty });
+        let _ = self.fill_run(
+            region,
+            run.start,
+            run.len(),
+            Cause::Fault { write, dirty, at },
+        );
     }
 
     /// Claims up to `max` absent pages from `start` on (stopping at the first page that is not
     /// absent or at the end of the region), for which free buffer room was reserved; returns
     /// how many.
     fn claim_free_run(&mut self, region: &RegionShared, start: usize, max: usize) -> usize {
-        let ps = region.page_size;
         let wanted = region.pages.absent_run(start, max);
-        // Reserve what fits without reclaiming: halve the run until it does.
-        let mut room = wanted;
+        let room = self.reserve_free(wanted, region.page_size);
+        self.claim_reserved(region, start, room)
+    }
+
+    /// Claims up to `max` absent pages right below `page`, downwards (stopping at the first
+    /// page that is not absent or at page 0), for which free buffer room was reserved; returns
+    /// how many, which are the pages `page - claimed..page`.
+    fn claim_free_run_below(&mut self, region: &RegionShared, page: usize, max: usize) -> usize {
+        let ps = region.page_size;
+        let wanted = (page.saturating_sub(max)..page)
+            .rev()
+            .take_while(|&p| region.pages.state(p) == ABSENT)
+            .count();
+        let room = self.reserve_free(wanted, ps);
+        let claimed = (page - room..page)
+            .rev()
+            .take_while(|&p| region.pages.claim_fill(p))
+            .count();
+        if claimed < room {
+            self.shared.buffer.release((room - claimed) * ps);
+        }
+        claimed
+    }
+
+    /// Reserves room for as many of `pages` pages of `page_size` bytes as fit in the buffer's
+    /// free room without reclaiming anything (halving the count until it fits); returns how
+    /// many (possibly 0). Crossing the high-water mark kicks the evictors.
+    fn reserve_free(&self, pages: usize, page_size: usize) -> usize {
+        let mut room = pages;
         while room > 0 {
-            match self.shared.buffer.try_reserve(room * ps) {
+            match self.shared.buffer.try_reserve(room * page_size) {
                 Some(crossed_high) => {
                     if crossed_high {
                         bump(&self.shared.counters.high_water_hits, 1);
@@ -109,7 +144,7 @@ impl Filler<'_> {
                 None => room /= 2,
             }
         }
-        self.claim_reserved(region, start, room)
+        room
     }
 
     /// Claims the absent pages from `start` on (`Absent` → `Filling`), at most `reserved` of
@@ -176,6 +211,8 @@ impl Filler<'_> {
     /// Fills the `n` pages from `start`, which this thread owns in state Filling and for
     /// which it reserved `n` pages of the buffer. On a store error the pages are given back
     /// (absent); for a fault, its page is then read alone and poisoned if that fails too.
+    /// For a write fault (not filled dirty), the written page is installed first and
+    /// writable, the read-ahead pages on either side of it write-protected.
     fn fill_run(
         &mut self,
         region: &Arc<RegionShared>,
@@ -202,11 +239,17 @@ impl Filler<'_> {
         watch_again(shared, lent);
         if let Err(e) = read {
             return match cause {
-                Cause::Fault { write, dirty } if n > 1 => {
+                Cause::Fault { write, dirty, at } if n > 1 => {
                     // Give the read-ahead pages back, then try the faulting page alone.
                     log::debug!("read-ahead of {n} pages at offset {offset} failed: {e}");
-                    self.abandon(region, start + 1..start + n);
-                    self.fill_run(region, start, 1, Cause::Fault { write, dirty })
+                    self.abandon(region, start..start + at);
+                    self.abandon(region, start + at + 1..start + n);
+                    let only = Cause::Fault {
+                        write,
+                        dirty,
+                        at: 0,
+                    };
+                    self.fill_run(region, start + at, 1, only)
                 }
                 Cause::Fault { .. } => {
                     self.poison(region, start, data_len, offset, &e);
@@ -230,28 +273,50 @@ impl Filler<'_> {
         counts.add(shared, region, 1);
         let all_dirty = matches!(cause, Cause::Fault { dirty: true, .. });
         let first_write = all_dirty || matches!(cause, Cause::Fault { write: true, .. });
+        // The faulting page (the run's first for a prefetch, which has none).
+        let own = start
+            + match cause {
+                Cause::Fault { at, .. } => at,
+                Cause::Prefetch => 0,
+            };
         let protect = region.writable;
-        let mut n = n;
+        // The pages installed: the whole run unless a read-ahead side of it failed.
+        let mut run = start..start + n;
         let installed = if all_dirty {
             self.install(addr, src, bytes, protect_mode(false))
         } else if first_write && n > 1 {
-            // The written page is installed writable, the read-ahead pages protected.
-            self.install(addr, src, ps, CopyMode::default()).map(|()| {
-                // SAFETY: `src` holds `bytes` bytes; `ps < bytes`.
-                let rest = unsafe { src.add(ps) };
-                if let Err(e) = self.install(addr + ps, rest, bytes - ps, protect_mode(protect)) {
-                    // The written page is in: only the read-ahead pages are given back.
-                    log::error!(
-                        "cannot install {} read-ahead pages at {:#x}: {e}",
-                        n - 1,
-                        addr + ps
-                    );
-                    counts.add(shared, region, -1);
-                    FillCounts::new(cause, 1, data_len.min(ps)).add(shared, region, 1);
-                    self.abandon(region, start + 1..start + n);
-                    n = 1;
-                }
-            })
+            // The written page is installed writable (and first: its thread waits), the
+            // read-ahead pages on either side of it protected.
+            let at = own - start;
+            // SAFETY: `src` holds `bytes` bytes; `at < n`.
+            let own_src = unsafe { src.add(at * ps) };
+            self.install(region.page_addr(own), own_src, ps, CopyMode::default())
+                .map(|()| {
+                    for side in [start..own, own + 1..start + n] {
+                        if side.is_empty() {
+                            continue;
+                        }
+                        // SAFETY: `side` lies inside the run, whose bytes `src` holds.
+                        let side_src = unsafe { src.add((side.start - start) * ps) };
+                        let side_addr = region.page_addr(side.start);
+                        let side_len = side.len() * ps;
+                        if let Err(e) =
+                            self.install(side_addr, side_src, side_len, protect_mode(protect))
+                        {
+                            // The written page is in: only these read-ahead pages go back.
+                            log::error!(
+                                "cannot install {} read-ahead pages at {side_addr:#x}: {e}",
+                                side.len()
+                            );
+                            self.abandon(region, side.clone());
+                            if side.start < own {
+                                run.start = own;
+                            } else {
+                                run.end = own + 1;
+                            }
+                        }
+                    }
+                })
         } else {
             let mode = protect_mode(protect && !first_write);
             self.install(addr, src, bytes, mode)
@@ -262,10 +327,26 @@ impl Filler<'_> {
             self.abandon(region, start..start + n);
             return Ok(());
         }
+        if run.len() < n {
+            // Count what was installed instead.
+            counts.add(shared, region, -1);
+            let run_data = region
+                .len
+                .saturating_sub(run.start * ps)
+                .min(run.len() * ps);
+            let cause = match cause {
+                Cause::Fault { write, dirty, .. } => Cause::Fault {
+                    write,
+                    dirty,
+                    at: own - run.start,
+                },
+                Cause::Prefetch => Cause::Prefetch,
+            };
+            FillCounts::new(cause, run.len(), run_data).add(shared, region, 1);
+        }
         let filled_at = Instant::now();
-        for i in 0..n {
-            let page = start + i;
-            let to = if all_dirty || (i == 0 && first_write) {
+        for page in run.clone() {
+            let to = if all_dirty || (page == own && first_write) {
                 DIRTY
             } else {
                 CLEAN
@@ -274,15 +355,13 @@ impl Filler<'_> {
                 shared.wake(region.page_addr(page), ps);
             }
         }
-        shared
-            .buffer
-            .push_run((start..start + n).map(|page| PageRef {
-                region: region.clone(),
-                page,
-                filled_at,
-            }));
+        let clean = run.len() - usize::from(first_write);
+        shared.buffer.push_run(run.map(|page| PageRef {
+            region: region.clone(),
+            page,
+            filled_at,
+        }));
         if protect && !all_dirty {
-            let clean = n - usize::from(first_write);
             region.write_intent.clean_filled(clean as u32);
         }
         Ok(())
@@ -499,7 +578,9 @@ impl FillCounts {
             },
             prefetched: if cause == Cause::Prefetch { n } else { 0 },
             eager_dirty: match cause {
-                Cause::Fault { dirty: true, write } => n - u64::from(write),
+                Cause::Fault {
+                    dirty: true, write, ..
+                } => n - u64::from(write),
                 _ => 0,
             },
         }
