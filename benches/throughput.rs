@@ -6,6 +6,7 @@
 //!                                   [--buffer BYTES] [--threads N] [--fillers N] [--reads N]
 //!                                   [--writes N] [--file PATH] [--direct] [--warm]
 //!                                   [--workloads LIST] [--page-sizes LIST]
+//! cargo bench --bench throughput -- --render PATH.json
 //! ```
 //!
 //! Every run starts cold: the data file is `fdatasync`ed and dropped from the page cache with
@@ -87,6 +88,7 @@ usage: cargo bench --bench throughput -- [OPTIONS]
                     rand-write, rmw; default all)
   --page-sizes LIST umap page sizes to run, comma-separated (default 4K,64K,1M); mmap and
                     pread always run
+  --render PATH     measure nothing: print the results of a --json file as a Markdown table
   -h, --help        this text
 
 BYTES takes a suffix K, M, G, KiB, MiB or GiB (all binary: 1K = 1024).";
@@ -121,6 +123,8 @@ struct Options {
 
 enum Parsed {
     Run(Options),
+    /// Print a JSON report as Markdown.
+    Render(PathBuf),
     Help,
 }
 
@@ -149,6 +153,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> 
             "--quick" => quick = true,
             "--direct" => direct = true,
             "--warm" => warm = true,
+            "--render" => return Ok(Parsed::Render(PathBuf::from(value()?))),
             "--workloads" => {
                 let list = value()?;
                 let mut chosen = Vec::new();
@@ -1498,9 +1503,8 @@ fn write_output(
 /// A check that a JSON report parses and holds `rows` rows.
 fn check_json(rows: usize) -> impl FnOnce(&str) -> Result<(), String> {
     move |text| {
-        let doc: serde_json::Value =
-            serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"))?;
-        let found = doc["rows"].as_array().map_or(0, Vec::len);
+        let (_, found) = report::from_json(text)?;
+        let found = found.len();
         if found != rows {
             return Err(format!("{found} rows, expected {rows}"));
         }
@@ -1536,6 +1540,18 @@ fn main() -> ExitCode {
             println!("{USAGE}");
             return ExitCode::SUCCESS;
         }
+        Ok(Parsed::Render(path)) => {
+            return match render(&path) {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("throughput: {}: {e}", path.display());
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Err(e) => {
             eprintln!("throughput: {e}\n\n{USAGE}");
             return ExitCode::from(2);
@@ -1548,6 +1564,42 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// A report written with `--json` as Markdown: a line saying how it was measured, then the
+/// table.
+fn render(path: &Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    let (meta, rows) = report::from_json(&text)?;
+    let when = meta["unix_time"]
+        .as_u64()
+        .map_or("at an unknown time".to_string(), |t| {
+            format!("on {}", report::utc_minute(t))
+        });
+    let mut out = format!(
+        "Measured {} on kernel {}, {} CPUs: file {} bytes, umap buffer {} \
+         bytes, {} threads, {} fillers, {} evictor(s); page cache {}{}.\n\n",
+        when,
+        meta["kernel"].as_str().unwrap_or("?"),
+        meta["cpus"],
+        meta["file_bytes"],
+        meta["buffer_bytes"],
+        meta["threads"],
+        meta["fillers"],
+        meta["evictors"],
+        if meta["warm_page_cache"].as_bool() == Some(true) {
+            "warm (the file cached before every run)"
+        } else {
+            "cold (the file dropped before every run)"
+        },
+        if meta["direct"].as_bool() == Some(true) {
+            ", O_DIRECT"
+        } else {
+            ""
+        },
+    );
+    out.push_str(&report::to_markdown(&rows));
+    Ok(out)
 }
 
 fn run(options: &Options) -> Result<ExitCode, BoxError> {

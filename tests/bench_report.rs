@@ -67,6 +67,65 @@ fn json_parses_and_holds_every_row() {
 }
 
 #[test]
+fn json_reads_back_into_the_same_rows() {
+    let rows = sample();
+    let meta = serde_json::json!({ "kernel": "6.18", "warm_page_cache": true });
+    let (back_meta, back) = report::from_json(&report::to_json(meta.clone(), &rows)).unwrap();
+    assert_eq!(back_meta, meta);
+    assert_eq!(back, rows);
+    // A non-finite number went out as null and comes back as NaN.
+    let mut with_nan = rows.clone();
+    with_nan[1].mb_per_s = f64::INFINITY;
+    let (_, back) = report::from_json(&report::to_json(meta, &with_nan)).unwrap();
+    assert!(back[1].mb_per_s.is_nan());
+    // Not a report: a message, not a panic.
+    let err = report::from_json("{\"meta\": {}}").unwrap_err();
+    assert!(err.contains("rows"), "{err}");
+    let err = report::from_json("{\"rows\": [{\"workload\": 1}]}").unwrap_err();
+    assert!(err.contains("row 0") && err.contains("workload"), "{err}");
+    assert!(report::from_json("not json").unwrap_err().contains("JSON"));
+}
+
+#[test]
+fn unix_times_read_as_utc_dates() {
+    assert_eq!(report::utc_minute(0), "1970-01-01 00:00 UTC");
+    assert_eq!(report::utc_minute(951_782_400), "2000-02-29 00:00 UTC");
+    assert_eq!(report::utc_minute(1_796_040_178), "2026-11-30 12:02 UTC");
+    assert_eq!(report::utc_minute(4_102_444_740), "2099-12-31 23:59 UTC");
+    assert_eq!(report::utc_minute(4_107_542_399), "2100-02-28 23:59 UTC");
+}
+
+#[test]
+fn markdown_has_a_line_per_row_with_its_figures() {
+    let rows = sample();
+    let md = report::to_markdown(&rows);
+    let lines: Vec<&str> = md.lines().collect();
+    assert_eq!(
+        lines.len(),
+        rows.len() + 2,
+        "header, rule, one line per row:\n{md}"
+    );
+    assert!(lines[0].starts_with("| workload | system | page |"));
+    for (line, r) in lines[2..].iter().zip(&rows) {
+        let cells: Vec<&str> = line.trim_matches('|').split(" | ").map(str::trim).collect();
+        assert_eq!(cells.len(), 11, "{line}");
+        assert_eq!(cells[0], r.workload);
+        assert_eq!(cells[2], report::page_label(r.page_bytes));
+        assert_eq!(cells[5], format!("{:.1}", r.mb_per_s));
+        assert_eq!(
+            cells[9],
+            r.vs_mmap.map_or("-".to_string(), |v| format!("{v:.2}x"))
+        );
+        assert_eq!(cells[10], "-");
+    }
+    // A `|` in a name cannot break the table.
+    let mut odd = rows[..1].to_vec();
+    odd[0].system = "a|b".into();
+    let md = report::to_markdown(&odd);
+    assert!(md.contains("a\\|b"), "{md}");
+}
+
+#[test]
 fn svg_is_well_formed_with_a_proportional_bar_per_row() {
     let rows = sample();
     let svg = report::to_svg("title & <more>", "sub \"title\"", &rows);

@@ -88,6 +88,95 @@ pub fn to_json(meta: serde_json::Value, rows: &[Row]) -> String {
     serde_json::to_string_pretty(&doc).expect("a JSON value always serialises")
 }
 
+/// Reads a document written by [`to_json`] back: its `meta` object and its rows (a `null`
+/// number reads as NaN, or as `None` where the field is optional).
+pub fn from_json(text: &str) -> Result<(serde_json::Value, Vec<Row>), String> {
+    let doc: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"))?;
+    let rows = doc["rows"]
+        .as_array()
+        .ok_or("no \"rows\" array: not a throughput bench report")?;
+    let rows = rows
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let text = |key: &str| {
+                r[key]
+                    .as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| format!("row {i}: \"{key}\" is not a string"))
+            };
+            let option = |key: &str| r[key].as_f64();
+            let number = |key: &str| option(key).unwrap_or(f64::NAN);
+            Ok(Row {
+                workload: text("workload")?,
+                system: text("system")?,
+                page_bytes: r["page_bytes"]
+                    .as_u64()
+                    .ok_or_else(|| format!("row {i}: \"page_bytes\" is not a whole number"))?,
+                seconds: number("seconds"),
+                flush_seconds: option("flush_seconds"),
+                mb_per_s: number("mb_per_s"),
+                pages_per_s: number("pages_per_s"),
+                faults_per_s: number("faults_per_s"),
+                wp_faults_per_s: option("wp_faults_per_s"),
+                vs_mmap: option("vs_mmap"),
+                vs_pread: option("vs_pread"),
+            })
+        })
+        .collect::<Result<Vec<Row>, String>>()?;
+    Ok((doc["meta"].clone(), rows))
+}
+
+/// Seconds since the Unix epoch as `2026-11-30 12:09 UTC` (proleptic Gregorian calendar).
+pub fn utc_minute(unix_secs: u64) -> String {
+    let days = (unix_secs / 86_400) as i64;
+    let minute_of_day = unix_secs % 86_400 / 60;
+    // Days to a civil date (Howard Hinnant's algorithm, eras of 400 years from 0000-03-01).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02} UTC",
+        minute_of_day / 60,
+        minute_of_day % 60
+    )
+}
+
+/// The rows as a Markdown table (for docs), with the same columns as the bench's text table.
+pub fn to_markdown(rows: &[Row]) -> String {
+    let ratio = |r: Option<f64>| r.map_or("-".into(), |r| format!("{r:.2}x"));
+    let mut out = String::from(
+        "| workload | system | page | time s | flush s | MB/s | pages/s | faults/s | \
+         wp faults/s | vs mmap | vs pread |\n\
+         |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for r in rows {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {:.3} | {} | {:.1} | {:.0} | {:.0} | {} | {} | {} |",
+            r.workload.replace('|', "\\|"),
+            r.system.replace('|', "\\|"),
+            page_label(r.page_bytes),
+            r.seconds,
+            r.flush_seconds.map_or("-".into(), |t| format!("{t:.3}")),
+            r.mb_per_s,
+            r.pages_per_s,
+            r.faults_per_s,
+            r.wp_faults_per_s.map_or("-".into(), |n| format!("{n:.0}")),
+            ratio(r.vs_mmap),
+            ratio(r.vs_pread),
+        );
+    }
+    out
+}
+
 /// Text made safe for XML character data and attribute values.
 pub fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
