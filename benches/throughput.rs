@@ -5,14 +5,17 @@
 //! cargo bench --bench throughput -- [--quick] [--json PATH] [--plot PATH.svg] [--size BYTES]
 //!                                   [--buffer BYTES] [--threads N] [--fillers N] [--reads N]
 //!                                   [--writes N] [--file PATH] [--direct] [--warm]
-//!                                   [--workloads LIST] [--page-sizes LIST]
+//!                                   [--workloads LIST] [--page-sizes LIST] [--memory-store]
 //! cargo bench --bench throughput -- --render PATH.json
 //! ```
 //!
 //! Every run starts cold: the data file is `fdatasync`ed and dropped from the page cache with
 //! `posix_fadvise(POSIX_FADV_DONTNEED)` first. With `--warm` every run starts with the whole
 //! file in the page cache instead, so that the figures measure the pager's fault path rather
-//! than the disk. The results form a table of workloads (rows of
+//! than the disk. With `--memory-store` umap pages from a `MemStore` holding the file's bytes
+//! instead of the file (loaded untimed; after a write workload its bytes are written to the
+//! file, untimed, for the check): the figures are then the pager's own, without the file
+//! system's cost per store call. The results form a table of workloads (rows of
 //! [`Workload::ALL`]) by systems ([`systems`]); each (workload, system) pair is one
 //! [`Measurement`], made by [`measure`].
 //!
@@ -37,11 +40,11 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::Barrier;
+use std::sync::{Arc, Barrier};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use umap::{FileStore, MapOptions, Stats, Umap};
+use umap::{FileStore, MapOptions, MemStore, Stats, Umap};
 
 type BoxError = Box<dyn Error + Send + Sync>;
 
@@ -88,6 +91,8 @@ usage: cargo bench --bench throughput -- [OPTIONS]
                     rand-write, rmw; default all)
   --page-sizes LIST umap page sizes to run, comma-separated (default 4K,64K,1M); mmap and
                     pread always run
+  --memory-store    umap's store is a MemStore loaded with the file (the pager's own cost,
+                    without the file system's; mmap and pread still use the file)
   --render PATH     measure nothing: print the results of a --json file as a Markdown table
   -h, --help        this text
 
@@ -111,6 +116,8 @@ struct Options {
     direct: bool,
     /// Every run starts with the file in the page cache instead of out of it.
     warm: bool,
+    /// umap pages from a `MemStore` copy of the file.
+    memory_store: bool,
     /// The workloads to run, in [`Workload::ALL`] order.
     workloads: Vec<Workload>,
     /// The umap page sizes to run, ascending.
@@ -139,6 +146,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> 
     let mut file = None;
     let mut direct = false;
     let mut warm = false;
+    let mut memory_store = false;
     let mut workloads: Option<Vec<Workload>> = None;
     let mut page_sizes: Vec<usize> = UMAP_PAGE_SIZES.to_vec();
     let mut json = None;
@@ -153,6 +161,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> 
             "--quick" => quick = true,
             "--direct" => direct = true,
             "--warm" => warm = true,
+            "--memory-store" => memory_store = true,
             "--render" => return Ok(Parsed::Render(PathBuf::from(value()?))),
             "--workloads" => {
                 let list = value()?;
@@ -218,6 +227,9 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> 
         }
     }
 
+    if memory_store && direct {
+        return Err("--memory-store and --direct exclude each other (umap reads no file)".into());
+    }
     if warm && direct {
         return Err(
             "--warm and --direct exclude each other (O_DIRECT bypasses the page cache)".into(),
@@ -273,6 +285,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> 
         file,
         direct,
         warm,
+        memory_store,
         workloads,
         page_sizes,
         json,
@@ -733,6 +746,8 @@ struct Bench {
     direct: bool,
     /// Runs start with the file in the page cache (`--warm`) instead of out of it.
     warm: bool,
+    /// umap pages from a `MemStore` copy of the file (`--memory-store`).
+    memory_store: bool,
     /// How long one run may take before the bench declares a hang.
     run_limit: Duration,
 }
@@ -854,7 +869,7 @@ fn measure_mmap(bench: &Bench, plan: &Plan) -> Result<Measurement, BoxError> {
 }
 
 fn measure_umap(bench: &Bench, plan: &Plan, page_size: usize) -> Result<Measurement, BoxError> {
-    let (umap, region) = map_bench_file(bench, page_size, false)?;
+    let (umap, region, _store) = map_bench_file(bench, page_size, false)?;
     let cached_before = prepare_page_cache(bench)?;
     let watchdog = umap_watchdog(bench, plan, &umap, page_size);
     let before = umap.stats();
@@ -1006,22 +1021,46 @@ fn measure_mmap_write(bench: &Bench, plan: &Plan) -> Result<Measurement, BoxErro
 
 /// An engine configured for the bench, and the data file mapped through it (`writable` for
 /// the write workloads) with `page_size` pages.
+/// The store umap pages from: the file, or with `--memory-store` a copy of it in memory.
+enum BenchStore {
+    File,
+    Memory(Arc<MemStore>),
+}
+
+impl BenchStore {
+    /// After a write run with a memory store: its bytes go to the file (untimed), where
+    /// [`check_and_restore`] checks them.
+    fn write_to_file(&self, path: &Path) -> io::Result<()> {
+        match self {
+            BenchStore::File => Ok(()),
+            BenchStore::Memory(store) => std::fs::write(path, store.to_vec()),
+        }
+    }
+}
+
 fn map_bench_file(
     bench: &Bench,
     page_size: usize,
     writable: bool,
-) -> Result<(Umap, umap::Region), BoxError> {
+) -> Result<(Umap, umap::Region, BenchStore), BoxError> {
     let umap = Umap::builder()
         .buffer_size(bench.buffer)
         .page_size(page_size)
         .fillers(bench.fillers)
         .evictors(EVICTORS)
         .start()?;
-    let store = FileStore::options()
-        .read_only(!writable)
-        .direct(bench.direct)
-        .open(&bench.path)?;
-    let region = umap.map(store, MapOptions::new().writable(writable))?;
+    let options = MapOptions::new().writable(writable);
+    let (region, store) = if bench.memory_store {
+        let store = Arc::new(MemStore::from_vec(std::fs::read(&bench.path)?));
+        let region = umap.map_shared(store.clone(), options)?;
+        (region, BenchStore::Memory(store))
+    } else {
+        let store = FileStore::options()
+            .read_only(!writable)
+            .direct(bench.direct)
+            .open(&bench.path)?;
+        (umap.map(store, options)?, BenchStore::File)
+    };
     if region.len() != bench.size {
         return Err(format!(
             "the region is {} bytes, the file {}",
@@ -1030,7 +1069,7 @@ fn map_bench_file(
         )
         .into());
     }
-    Ok((umap, region))
+    Ok((umap, region, store))
 }
 
 /// A watchdog for one umap run, which prints the engine's statistics if it fires.
@@ -1054,7 +1093,7 @@ fn measure_umap_write(
     plan: &Plan,
     page_size: usize,
 ) -> Result<Measurement, BoxError> {
-    let (umap, region) = map_bench_file(bench, page_size, true)?;
+    let (umap, region, store) = map_bench_file(bench, page_size, true)?;
     let memory = RawMemory {
         base: region.as_mut_ptr(),
         len: region.len(),
@@ -1066,6 +1105,7 @@ fn measure_umap_write(
     let after = umap.stats();
     drop(watchdog);
     region.unmap()?;
+    store.write_to_file(&bench.path)?;
     let delta = |f: fn(&Stats) -> u64| f(&after).saturating_sub(f(&before));
     Ok(Measurement {
         workload: plan.workload,
@@ -1592,10 +1632,10 @@ fn render(path: &Path) -> Result<String, String> {
         } else {
             "cold (the file dropped before every run)"
         },
-        if meta["direct"].as_bool() == Some(true) {
-            ", O_DIRECT"
-        } else {
-            ""
+        match (meta["direct"].as_bool(), meta["memory_store"].as_bool()) {
+            (Some(true), _) => ", umap's store O_DIRECT",
+            (_, Some(true)) => ", umap's store a MemStore copy of the file",
+            _ => "",
         },
     );
     out.push_str(&report::to_markdown(&rows));
@@ -1668,6 +1708,7 @@ fn run(options: &Options) -> Result<ExitCode, BoxError> {
         fillers: options.fillers,
         direct: options.direct,
         warm: options.warm,
+        memory_store: options.memory_store,
         run_limit: Duration::from_secs(if options.quick { 120 } else { 900 }),
     };
     println!("umap throughput: reads and writes");
@@ -1695,6 +1736,8 @@ fn run(options: &Options) -> Result<ExitCode, BoxError> {
         options.fillers,
         if options.direct {
             ", umap store O_DIRECT"
+        } else if options.memory_store {
+            ", umap store a MemStore copy of the file (--memory-store)"
         } else {
             ""
         }
@@ -1865,6 +1908,7 @@ fn run(options: &Options) -> Result<ExitCode, BoxError> {
             "writes": writes,
             "direct": options.direct,
             "warm_page_cache": options.warm,
+            "memory_store": options.memory_store,
             "quick": options.quick,
             "data_errors": errors.len(),
         });
@@ -1879,18 +1923,23 @@ fn run(options: &Options) -> Result<ExitCode, BoxError> {
     if let Some((file, path)) = plot_file {
         let title = "umap throughput: MB/s by workload, system and page size";
         let subtitle = format!(
-            "file {}, umap buffer {}, {} threads, {} fillers; kernel {}, {cpus} CPUs{}",
+            "file {}, umap buffer {}, {} threads, {} fillers; kernel {}, {cpus} CPUs{}{}{}",
             page_label(size),
             page_label(options.buffer),
             options.threads,
             options.fillers,
             kernel_release(),
-            match (options.quick, options.warm) {
-                (false, false) => "",
-                (true, false) => "; quick run",
-                (false, true) => "; warm page cache",
-                (true, true) => "; quick run, warm page cache",
-            }
+            if options.quick { "; quick run" } else { "" },
+            if options.warm {
+                "; warm page cache"
+            } else {
+                ""
+            },
+            if options.memory_store {
+                "; umap store in memory"
+            } else {
+                ""
+            },
         );
         let svg = report::to_svg(title, &subtitle, &rows);
         write_output(file, &path, &svg, check_svg(rows.len()))?;
