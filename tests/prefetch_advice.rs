@@ -138,8 +138,14 @@ fn will_need_prefetches_up_to_the_low_water_share() {
     region.advise(2 * MIB, 12 * MIB, Advice::WillNeed).unwrap();
     let low_water_pages = (8 * MIB * 7 / 10 / (64 * KIB)) as u64;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while region.stats().prefetched_pages < low_water_pages {
-        assert!(std::time::Instant::now() < deadline, "{}", region.stats());
+    // Fills are counted just before their pages are installed: wait for them to be resident
+    // too, or the scan below could fault on the last chunk while it is being copied in.
+    loop {
+        let s = region.stats();
+        if s.prefetched_pages >= low_water_pages && s.resident_pages >= low_water_pages {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{s}");
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
     // The advised range's start is resident: reading it does not fault.
