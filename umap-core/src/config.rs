@@ -19,7 +19,7 @@ use crate::{memory, sys};
 /// | `high_water_percent` | 90 | eviction starts when this much of the buffer is resident |
 /// | `low_water_percent` | 70 | eviction stops at this much |
 /// | `max_fault_events` | 32 | page-fault events a filler reads per system call |
-/// | `read_ahead` | 16 | pages filled after a sequential fault (per region overridable) |
+/// | `read_ahead` | 256 | pages filled after a sequential fault, at most 1 MiB of them (per region overridable) |
 /// | `monitor_interval` | none | print the statistics to stderr this often |
 /// | `log_level` | none | install a stderr logger at this level if the program has none |
 ///
@@ -79,10 +79,12 @@ fn default_buffer_size() -> usize {
     half.max(16 << 20) & !(sys::page_size() - 1)
 }
 
-/// The default read-ahead window in pages. A scan faults once per window instead of once per
-/// page (about 6x faster at 4 KiB pages, 1.3x at 64 KiB, in `benches/read_ahead.rs`); random
-/// access never triggers it.
-pub const DEFAULT_READ_AHEAD: usize = 16;
+/// The default read-ahead window in pages: 1 MiB of 4 KiB pages. Every window is capped so
+/// that a run (the faulting page and its read-ahead) is at most 1 MiB and within the buffer's
+/// low-water share, so with larger pages this means "as far as a 1 MiB run goes" (15 pages of
+/// 64 KiB). A scan faults once per window instead of once per page, after a ramp (2, 4, 8 ...
+/// pages) that random access never climbs; see docs/PERFORMANCE.md for the measurements.
+pub const DEFAULT_READ_AHEAD: usize = 256;
 
 /// The most pages a read-ahead window may have.
 pub const MAX_READ_AHEAD: usize = 1 << 16;
