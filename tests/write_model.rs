@@ -66,7 +66,7 @@ fn run_case(page: usize, seed: u64) {
     };
     let file_len = offset + len + rng.below(2 * page as u64) as usize;
     let fillers = 1 + rng.below(3) as usize;
-    let read_ahead = [0, 4, 16][rng.below(3) as usize];
+    let read_ahead = [0, 4, 16, 256][rng.below(4) as usize];
     let ops = 300;
     let case = format!(
         "page {page}, seed {seed:#x} (buffer {buffer}, len {len}, offset {offset}, file \
@@ -134,6 +134,48 @@ fn run_case(page: usize, seed: u64) {
                     &file_bytes(&path, offset + at, n),
                     &model[offset + at..offset + at + n],
                 );
+            }
+            96..=97 => {
+                // A sweep page by page, up or down (sequential streams and their read-ahead,
+                // below the faulting page for a descending one), touching one byte per page:
+                // all reads, all writes, or both.
+                let pages = len.div_ceil(page);
+                let steps = 1 + rng.below(2 * buffer_pages as u64 + 4) as usize;
+                let down = rng.below(2) == 0;
+                let mode = rng.below(3);
+                let first = at / page;
+                for step in 0..steps {
+                    let p = if down {
+                        match first.checked_sub(step) {
+                            Some(p) => p,
+                            None => break,
+                        }
+                    } else if first + step < pages {
+                        first + step
+                    } else {
+                        break;
+                    };
+                    let byte = p * page + (at % page).min(len - 1 - p * page);
+                    let write = match mode {
+                        0 => false,
+                        1 => true,
+                        _ => rng.below(2) == 0,
+                    };
+                    if write {
+                        let v = rng.next_u64() as u8;
+                        region.as_mut_slice().unwrap()[byte] = v;
+                        model[offset + byte] = v;
+                    } else {
+                        let what = format!("op {op}: sweep read {byte}");
+                        assert_same(
+                            &what,
+                            &case,
+                            byte,
+                            &region.as_slice()[byte..byte + 1],
+                            &model[offset + byte..offset + byte + 1],
+                        );
+                    }
+                }
             }
             _ => {
                 region.unmap().unwrap();
