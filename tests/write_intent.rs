@@ -125,3 +125,38 @@ fn eager_fills_cover_read_ahead_runs_and_lose_no_write() {
     assert!(store.to_vec() == expected, "a write was lost");
     region.unmap().unwrap();
 }
+
+#[test]
+fn probes_stay_short_under_a_long_read_ahead_window() {
+    // A 256-page window: once eager, a probe fills at most 16 pages clean (each a
+    // write-protect fault when written), not a whole 1 MiB run.
+    let umap = Umap::builder()
+        .buffer_size(8 << 20)
+        .page_size(PS)
+        .fillers(2)
+        .read_ahead(256)
+        .start()
+        .expect("userfaultfd engine (needs Linux userfaultfd with write-protect support)");
+    let (store, mut region) = map(&umap);
+    let mut expected = common::pattern(SEED, 0, PAGES * PS);
+    for _ in 0..3 {
+        read_then_write(&mut region, 0..PAGES, &mut expected);
+        region
+            .advise(0, PAGES * PS, umap::Advice::DontNeed)
+            .unwrap();
+    }
+    let s = region.stats();
+    let faults = s.read_faults + s.write_faults;
+    assert!(s.eager_dirty_pages > 2 * PAGES as u64, "{s}");
+    // The sample (256 clean fills, plus the run that crosses it), then at most 16 per probe
+    // (one fault in 8).
+    let bound = 2 * 256 + 16 * (faults / 8 + 1);
+    assert!(
+        s.wp_faults <= bound,
+        "{} WP faults, bound {bound}: {s}",
+        s.wp_faults
+    );
+    region.flush().unwrap();
+    assert!(store.to_vec() == expected, "a write was lost");
+    region.unmap().unwrap();
+}

@@ -34,6 +34,7 @@ use crate::report::ErrorKind;
 use crate::stats::{bump, bump_both, Counters};
 use crate::sys::{self, Mapping};
 use crate::uffd::CopyMode;
+use crate::write_intent::{FillMode, PROBE_PAGES};
 
 /// Attempts at a store read that fails with a transient error.
 const READ_ATTEMPTS: u32 = 3;
@@ -75,7 +76,17 @@ impl Filler<'_> {
             shared.wake(region.page_addr(page), ps);
             return;
         }
-        let (window, stream) = region.read_ahead_window(page);
+        let (mut window, stream) = region.read_ahead_window(page);
+        // In a region whose clean fills are nearly all written soon after, fill dirty at once
+        // (a probe now and then fills clean, and short, to keep measuring).
+        let mode = if region.writable {
+            region.write_intent.fill_mode()
+        } else {
+            FillMode::Clean
+        };
+        if mode == FillMode::Probe {
+            window = window.min(PROBE_PAGES - 1);
+        }
         let run = match stream {
             _ if window == 0 => page..page + 1,
             Some(hit) if hit.descending() => {
@@ -86,8 +97,7 @@ impl Filler<'_> {
         if let Some(hit) = stream {
             region.streams.expect(hit, run.clone());
         }
-        // In a region whose clean fills are nearly all written soon after, fill dirty at once.
-        let dirty = region.writable && region.write_intent.fill_dirty();
+        let dirty = mode == FillMode::Dirty;
         let at = page - run.start;
         // A fault's run never returns an error: a failed read poisons the page (and logs).
         let _ = self.fill_run(

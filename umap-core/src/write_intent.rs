@@ -6,7 +6,10 @@
 //! (`Clean` → `Dirty`), over a window of recent fills (both counts halve once the fills pass
 //! [`WINDOW`]). Eager fills are not observed (they are dirty from the start), so one fault in
 //! [`PROBE_EVERY`] still fills clean while the region looks write-heavy: if the application
-//! stops writing, the probes see it and eager fills stop. A page made dirty but never written
+//! stops writing, the probes see it and eager fills stop. A probe's run is at most
+//! [`PROBE_PAGES`] pages: each of its pages costs a write-protect fault when written, and a
+//! whole read-ahead window of them (256 pages at 4 KiB) made probing the main cost of a
+//! write-heavy scan. A page made dirty but never written
 //! costs one unneeded write-back of unchanged bytes; the threshold keeps that rare.
 
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -17,6 +20,19 @@ const MIN_SAMPLE: u32 = 256;
 const WINDOW: u32 = 4096;
 /// While write-heavy, one fault in this many still fills clean, to keep measuring.
 const PROBE_EVERY: u32 = 8;
+/// The most pages a probe fills (clean): its read-ahead window is cut to fit.
+pub(crate) const PROBE_PAGES: usize = 16;
+
+/// How a fault in a writable region fills its run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FillMode {
+    /// Clean and write-protected (the usual way).
+    Clean,
+    /// Clean, to measure whether the region is still write-heavy: at most [`PROBE_PAGES`].
+    Probe,
+    /// Writable and dirty at once.
+    Dirty,
+}
 
 /// See the module documentation.
 #[derive(Debug, Default)]
@@ -27,19 +43,23 @@ pub(crate) struct WriteIntent {
 }
 
 impl WriteIntent {
-    /// Whether a fault should fill writable and dirty (the region looks write-heavy: at least
+    /// How a fault should fill: writable and dirty if the region looks write-heavy (at least
     /// 7 in 8 clean fills were written), except for the probes.
     #[inline]
-    pub(crate) fn fill_dirty(&self) -> bool {
+    pub(crate) fn fill_mode(&self) -> FillMode {
         let fills = self.clean_fills.load(Ordering::Relaxed);
         if fills < MIN_SAMPLE {
-            return false;
+            return FillMode::Clean;
         }
         let writes = self.first_writes.load(Ordering::Relaxed);
         if u64::from(writes) * 8 < u64::from(fills) * 7 {
-            return false;
+            return FillMode::Clean;
         }
-        self.decisions.fetch_add(1, Ordering::Relaxed) % PROBE_EVERY != 0
+        if self.decisions.fetch_add(1, Ordering::Relaxed) % PROBE_EVERY == 0 {
+            FillMode::Probe
+        } else {
+            FillMode::Dirty
+        }
     }
 
     /// `pages` were filled clean (write-protected).
@@ -68,19 +88,22 @@ mod tests {
     #[test]
     fn written_fills_turn_eager_and_reads_turn_it_off() {
         let w = WriteIntent::default();
-        assert!(!w.fill_dirty(), "no sample yet");
+        assert_eq!(w.fill_mode(), FillMode::Clean, "no sample yet");
         // Every clean fill is written: eager, except one probe in 8.
         for _ in 0..MIN_SAMPLE {
             w.clean_filled(1);
             w.first_write();
         }
-        let eager = (0..800).filter(|_| w.fill_dirty()).count();
+        let modes: Vec<FillMode> = (0..800).map(|_| w.fill_mode()).collect();
+        let eager = modes.iter().filter(|&&m| m == FillMode::Dirty).count();
         assert_eq!(eager, 700);
+        let probes = modes.iter().filter(|&&m| m == FillMode::Probe).count();
+        assert_eq!(probes, 100, "the others are probes");
         // The application stops writing: probes fill clean and see no writes.
         for _ in 0..3 * WINDOW {
             w.clean_filled(1);
         }
-        assert!(!w.fill_dirty());
+        assert_eq!(w.fill_mode(), FillMode::Clean);
     }
 
     #[test]
@@ -92,6 +115,10 @@ mod tests {
                 w.first_write();
             }
         }
-        assert!(!w.fill_dirty(), "half the fills written is not write-heavy");
+        assert_eq!(
+            w.fill_mode(),
+            FillMode::Clean,
+            "half the fills written is not write-heavy"
+        );
     }
 }
