@@ -1617,7 +1617,7 @@ fn render(path: &Path) -> Result<String, String> {
             format!("on {}", report::utc_minute(t))
         });
     let mut out = format!(
-        "Measured {} on kernel {}, {} CPUs: file {} bytes, umap buffer {} \
+        "Run finished {} on kernel {}, {} CPUs: file {} bytes, umap buffer {} \
          bytes, {} threads, {} fillers, {} evictor(s); page cache {}{}.\n\n",
         when,
         meta["kernel"].as_str().unwrap_or("?"),
