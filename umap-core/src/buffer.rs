@@ -45,7 +45,11 @@ pub(crate) struct Buffer {
     capacity: usize,
     high: usize,
     low: usize,
+    /// Bytes of region pages resident or reserved, plus `pooled`.
     resident: AtomicUsize,
+    /// Bytes of present pages in the page pool (`crate::pool`): within the capacity, but
+    /// not counted toward the watermarks.
+    pooled: AtomicUsize,
     /// Bytes of pinned pages (`Region::pin`), resident or being filled.
     pinned: AtomicUsize,
     queue: Mutex<VecDeque<PageRef>>,
@@ -65,6 +69,7 @@ impl Buffer {
             high,
             low,
             resident: AtomicUsize::new(0),
+            pooled: AtomicUsize::new(0),
             pinned: AtomicUsize::new(0),
             queue: Mutex::new(VecDeque::new()),
             evicting: Mutex::new(false),
@@ -77,8 +82,30 @@ impl Buffer {
         self.capacity
     }
 
+    /// Bytes of region pages resident or reserved (the page pool's are not counted).
     pub(crate) fn resident(&self) -> usize {
-        self.resident.load(Ordering::Relaxed)
+        self.resident
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.pooled())
+    }
+
+    /// Bytes of present pages in the page pool.
+    pub(crate) fn pooled(&self) -> usize {
+        self.pooled.load(Ordering::Relaxed)
+    }
+
+    /// `bytes` of evicted region pages moved into the page pool: still resident, but no
+    /// longer the region's (the watermarks stop counting them).
+    pub(crate) fn pool(&self, bytes: usize) {
+        self.pooled.fetch_add(bytes, Ordering::AcqRel);
+    }
+
+    /// `bytes` of pool pages left the pool: moved into a region by a fill (whose reservation
+    /// counts them from now on; it releases the duplicate) or dropped (the caller releases
+    /// them).
+    pub(crate) fn unpool(&self, bytes: usize) {
+        let prev = self.pooled.fetch_sub(bytes, Ordering::AcqRel);
+        debug_assert!(prev >= bytes, "unpooled more than was pooled");
     }
 
     /// Takes `bytes` of the buffer if they fit. Returns whether it did and, if so, whether the
@@ -97,7 +124,11 @@ impl Buffer {
                 Ordering::AcqRel,
                 Ordering::Relaxed,
             ) {
-                Ok(_) => return Some(cur < self.high && next >= self.high),
+                Ok(_) => {
+                    let pooled = self.pooled();
+                    let (cur, next) = (cur.saturating_sub(pooled), next.saturating_sub(pooled));
+                    return Some(cur < self.high && next >= self.high);
+                }
                 Err(actual) => cur = actual,
             }
         }

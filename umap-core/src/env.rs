@@ -10,6 +10,7 @@
 //! | `UMAP_EVICT_LOW_WATER_THRESHOLD` | percent | [`Config::low_water_percent`] |
 //! | `UMAP_MAX_FAULT_EVENTS` | events | [`Config::max_fault_events`] |
 //! | `UMAP_READ_AHEAD` | pages | [`Config::read_ahead`] |
+//! | `UMAP_RECYCLE_PAGES` | `0` or `1` | [`Config::recycle_pages`] |
 //! | `UMAP_MONITOR_FREQ` | seconds (0: off) | [`Config::monitor_interval`] |
 //! | `UMAP_LOG_LEVEL` | `off`, `error`, `warning`, `info`, `debug`, `trace` | [`Config::log_level`] |
 //!
@@ -24,7 +25,7 @@ use crate::sys;
 
 /// Every variable read, in the order they are applied (`UMAP_PAGESIZE` before `UMAP_BUFSIZE`,
 /// which counts pages of it).
-pub const VARIABLES: [&str; 10] = [
+pub const VARIABLES: [&str; 11] = [
     "UMAP_PAGESIZE",
     "UMAP_BUFSIZE",
     "UMAP_PAGE_FILLERS",
@@ -33,6 +34,7 @@ pub const VARIABLES: [&str; 10] = [
     "UMAP_EVICT_LOW_WATER_THRESHOLD",
     "UMAP_MAX_FAULT_EVENTS",
     "UMAP_READ_AHEAD",
+    "UMAP_RECYCLE_PAGES",
     "UMAP_MONITOR_FREQ",
     "UMAP_LOG_LEVEL",
 ];
@@ -161,6 +163,9 @@ fn apply(b: ConfigBuilder, variable: &'static str, value: &str) -> Result<Config
         "UMAP_READ_AHEAD" => {
             let max = crate::config::MAX_READ_AHEAD as u64;
             b.read_ahead(integer(variable, value, 0, max, "pages")? as usize)
+        }
+        "UMAP_RECYCLE_PAGES" => {
+            b.recycle_pages(integer(variable, value, 0, 1, "(0: off, 1: on)")? == 1)
         }
         "UMAP_MONITOR_FREQ" => {
             let secs: f64 = value
