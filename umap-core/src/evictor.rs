@@ -160,7 +160,7 @@ fn drop_pages(shared: &Shared, region: &RegionShared, pages: &[usize], recycle: 
     let ps = region.page_size;
     // Runs of adjacent pages; with a pool, none longer than a pool slot.
     let max_run = match &shared.pool {
-        Some(_) if recycle && crate::pool::Pool::recycles(region) => crate::pool::SLOT_BYTES,
+        Some(pool) if recycle && pool.recycles(region) => pool.slot_bytes(),
         _ => usize::MAX,
     };
     let mut runs: Vec<(usize, usize)> = Vec::new();

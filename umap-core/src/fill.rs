@@ -28,7 +28,6 @@ use crate::error::Error;
 use crate::evictor;
 use crate::filler::{watch_again, Filler};
 use crate::page_table::{ABSENT, CLEAN, DIRTY, POISONED};
-use crate::pool::Pool;
 use crate::region::RegionShared;
 use crate::report::ErrorKind;
 use crate::stats::{bump, bump_both, Counters};
@@ -200,7 +199,7 @@ impl Filler<'_> {
         // the region (see `crate::pool`); any other run is read into the scratch buffer and
         // copied.
         let pooled = match &shared.pool {
-            Some(pool) if Pool::recycles(region) && (all_dirty || (first_write && n == 1)) => {
+            Some(pool) if pool.recycles(region) && (all_dirty || (first_write && n == 1)) => {
                 pool.take(bytes)
             }
             _ => None,

@@ -15,8 +15,9 @@
 //! work on small pages).
 //!
 //! Invariants:
-//! - The pool is cut into slots of [`SLOT_BYTES`]; each slot's present pages are a prefix of
-//!   it, `filled` bytes long (a stack: evictions push at the end, fills take from the end).
+//! - The pool is cut into slots (of [`MAX_SLOT_BYTES`], less in a small buffer); each slot's
+//!   present pages are a prefix of it, `filled` bytes long (a stack: evictions push at the
+//!   end, fills take from the end).
 //!   A slot is owned by one thread at a time (taken out of the free list, put back after).
 //!   If the bookkeeping were wrong, nothing is lost: a move onto a present page fails with
 //!   `EEXIST` (the caller drops the page instead) and a read into a missing page allocates it.
@@ -37,8 +38,9 @@ use crate::stats::{bump, Counters};
 use crate::sys::{self, Mapping};
 use crate::uffd::{RegisterMode, Uffd, UffdError};
 
-/// Bytes per slot: the longest run a fill reads at once (`MAX_RUN_BYTES`).
-pub(crate) const SLOT_BYTES: usize = crate::region::MAX_RUN_BYTES;
+/// The most bytes per slot: the longest run a fill reads at once (`MAX_RUN_BYTES`). Smaller
+/// pools (small buffers) have smaller slots, down to [`MIN_PAGE_BYTES`].
+pub(crate) const MAX_SLOT_BYTES: usize = crate::region::MAX_RUN_BYTES;
 
 /// The smallest umap page that is recycled. A move costs about 3 µs per call plus a TLB
 /// flush per system page, against 1.8 µs for a one-page copy and one `process_madvise` call
@@ -59,6 +61,8 @@ pub(crate) struct Slot {
 #[derive(Debug)]
 pub(crate) struct Pool {
     mapping: Mapping,
+    /// Bytes per slot: a multiple of the system page, at least [`MIN_PAGE_BYTES`].
+    slot_bytes: usize,
     /// Slots not taken by a thread.
     free: Mutex<Vec<Slot>>,
     /// Set when a dirty fill found the pool short of pages; evictions move pages into the
@@ -68,15 +72,19 @@ pub(crate) struct Pool {
 }
 
 impl Pool {
-    /// A pool of `bytes` (rounded down to whole slots; `None` if that is no slot), registered
-    /// on `uffd`.
+    /// A pool of at most `bytes` (whole slots of up to [`MAX_SLOT_BYTES`]; `None` if that is
+    /// not one slot of [`MIN_PAGE_BYTES`]), registered on `uffd`.
     pub(crate) fn new(uffd: &Uffd, bytes: usize) -> Result<Option<Pool>, crate::error::Error> {
         use crate::error::Error;
-        let slots = bytes / SLOT_BYTES;
+        let slot_bytes = (bytes / 4)
+            .clamp(MIN_PAGE_BYTES, MAX_SLOT_BYTES)
+            .next_multiple_of(MIN_PAGE_BYTES)
+            .min(MAX_SLOT_BYTES);
+        let slots = bytes / slot_bytes;
         if slots == 0 {
             return Ok(None);
         }
-        let len = slots * SLOT_BYTES;
+        let len = slots * slot_bytes;
         let mapping =
             Mapping::anonymous(len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_NORESERVE)
                 .map_err(|e| Error::os("mmap of the page pool", e))?;
@@ -95,13 +103,14 @@ impl Pool {
         }
         Ok(Some(Pool {
             mapping,
+            slot_bytes,
             free: Mutex::new((0..slots).map(|index| Slot { index, filled: 0 }).collect()),
             hungry: AtomicBool::new(true),
         }))
     }
 
     fn slot_addr(&self, slot: &Slot) -> usize {
-        self.mapping.addr() + slot.index * SLOT_BYTES
+        self.mapping.addr() + slot.index * self.slot_bytes
     }
 
     /// For a fill of `bytes`: takes the slot with the most pages present (if any has some)
@@ -109,7 +118,7 @@ impl Pool {
     /// prefix, or the slot's start if fewer are present) and how many of those bytes are
     /// present pool pages.
     pub(crate) fn take(&self, bytes: usize) -> Option<(Slot, usize, usize)> {
-        if bytes > SLOT_BYTES {
+        if bytes > self.slot_bytes {
             return None;
         }
         let slot = {
@@ -170,9 +179,14 @@ impl Pool {
     }
 
     /// Whether pages of `region` are recycled at all: its mapping is writable (moves need
-    /// both ends writable) and its pages are large enough to gain by it.
-    pub(crate) fn recycles(region: &crate::region::RegionShared) -> bool {
-        region.writable && (MIN_PAGE_BYTES..=SLOT_BYTES).contains(&region.page_size)
+    /// both ends writable) and its pages are large enough to gain by it and fit a slot.
+    pub(crate) fn recycles(&self, region: &crate::region::RegionShared) -> bool {
+        region.writable && (MIN_PAGE_BYTES..=self.slot_bytes).contains(&region.page_size)
+    }
+
+    /// Bytes per slot: the longest run that is moved in or out at once.
+    pub(crate) fn slot_bytes(&self) -> usize {
+        self.slot_bytes
     }
 
     /// Whether evictions should move pages into the pool.
@@ -199,14 +213,17 @@ impl Pool {
         let mut slot: Option<Slot> = None;
         let mut moved = 0;
         for (i, &(addr, len)) in runs.iter().enumerate() {
-            if slot.as_ref().is_some_and(|s| s.filled + len > SLOT_BYTES) {
+            if slot
+                .as_ref()
+                .is_some_and(|s| s.filled + len > self.slot_bytes)
+            {
                 self.free.lock().push(slot.take().expect("checked"));
             }
             if slot.is_none() {
                 let mut free = self.free.lock();
                 // The fullest slot that still has room, to keep the pool's pages together.
                 let pick = (0..free.len())
-                    .filter(|&k| free[k].filled + len <= SLOT_BYTES)
+                    .filter(|&k| free[k].filled + len <= self.slot_bytes)
                     .max_by_key(|&k| free[k].filled);
                 slot = pick.map(|k| free.swap_remove(k));
             }
