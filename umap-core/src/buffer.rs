@@ -292,6 +292,31 @@ mod tests {
     }
 
     #[test]
+    fn pooled_bytes_count_toward_the_capacity_but_not_the_watermarks() {
+        let b = Buffer::new(100, 90, 70);
+        assert_eq!(b.try_reserve(90), Some(true));
+        // Evicting 30 bytes into the pool: still resident, no longer above the marks.
+        b.pool(30);
+        assert_eq!(b.resident(), 60);
+        assert!(b.at_or_below_low_water());
+        assert!(!b.above_high_water());
+        assert_eq!(b.excess_over_low_water(), 0);
+        // The capacity still counts them: only 10 bytes of room.
+        assert_eq!(b.try_reserve(11), None);
+        assert_eq!(b.try_reserve(10), Some(false));
+        // A fill moves 20 pooled bytes in under its reservation of 20: the duplicate goes.
+        assert_eq!(b.try_reserve(20), None, "full");
+        b.unpool(20);
+        b.release(20);
+        assert_eq!(
+            b.try_reserve(20),
+            Some(true),
+            "crossed 90 counting region pages only"
+        );
+        assert_eq!((b.resident(), b.pooled()), (90, 10));
+    }
+
+    #[test]
     fn pins_stay_within_the_limit() {
         let b = Buffer::new(100, 90, 70);
         assert_eq!(b.try_pin(60, 70), Ok(()));

@@ -246,13 +246,15 @@ impl Pool {
                     done
                 }
             };
+            // Counted before the slot can be seen by another thread (a trim unpools what a
+            // slot holds).
+            buffer.pool(done);
             s.filled += done;
             moved += done;
         }
         if let Some(s) = slot {
             self.free.lock().push(s);
         }
-        buffer.pool(moved);
         bump(&counters.pooled_bytes, moved as u64);
     }
 
@@ -343,5 +345,173 @@ pub(crate) unsafe fn move_all_mode(
                 });
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::uffd::{CopyMode, Features};
+
+    const PAGE: usize = 64 << 10;
+
+    fn uffd() -> Uffd {
+        Uffd::open(
+            Features::PAGEFAULT_FLAG_WP | Features::MOVE,
+            Features::empty(),
+        )
+        .unwrap_or_else(|e| panic!("userfaultfd is required for these tests: {e}"))
+    }
+
+    /// A writable region of `pages` 64 KiB pages registered like the engine's, each page
+    /// installed write-protected (as a clean fill) with bytes `page index + 1`.
+    fn region(uffd: &Uffd, pages: usize) -> Mapping {
+        let map = Mapping::anonymous(
+            pages * PAGE,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_NORESERVE,
+        )
+        .unwrap();
+        map.advise(sys::Advice::DontFork).unwrap();
+        map.advise(sys::Advice::NoHugePage).unwrap();
+        // SAFETY: a fresh mapping this test owns; it never faults on a missing page.
+        unsafe { uffd.register(map.addr(), map.len(), RegisterMode::MISSING_WP) }.unwrap();
+        for p in 0..pages {
+            let src = vec![p as u8 + 1; PAGE];
+            let mode = CopyMode {
+                write_protect: true,
+                ..CopyMode::default()
+            };
+            // SAFETY: the page is missing, registered on `uffd`, and `src` holds PAGE bytes.
+            unsafe { uffd.copy(map.addr() + p * PAGE, src.as_ptr(), PAGE, mode) }.unwrap();
+        }
+        map
+    }
+
+    /// Evicted pages go into the pool (counted as pooled), a fill reads into them and moves
+    /// them back (the pooled bytes leave the buffer), and what does not fit comes back to be
+    /// dropped.
+    #[test]
+    fn pages_move_out_into_the_pool_and_back_with_the_buffer_counting_them() {
+        let uffd = uffd();
+        let counters = Counters::default();
+        // Room for two slots of one page each.
+        let pool = Pool::new(&uffd, 2 * PAGE).unwrap().expect("a pool");
+        assert_eq!(pool.slot_bytes(), PAGE);
+        let region = region(&uffd, 4);
+        let buffer = Buffer::new(4 * PAGE, 90, 50);
+        assert!(buffer.try_reserve(4 * PAGE).is_some());
+        let runs: Vec<(usize, usize)> = (0..3).map(|p| (region.addr() + p * PAGE, PAGE)).collect();
+        let mut rest = Vec::new();
+        // SAFETY: the test owns the region's pages; they read as missing afterwards.
+        unsafe { pool.stash(&uffd, &buffer, &counters, &runs, &mut rest) };
+        assert_eq!(rest, vec![runs[2]], "the third page does not fit");
+        assert_eq!(buffer.pooled(), 2 * PAGE);
+        assert_eq!(buffer.resident(), 2 * PAGE);
+        assert_eq!(sys::resident_pages(region.addr(), 2 * PAGE).unwrap(), 0);
+        assert_eq!(
+            sys::resident_pages(pool.mapping.addr(), 2 * PAGE).unwrap(),
+            2 * PAGE / sys::page_size()
+        );
+
+        // A fill of page 0: the pool page arrives writable, holding the old bytes.
+        let (slot, at, present) = pool.take(PAGE).expect("a present slot");
+        assert_eq!(present, PAGE);
+        // SAFETY: the slot is ours; its page is present and writable.
+        let bytes = unsafe { std::slice::from_raw_parts_mut(at as *mut u8, PAGE) };
+        assert!(
+            bytes.iter().all(|&b| b == 1 || b == 2),
+            "an evicted page's bytes"
+        );
+        bytes.fill(0x5a);
+        // SAFETY: page 0 of the region is missing and ours; the slot is ours.
+        unsafe { move_all_mode(&uffd, region.addr(), at, PAGE, false) }.unwrap();
+        pool.put_back_after_fill(&buffer, &counters, slot, at, present);
+        assert_eq!(buffer.pooled(), PAGE);
+        assert_eq!(
+            buffer.resident(),
+            2 * PAGE,
+            "the fill's own reservation counts it"
+        );
+        // SAFETY: page 0 is present now.
+        let page0 = unsafe { std::slice::from_raw_parts(region.addr() as *const u8, PAGE) };
+        assert!(page0.iter().all(|&b| b == 0x5a));
+        assert_eq!(counters.recycled_bytes.load(Ordering::Relaxed), PAGE as u64);
+        assert_eq!(
+            counters.pooled_bytes.load(Ordering::Relaxed),
+            2 * PAGE as u64
+        );
+
+        // Moving onto a present pool page (bookkeeping gone wrong) fails and gives the run
+        // back instead of losing it.
+        let slot = pool.take(PAGE).expect("the other slot");
+        assert_eq!(slot.2, PAGE);
+        pool.free.lock().push(Slot {
+            index: slot.0.index,
+            filled: 0, // wrong on purpose: its page is present
+        });
+        let mut rest = Vec::new();
+        // SAFETY: as above; page 3 is ours.
+        unsafe {
+            pool.stash(
+                &uffd,
+                &buffer,
+                &counters,
+                &[(region.addr() + 3 * PAGE, PAGE)],
+                &mut rest,
+            )
+        };
+        assert_eq!(rest, vec![(region.addr() + 3 * PAGE, PAGE)]);
+        assert_eq!(
+            sys::resident_pages(region.addr() + 3 * PAGE, PAGE).unwrap(),
+            PAGE / sys::page_size()
+        );
+
+        // Trimming drops pool pages and gives their room back.
+        let before = buffer.pooled();
+        let freed = pool.trim(&buffer, PAGE);
+        assert_eq!(buffer.pooled(), before - freed);
+        assert!(!pool.wants_pages(), "a trimmed pool stops taking pages");
+    }
+
+    /// A fill larger than the pool's present pages reads into missing pool pages: the kernel
+    /// allocates them (no userfaultfd fault on the pool), and moving them works the same.
+    #[test]
+    fn missing_pool_pages_are_served_by_the_kernel() {
+        let uffd = uffd();
+        let counters = Counters::default();
+        let pool = Pool::new(&uffd, 4 * PAGE).unwrap().expect("a pool");
+        let region = region(&uffd, 1);
+        let buffer = Buffer::new(8 * PAGE, 90, 50);
+        assert!(buffer.try_reserve(PAGE).is_some());
+        let mut rest = Vec::new();
+        // SAFETY: the test owns the page.
+        unsafe {
+            pool.stash(
+                &uffd,
+                &buffer,
+                &counters,
+                &[(region.addr(), PAGE)],
+                &mut rest,
+            )
+        };
+        assert!(rest.is_empty());
+        let two = 2 * PAGE;
+        let (slot, at, present) = pool.take(two).expect("a slot with one page");
+        assert_eq!((at, present), (pool.slot_addr(&slot), PAGE));
+        // SAFETY: the slot is ours: its first page present, the second missing (allocated by
+        // the kernel on this write, as by a store read).
+        unsafe { std::slice::from_raw_parts_mut(at as *mut u8, two) }.fill(7);
+        let dst = Mapping::anonymous(two, libc::PROT_READ | libc::PROT_WRITE, 0).unwrap();
+        dst.advise(sys::Advice::NoHugePage).unwrap();
+        // SAFETY: a fresh mapping this test owns.
+        unsafe { uffd.register(dst.addr(), two, RegisterMode::MISSING_WP) }.unwrap();
+        // SAFETY: `dst` is missing and ours; the slot is ours.
+        unsafe { move_all_mode(&uffd, dst.addr(), at, two, false) }.unwrap();
+        pool.put_back_after_fill(&buffer, &counters, slot, at, present);
+        assert_eq!(buffer.pooled(), 0);
+        // SAFETY: both pages are present now.
+        let got = unsafe { std::slice::from_raw_parts(dst.addr() as *const u8, two) };
+        assert!(got.iter().all(|&b| b == 7));
     }
 }
