@@ -480,7 +480,9 @@ mod tests {
     fn missing_pool_pages_are_served_by_the_kernel() {
         let uffd = uffd();
         let counters = Counters::default();
-        let pool = Pool::new(&uffd, 4 * PAGE).unwrap().expect("a pool");
+        // Four slots of two pages.
+        let pool = Pool::new(&uffd, 8 * PAGE).unwrap().expect("a pool");
+        assert_eq!(pool.slot_bytes(), 2 * PAGE);
         let region = region(&uffd, 1);
         let buffer = Buffer::new(8 * PAGE, 90, 50);
         assert!(buffer.try_reserve(PAGE).is_some());
