@@ -1043,7 +1043,9 @@ fn map_bench_file(
     page_size: usize,
     writable: bool,
 ) -> Result<(Umap, umap::Region, BenchStore), BoxError> {
+    // The UMAP_* variables first (e.g. UMAP_RECYCLE_PAGES=1), then the bench's own settings.
     let umap = Umap::builder()
+        .env()?
         .buffer_size(bench.buffer)
         .page_size(page_size)
         .fillers(bench.fillers)

@@ -125,7 +125,9 @@ struct Row {
 }
 
 fn bench_umap(path: &std::path::Path, o: &Options, page: usize) -> Result<Row, BoxError> {
+    // The UMAP_* variables first (e.g. UMAP_RECYCLE_PAGES=1), then the bench's own settings.
     let umap = Umap::builder()
+        .env()?
         // Twice the data: the high-water mark is never reached, nothing is evicted.
         .buffer_size(2 * o.size)
         .page_size(page)

@@ -45,7 +45,11 @@ pub(crate) struct Buffer {
     capacity: usize,
     high: usize,
     low: usize,
+    /// Bytes of region pages resident or reserved, plus `pooled`.
     resident: AtomicUsize,
+    /// Bytes of present pages in the page pool (`crate::pool`): within the capacity, but
+    /// not counted toward the watermarks.
+    pooled: AtomicUsize,
     /// Bytes of pinned pages (`Region::pin`), resident or being filled.
     pinned: AtomicUsize,
     queue: Mutex<VecDeque<PageRef>>,
@@ -65,6 +69,7 @@ impl Buffer {
             high,
             low,
             resident: AtomicUsize::new(0),
+            pooled: AtomicUsize::new(0),
             pinned: AtomicUsize::new(0),
             queue: Mutex::new(VecDeque::new()),
             evicting: Mutex::new(false),
@@ -77,8 +82,30 @@ impl Buffer {
         self.capacity
     }
 
+    /// Bytes of region pages resident or reserved (the page pool's are not counted).
     pub(crate) fn resident(&self) -> usize {
-        self.resident.load(Ordering::Relaxed)
+        self.resident
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.pooled())
+    }
+
+    /// Bytes of present pages in the page pool.
+    pub(crate) fn pooled(&self) -> usize {
+        self.pooled.load(Ordering::Relaxed)
+    }
+
+    /// `bytes` of evicted region pages moved into the page pool: still resident, but no
+    /// longer the region's (the watermarks stop counting them).
+    pub(crate) fn pool(&self, bytes: usize) {
+        self.pooled.fetch_add(bytes, Ordering::AcqRel);
+    }
+
+    /// `bytes` of pool pages left the pool: moved into a region by a fill (whose reservation
+    /// counts them from now on; it releases the duplicate) or dropped (the caller releases
+    /// them).
+    pub(crate) fn unpool(&self, bytes: usize) {
+        let prev = self.pooled.fetch_sub(bytes, Ordering::AcqRel);
+        debug_assert!(prev >= bytes, "unpooled more than was pooled");
     }
 
     /// Takes `bytes` of the buffer if they fit. Returns whether it did and, if so, whether the
@@ -97,7 +124,11 @@ impl Buffer {
                 Ordering::AcqRel,
                 Ordering::Relaxed,
             ) {
-                Ok(_) => return Some(cur < self.high && next >= self.high),
+                Ok(_) => {
+                    let pooled = self.pooled();
+                    let (cur, next) = (cur.saturating_sub(pooled), next.saturating_sub(pooled));
+                    return Some(cur < self.high && next >= self.high);
+                }
                 Err(actual) => cur = actual,
             }
         }
@@ -258,6 +289,31 @@ mod tests {
         b.release(40);
         assert!(b.at_or_below_low_water());
         assert_eq!(b.try_reserve(usize::MAX), None, "no overflow");
+    }
+
+    #[test]
+    fn pooled_bytes_count_toward_the_capacity_but_not_the_watermarks() {
+        let b = Buffer::new(100, 90, 70);
+        assert_eq!(b.try_reserve(90), Some(true));
+        // Evicting 30 bytes into the pool: still resident, no longer above the marks.
+        b.pool(30);
+        assert_eq!(b.resident(), 60);
+        assert!(b.at_or_below_low_water());
+        assert!(!b.above_high_water());
+        assert_eq!(b.excess_over_low_water(), 0);
+        // The capacity still counts them: only 10 bytes of room.
+        assert_eq!(b.try_reserve(11), None);
+        assert_eq!(b.try_reserve(10), Some(false));
+        // A fill moves 20 pooled bytes in under its reservation of 20: the duplicate goes.
+        assert_eq!(b.try_reserve(20), None, "full");
+        b.unpool(20);
+        b.release(20);
+        assert_eq!(
+            b.try_reserve(20),
+            Some(true),
+            "crossed 90 counting region pages only"
+        );
+        assert_eq!((b.resident(), b.pooled()), (90, 10));
     }
 
     #[test]

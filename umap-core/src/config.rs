@@ -20,6 +20,7 @@ use crate::{memory, sys};
 /// | `low_water_percent` | 70 | eviction stops at this much |
 /// | `max_fault_events` | 32 | page-fault events a filler reads per system call |
 /// | `read_ahead` | 256 | pages filled after a sequential fault, at most 1 MiB of them (per region overridable) |
+/// | `recycle_pages` | false | move evicted pages into a pool and dirty fills out of it (`UFFDIO_MOVE`) instead of freeing and copying |
 /// | `monitor_interval` | none | print the statistics to stderr this often |
 /// | `log_level` | none | install a stderr logger at this level if the program has none |
 ///
@@ -47,6 +48,11 @@ pub struct Config {
     /// this many following pages are filled with it (0: off). Capped per region so that a run
     /// is at most 1 MiB and within the buffer's low-water share (so none with 1 MiB pages).
     pub read_ahead: usize,
+    /// Page recycling: evictions move pages into a pool (`UFFDIO_MOVE`) instead of dropping
+    /// them, and fills that install writable, dirty pages read the store straight into pool
+    /// pages and move them into the region instead of copying them (`UFFDIO_COPY`). The pool
+    /// counts toward the buffer. Without `UFFDIO_MOVE` (older kernels) this does nothing.
+    pub recycle_pages: bool,
     /// Print [`Stats`](crate::Stats) to stderr at this interval (`None`: never).
     pub monitor_interval: Option<Duration>,
     /// If set, the engine installs a logger that writes to stderr at this level, unless the
@@ -66,6 +72,7 @@ impl Default for Config {
             low_water_percent: 70,
             max_fault_events: 32,
             read_ahead: DEFAULT_READ_AHEAD,
+            recycle_pages: false,
             monitor_interval: None,
             log_level: None,
         }
@@ -245,6 +252,11 @@ impl ConfigBuilder {
     /// Read-ahead window in pages for regions that do not choose their own (0: off).
     pub fn read_ahead(mut self, pages: usize) -> Self {
         self.0.read_ahead = pages;
+        self
+    }
+    /// Page recycling on or off (see [`Config::recycle_pages`]).
+    pub fn recycle_pages(mut self, on: bool) -> Self {
+        self.0.recycle_pages = on;
         self
     }
     /// Print the statistics to stderr at this interval (`None`: never).

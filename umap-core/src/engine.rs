@@ -40,6 +40,8 @@ pub(crate) struct Shared {
     pub(crate) work_fd: EventFd,
     /// Drops evicted pages in batches.
     pub(crate) dropper: sys::Dropper,
+    /// Evicted pages kept for dirty fills (`Config::recycle_pages`).
+    pub(crate) pool: Option<crate::pool::Pool>,
     /// How many fillers are polling the userfaultfd instead of sleeping (at most one).
     pub(crate) spinners: AtomicUsize,
     /// The epoll instance all idle fillers wait on (see `filler::Watch`).
@@ -243,12 +245,21 @@ impl Umap {
         let work_fd = EventFd::new().map_err(|e| Error::os("eventfd", e))?;
         let fault_epoll = filler::fault_epoll(&uffd, &stop_fd, &work_fd)
             .map_err(|e| Error::os("epoll for the fillers", e))?;
+        let buffer = Buffer::new(
+            config.buffer_size,
+            config.high_water_percent,
+            config.low_water_percent,
+        );
+        // The pool takes at most the room between the low-water mark and the capacity: what
+        // evictors free, kept for the fills that follow.
+        let pool = if config.recycle_pages && uffd.features().contains(Features::MOVE) {
+            crate::pool::Pool::new(&uffd, buffer.capacity() - buffer.low_water())?
+        } else {
+            None
+        };
         let shared = Arc::new(Shared {
-            buffer: Buffer::new(
-                config.buffer_size,
-                config.high_water_percent,
-                config.low_water_percent,
-            ),
+            buffer,
+            pool,
             uffd,
             registry: Registry::default(),
             counters: Counters::default(),

@@ -10,6 +10,7 @@
 //! | `UMAP_EVICT_LOW_WATER_THRESHOLD` | percent | [`Config::low_water_percent`] |
 //! | `UMAP_MAX_FAULT_EVENTS` | events | [`Config::max_fault_events`] |
 //! | `UMAP_READ_AHEAD` | pages | [`Config::read_ahead`] |
+//! | `UMAP_RECYCLE_PAGES` | `0` or `1` | [`Config::recycle_pages`] |
 //! | `UMAP_MONITOR_FREQ` | seconds (0: off) | [`Config::monitor_interval`] |
 //! | `UMAP_LOG_LEVEL` | `off`, `error`, `warning`, `info`, `debug`, `trace` | [`Config::log_level`] |
 //!
@@ -24,7 +25,7 @@ use crate::sys;
 
 /// Every variable read, in the order they are applied (`UMAP_PAGESIZE` before `UMAP_BUFSIZE`,
 /// which counts pages of it).
-pub const VARIABLES: [&str; 10] = [
+pub const VARIABLES: [&str; 11] = [
     "UMAP_PAGESIZE",
     "UMAP_BUFSIZE",
     "UMAP_PAGE_FILLERS",
@@ -33,6 +34,7 @@ pub const VARIABLES: [&str; 10] = [
     "UMAP_EVICT_LOW_WATER_THRESHOLD",
     "UMAP_MAX_FAULT_EVENTS",
     "UMAP_READ_AHEAD",
+    "UMAP_RECYCLE_PAGES",
     "UMAP_MONITOR_FREQ",
     "UMAP_LOG_LEVEL",
 ];
@@ -162,6 +164,11 @@ fn apply(b: ConfigBuilder, variable: &'static str, value: &str) -> Result<Config
             let max = crate::config::MAX_READ_AHEAD as u64;
             b.read_ahead(integer(variable, value, 0, max, "pages")? as usize)
         }
+        "UMAP_RECYCLE_PAGES" => b.recycle_pages(match value {
+            "0" => false,
+            "1" => true,
+            _ => return Err(Error::invalid(variable, value, "must be 0 (off) or 1 (on)")),
+        }),
         "UMAP_MONITOR_FREQ" => {
             let secs: f64 = value
                 .parse()
@@ -243,6 +250,7 @@ mod tests {
             ("UMAP_EVICT_LOW_WATER_THRESHOLD", "40"),
             ("UMAP_MAX_FAULT_EVENTS", "7"),
             ("UMAP_READ_AHEAD", "12"),
+            ("UMAP_RECYCLE_PAGES", "1"),
             ("UMAP_MONITOR_FREQ", "0.25"),
             ("UMAP_LOG_LEVEL", "WARNING"),
         ])
@@ -252,6 +260,7 @@ mod tests {
         assert_eq!((c.fillers, c.evictors), (3, 5));
         assert_eq!((c.high_water_percent, c.low_water_percent), (80, 40));
         assert_eq!((c.max_fault_events, c.read_ahead), (7, 12));
+        assert!(c.recycle_pages);
         assert_eq!(c.monitor_interval, Some(Duration::from_millis(250)));
         assert_eq!(c.log_level, Some(log::LevelFilter::Warn));
         let off = with(&[("UMAP_MONITOR_FREQ", "0"), ("UMAP_LOG_LEVEL", " debug ")]).unwrap();
@@ -304,6 +313,8 @@ mod tests {
             ("UMAP_MAX_FAULT_EVENTS", "5000", "between 1 and 4096"),
             ("UMAP_READ_AHEAD", "x", "whole number of pages"),
             ("UMAP_READ_AHEAD", "100000", "between 0 and 65536"),
+            ("UMAP_RECYCLE_PAGES", "yes", "must be 0 (off) or 1 (on)"),
+            ("UMAP_RECYCLE_PAGES", "2", "must be 0 (off) or 1 (on)"),
             ("UMAP_MONITOR_FREQ", "soon", "number of seconds"),
             ("UMAP_MONITOR_FREQ", "-1", "number of seconds"),
             ("UMAP_MONITOR_FREQ", "NaN", "number of seconds"),

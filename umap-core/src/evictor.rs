@@ -111,7 +111,7 @@ pub(crate) fn evict_batch(
                 });
             }
         });
-        freed += drop_pages(shared, &region, &drop_list);
+        freed += drop_pages(shared, &region, &drop_list, true);
         i = j;
     }
     batch.clear();
@@ -153,19 +153,48 @@ fn write_back_for_eviction(
 
 /// Drops `pages` (ascending, all owned in state Evicting) in runs of adjacent pages, with one
 /// system call for the whole batch, then makes them Absent, wakes parked faults and releases
-/// their bytes.
-fn drop_pages(shared: &Shared, region: &RegionShared, pages: &[usize]) -> usize {
+/// their bytes. With `recycle`, and a page pool that wants pages, the runs are moved into the
+/// pool instead (their bytes stay counted in the buffer, as pooled); whatever the pool does
+/// not take is dropped.
+fn drop_pages(shared: &Shared, region: &RegionShared, pages: &[usize], recycle: bool) -> usize {
     let ps = region.page_size;
+    // Runs of adjacent pages; with a pool, none longer than a pool slot.
+    let max_run = match &shared.pool {
+        Some(pool) if recycle && pool.recycles(region) => pool.slot_bytes(),
+        _ => usize::MAX,
+    };
     let mut runs: Vec<(usize, usize)> = Vec::new();
     for &p in pages {
         let addr = region.page_addr(p);
         match runs.last_mut() {
-            Some((start, len)) if *start + *len == addr => *len += ps,
+            Some((start, len)) if *start + *len == addr && *len + ps <= max_run => *len += ps,
             _ => runs.push((addr, ps)),
         }
     }
     if pages.is_empty() {
         return 0;
+    }
+    let mut pooled = 0;
+    if let Some(pool) = shared
+        .pool
+        .as_ref()
+        .filter(|pool| max_run != usize::MAX && pool.wants_pages())
+    {
+        let mut rest = Vec::new();
+        // SAFETY: as for the drop below: the pages are ours (Evicting), in the registered
+        // range kept mapped by the gate, and their bytes are in the store.
+        unsafe {
+            pool.stash(
+                &shared.uffd,
+                &shared.buffer,
+                &shared.counters,
+                &runs,
+                &mut rest,
+            )
+        };
+        let total: usize = runs.iter().map(|r| r.1).sum();
+        pooled = total - rest.iter().map(|r| r.1).sum::<usize>();
+        runs = rest;
     }
     // SAFETY: the pages are in the region's registered range, which the gate keeps mapped;
     // their bytes are in the store (clean, or written back and still write-protected) and
@@ -174,6 +203,8 @@ fn drop_pages(shared: &Shared, region: &RegionShared, pages: &[usize]) -> usize 
     if let Err(e) = unsafe { shared.dropper.drop_ranges(&runs) } {
         log::error!("dropping {} pages failed: {e}", pages.len());
     }
+    // The pooled bytes stay counted in the buffer (`Buffer::pool`); the rest is released.
+    shared.buffer.release(pages.len() * ps - pooled);
     for &p in pages {
         debug_assert_eq!(region.pages.state(p), EVICTING);
         if region.pages.finish_evict(p) {
@@ -181,7 +212,6 @@ fn drop_pages(shared: &Shared, region: &RegionShared, pages: &[usize]) -> usize 
             // again on the now absent page and are filled).
             shared.wake(region.page_addr(p), ps);
         }
-        shared.buffer.release(ps);
     }
     bump_both(
         &shared.counters,
@@ -252,5 +282,5 @@ fn drop_some(
     // Their queue entries go first, while the pages are still ours: once dropped, a page can
     // be filled again and queued anew.
     shared.buffer.forget_pages(region, &drop_list);
-    drop_pages(shared, region, &drop_list);
+    drop_pages(shared, region, &drop_list, false);
 }

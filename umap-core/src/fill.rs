@@ -240,14 +240,41 @@ impl Filler<'_> {
         // faulting threads, if the install is short; a long one (a copy of more than
         // `SHORT_INSTALL` costs about a cross-CPU wake-up) keeps it lent until it is done.
         let lent = bytes <= SHORT_INSTALL && std::mem::take(&mut self.lent_watch);
-        let Some(buf) = self.scratch(bytes) else {
-            watch_again(shared, lent);
-            self.abandon(region, start..start + n);
-            return Ok(());
+        let all_dirty = matches!(cause, Cause::Fault { dirty: true, .. });
+        let first_write = all_dirty || matches!(cause, Cause::Fault { write: true, .. });
+        // A run installed writable and dirty as a whole is read into pool pages and moved into
+        // the region (see `crate::pool`); any other run is read into the scratch buffer and
+        // copied.
+        let pooled = match &shared.pool {
+            Some(pool) if pool.recycles(region) && (all_dirty || (first_write && n == 1)) => {
+                pool.take(bytes)
+            }
+            _ => None,
+        };
+        let buf = match &pooled {
+            // SAFETY: `at..at + bytes` lies in a pool slot this thread took: nothing else
+            // reads or writes it until the slot is given back; missing pool pages are
+            // allocated by the kernel when written (the pool raises no userfaultfd fault).
+            Some((_, at, _)) => unsafe { std::slice::from_raw_parts_mut(*at as *mut u8, bytes) },
+            None => match self.scratch(bytes) {
+                Some(buf) => buf,
+                None => {
+                    watch_again(shared, lent);
+                    self.abandon(region, start..start + n);
+                    return Ok(());
+                }
+            },
         };
         let read = read_with_retries(&*region.store, &mut buf[..data_len], offset);
         watch_again(shared, lent);
+        if read.is_ok() {
+            buf[data_len..bytes].fill(0);
+        }
+        let src = buf.as_ptr();
         if let Err(e) = read {
+            if let (Some(pool), Some((slot, at, present))) = (&shared.pool, pooled) {
+                pool.put_back_unused(slot, at, present, bytes);
+            }
             return match cause {
                 Cause::Fault { write, dirty, at } if n > 1 => {
                     // Give the read-ahead pages back, then try the faulting page alone.
@@ -275,14 +302,10 @@ impl Filler<'_> {
                 }
             };
         }
-        buf[data_len..bytes].fill(0);
-        let src = buf.as_ptr();
         // Counted before the copy wakes the faulting threads, so that what they read of the
         // statistics afterwards includes their own fill (taken back if the copy fails).
         let counts = FillCounts::new(cause, n, data_len);
         counts.add(shared, region, 1);
-        let all_dirty = matches!(cause, Cause::Fault { dirty: true, .. });
-        let first_write = all_dirty || matches!(cause, Cause::Fault { write: true, .. });
         // The faulting page (the run's first for a prefetch, which has none).
         let own = start
             + match cause {
@@ -292,7 +315,11 @@ impl Filler<'_> {
         let protect = region.writable;
         // The pages installed: the whole run unless a read-ahead side of it failed.
         let mut run = start..start + n;
-        let installed = if all_dirty {
+        let installed = if let (Some(pool), Some((slot, at, present))) = (&shared.pool, pooled) {
+            let installed = self.install_moved(addr, at, bytes);
+            pool.put_back_after_fill(&shared.buffer, &shared.counters, slot, at, present);
+            installed
+        } else if all_dirty {
             self.install(addr, src, bytes, protect_mode(false))
         } else if first_write && n > 1 {
             // The written page is installed writable (and first: its thread waits), the
@@ -463,6 +490,46 @@ impl Filler<'_> {
         Ok(())
     }
 
+    /// Moves `len` bytes of pool pages at `src` (holding the run's bytes) to the missing pages
+    /// at `addr`, writable, waking their waiters; whatever the kernel does not move (a page
+    /// it cannot move) is copied instead, and the pool pages are dropped in either case.
+    fn install_moved(
+        &self,
+        addr: usize,
+        src: usize,
+        len: usize,
+    ) -> Result<(), crate::uffd::UffdError> {
+        let uffd = &self.shared.uffd;
+        // SAFETY: `addr..addr + len` are missing pages of a registered region kept mapped by
+        // the caller's gate and owned by this thread (Filling); `src..src + len` are pool pages
+        // in a slot this thread holds, registered on the same descriptor.
+        let moved = unsafe { crate::pool::move_all_mode(uffd, addr, src, len, false) };
+        let Err(e) = moved else {
+            return Ok(());
+        };
+        let done = e.done();
+        log::debug!("moving a filled run into its region failed, copying it: {e}");
+        // SAFETY: `src + done..src + len` still holds the rest of the run's bytes.
+        let copied = self.install(
+            addr + done,
+            (src + done) as *const u8,
+            len - done,
+            protect_mode(false),
+        );
+        if let Some(pool) = &self.shared.pool {
+            pool.discard(src + done, len - done);
+        }
+        if copied.is_err() && done > 0 {
+            // The pages moved in are dropped again, so that the run is absent as a whole.
+            // SAFETY: the pages are this thread's (Filling) and hold only what was just read
+            // from the store.
+            if let Err(e) = unsafe { sys::madvise_dontneed(addr, done) } {
+                log::error!("cannot drop {done} bytes at {addr:#x}: {e}");
+            }
+        }
+        copied
+    }
+
     /// Reserves `bytes` of the buffer for a fill of `region` from `page` on, reclaiming the
     /// oldest pages itself when the buffer is full. False if the region is being unmapped
     /// meanwhile, or if nothing could be freed for [`STALL_LIMIT`] (every resident page dirty
@@ -494,6 +561,14 @@ impl Filler<'_> {
             // whatever is reclaimed here delays this fault, and the evictors, on another CPU,
             // free the rest in batches (and write dirty pages back in coalesced runs). Taking
             // 256 KiB here instead made sequential 4 KiB scans about 1.5x slower.
+            // Pool pages are the cheapest room to take back: nobody is waiting for them.
+            if shared
+                .pool
+                .as_ref()
+                .is_some_and(|pool| pool.trim(&shared.buffer, bytes) > 0)
+            {
+                continue;
+            }
             let (freed, young) =
                 evictor::evict_batch(shared, bytes, evictor::BATCH, &mut self.reclaim);
             if freed > 0 {

@@ -36,6 +36,7 @@ mod logger;
 mod memory;
 mod page_table;
 mod pin;
+mod pool;
 mod prefetch;
 mod region;
 mod report;

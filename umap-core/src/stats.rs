@@ -31,6 +31,8 @@ pub(crate) struct Counters {
     pub(crate) buffer_stalls: AtomicU64,
     pub(crate) errors_unrecorded: AtomicU64,
     pub(crate) high_water_hits: AtomicU64,
+    pub(crate) pooled_bytes: AtomicU64,
+    pub(crate) recycled_bytes: AtomicU64,
     pub(crate) event_batches: AtomicU64,
     pub(crate) fault_latency: Histogram,
 }
@@ -110,6 +112,11 @@ pub struct Stats {
     pub errors_unrecorded: u64,
     /// Times the resident size reached the high-water mark.
     pub high_water_hits: u64,
+    /// Bytes of evicted pages moved into the page pool instead of being freed
+    /// ([`Config::recycle_pages`](crate::Config::recycle_pages)).
+    pub pooled_bytes: u64,
+    /// Bytes of pool pages that fills moved into regions instead of copying fresh pages.
+    pub recycled_bytes: u64,
     /// Batches of events read from the kernel (`read_faults / event_batches` is the batch size).
     pub event_batches: u64,
     /// Bytes resident now, across all regions.
@@ -192,6 +199,8 @@ impl Counters {
             buffer_stalls: get(&self.buffer_stalls),
             errors_unrecorded: get(&self.errors_unrecorded),
             high_water_hits: get(&self.high_water_hits),
+            pooled_bytes: get(&self.pooled_bytes),
+            recycled_bytes: get(&self.recycled_bytes),
             event_batches: get(&self.event_batches),
             resident_bytes,
             buffer_bytes,
@@ -260,6 +269,8 @@ impl fmt::Display for Stats {
                 ("buffer stalls", self.buffer_stalls),
                 ("errors unrecorded", self.errors_unrecorded),
                 ("high-water hits", self.high_water_hits),
+                ("pooled bytes", self.pooled_bytes),
+                ("recycled bytes", self.recycled_bytes),
                 ("event batches", self.event_batches),
                 ("resident bytes", self.resident_bytes),
                 ("buffer bytes", self.buffer_bytes),
