@@ -851,3 +851,34 @@ fn without_root_the_engine_falls_back_and_says_what_to_change() {
         "{out}"
     );
 }
+
+#[test]
+fn pinning_a_poisoned_page_is_an_io_error_naming_the_page() {
+    let umap = engine(MIB, 2);
+    let store = faulty(16 * PS, 21);
+    store.inject(Fault::on(Op::Read).range(5 * PS as u64..6 * PS as u64));
+    let region = umap.map_shared(store.clone(), MapOptions::new()).unwrap();
+    // The kernel's own read of the page (a system call) poisons it without a signal.
+    let mut pipe = [0; 2];
+    // SAFETY: `pipe` has room for the two descriptors.
+    assert_eq!(unsafe { libc::pipe(pipe.as_mut_ptr()) }, 0);
+    // SAFETY: the source lies inside the live region; the kernel reads it (or fails).
+    let rc = unsafe { libc::write(pipe[1], region.as_ptr().add(5 * PS) as *const _, 64) };
+    assert_eq!(rc, -1, "write(2) from the page whose read fails");
+    // SAFETY: closing the pipe's own descriptors.
+    unsafe {
+        libc::close(pipe[0]);
+        libc::close(pipe[1]);
+    }
+    let err = region.pin(4 * PS, 3 * PS).unwrap_err();
+    assert!(
+        matches!(err, Error::Poisoned { offset } if offset == 5 * PS),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("poisoned"), "{err}");
+    assert_eq!(region.pinned_bytes(), 0, "a failed pin pins nothing");
+    // The pages around it pin as usual.
+    region.pin(0, 5 * PS).unwrap();
+    common::check_pattern(21, 0, &region.as_slice()[..5 * PS]);
+    region.unpin(0, 5 * PS).unwrap();
+}

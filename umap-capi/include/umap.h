@@ -73,6 +73,7 @@ void umap_prefetch(int npages, struct umap_prefetch_item *page_array);
  * evicted) until the region is unmapped; writes to them are written back by umap_flush and
  * uunmap. The pinned pages count against the buffer: a pin that would leave too little room
  * for faults is refused with errno ENOMEM. The range must lie within one region (EINVAL).
+ * A page whose store read failed (poisoned) cannot be pinned (EIO).
  */
 void umap_fetch_and_pin(char *paddr, uint64_t size);
 

@@ -66,6 +66,7 @@ fn errno_of(e: &Error) -> c_int {
         Error::Os { source, .. } => source.raw_os_error().unwrap_or(libc::ENOMEM),
         Error::Thread { .. } => libc::EAGAIN,
         Error::PinLimit { .. } | Error::BufferFull { .. } => libc::ENOMEM,
+        Error::Poisoned { .. } => libc::EIO,
         _ => libc::EIO,
     }
 }

@@ -54,6 +54,16 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A page of the range is poisoned: its store read failed when it was faulted in, and it
+    /// stays so (accesses raise `SIGBUS`) until the region is unmapped (`Region::pin`).
+    #[error(
+        "the page at offset {offset} of the region is poisoned: its store read failed (see \
+         Region::take_errors), and it stays so until the region is unmapped"
+    )]
+    Poisoned {
+        /// The page's offset in the region, in bytes.
+        offset: usize,
+    },
     /// Pinning would leave too little of the buffer for faults (`Region::pin`).
     #[error(
         "cannot pin {bytes} more bytes: {pinned} bytes are pinned already and at most {limit} \

@@ -190,12 +190,9 @@ fn fill(engine: &Umap, region: &Arc<RegionShared>, pages: Range<usize>) -> Resul
                 continue;
             }
             if state == POISONED {
-                return Err(Error::invalid(
-                    "range",
-                    format_args!("page {p}"),
-                    "holds a page whose store read failed (poisoned until unmap): it cannot \
-                     be pinned",
-                ));
+                return Err(Error::Poisoned {
+                    offset: p * region.page_size,
+                });
             }
             // Being evicted (begun before the pin) or filled by a fault: it settles soon.
             in_transition |= state != ABSENT;
