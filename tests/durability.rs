@@ -63,7 +63,22 @@ fn durability_child() {
     let Some(path) = std::env::var_os(CHILD_ENV) else {
         return;
     };
-    let (umap, mut region) = common::map_file_writable(path.as_ref(), BUFFER, PAGE, 2, 1);
+    // A 16-page read-ahead window: the engine's default (256 pages, a 1 MiB run) is half of
+    // this 2 MiB buffer, and runs that large leave too little dirty in memory at the flush
+    // below (as low as 0.44 MiB seen under a loaded CI run) for it to test flush rather than
+    // eviction.
+    let umap = umap::Umap::builder()
+        .buffer_size(BUFFER)
+        .page_size(PAGE)
+        .fillers(2)
+        .evictors(1)
+        .read_ahead(16)
+        .start()
+        .unwrap_or_else(|e| panic!("the engine needs userfaultfd: {e}"));
+    let store = umap::FileStore::open(std::path::Path::new(&path)).unwrap();
+    let mut region = umap
+        .map(store, umap::MapOptions::new().writable(true))
+        .unwrap();
     let data = region
         .as_mut_slice()
         .expect("a writable region has a mutable slice");
