@@ -337,6 +337,9 @@ fn random_advice_turns_read_ahead_off_and_sequential_turns_it_on() {
     // Sequential reads ahead even with no window configured (1 MiB runs).
     let sequential = sequential_scan(4 * KIB, 0, Some(Advice::Sequential));
     assert!(sequential.read_faults * 50 <= pages, "{sequential}");
+    // Read downwards, `Sequential` reads ahead below the faults.
+    let downwards = scan_stats(4 * KIB, 0, Some(Advice::Sequential), true);
+    assert!(downwards.read_faults * 50 <= pages, "{downwards}");
     let normal_again = {
         let umap = engine(4 * MIB, 4 * KIB, 0);
         let region = umap.map(pattern_store(8 * MIB), MapOptions::new()).unwrap();

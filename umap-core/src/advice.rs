@@ -14,7 +14,8 @@ pub enum Advice {
     /// No particular pattern: read ahead after sequential faults (the default).
     Normal,
     /// The range will be read in order: read ahead on every fault, without waiting to detect
-    /// a sequential pattern (with the region's read-ahead window, or 1 MiB if it has none).
+    /// a sequential pattern (with the region's read-ahead window, or 1 MiB if it has none);
+    /// upwards, or downwards once faults are seen to run down.
     Sequential,
     /// The range will be read in no particular order: never read ahead in it.
     Random,

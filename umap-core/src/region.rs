@@ -183,7 +183,9 @@ impl RegionShared {
     pub(crate) fn read_ahead_window(&self, page: usize) -> (usize, Option<StreamHit>) {
         match self.patterns.get(page) {
             Pattern::Random => (0, None),
-            Pattern::Sequential => (self.sequential_window, None),
+            // The whole window on every fault, in the direction the fault's stream runs
+            // (upwards for a new one).
+            Pattern::Sequential => (self.sequential_window, Some(self.streams.find(page))),
             Pattern::Normal if self.read_ahead == 0 => (0, None),
             Pattern::Normal => {
                 let hit = self.streams.find(page);
