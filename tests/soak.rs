@@ -1,7 +1,8 @@
 //! Soak test: random mixed reads, writes, flushes, prefetches, drops of ranges, region
 //! creation and removal, with injected store read and write failures, checked against a
-//! reference model. Runs `UMAP_SOAK_SECS` seconds (default 30); `UMAP_SOAK_SEED` replays a
-//! run (the seed is printed).
+//! reference model. Runs `UMAP_SOAK_SECS` seconds (default 30), then a third of that again
+//! with 64 KiB pages and page recycling on; `UMAP_SOAK_SEED` replays a run (the seed is
+//! printed).
 //!
 //! What it checks, all along and at the end:
 //! - every byte read from a region is the model's (what was last written there);
@@ -110,7 +111,19 @@ fn seconds() -> u64 {
 
 #[test]
 fn soak() {
-    let secs = seconds();
+    soak_with(PS, false, seconds());
+}
+
+/// The same with page recycling on (`Config::recycle_pages`), which needs pages of 64 KiB or
+/// more: a third of the time.
+#[test]
+fn soak_with_page_recycling() {
+    soak_with(64 * 1024, true, seconds().div_ceil(3));
+}
+
+/// Runs the soak for `secs` seconds with umap pages of `base_ps` bytes (regions use 1, 2 or 4 times
+/// that) and page recycling on or off.
+fn soak_with(base_ps: usize, recycle: bool, secs: u64) {
     let seed = match std::env::var("UMAP_SOAK_SEED") {
         Ok(s) => s.parse().expect("UMAP_SOAK_SEED is a number"),
         Err(_) => std::time::SystemTime::now()
@@ -118,13 +131,16 @@ fn soak() {
             .unwrap()
             .as_nanos() as u64,
     };
-    println!("soak: {secs} s, UMAP_SOAK_SEED={seed}");
+    println!(
+        "soak: {secs} s, pages of {base_ps} bytes, recycling {recycle}, UMAP_SOAK_SEED={seed}"
+    );
     let mut rng = Rng::new(seed);
     let umap = Umap::builder()
-        .buffer_size(BUFFER_PAGES * PS)
-        .page_size(PS)
+        .buffer_size(BUFFER_PAGES * base_ps)
+        .page_size(base_ps)
         .fillers(2)
         .evictors(1)
+        .recycle_pages(recycle)
         .start()
         .unwrap_or_else(|e| panic!("the engine needs userfaultfd: {e}"));
 
@@ -148,7 +164,7 @@ fn soak() {
 
     while Instant::now() < deadline {
         if slots.is_empty() {
-            slots.push(new_slot(&umap, &mut rng, &mut next_id));
+            slots.push(new_slot(&umap, base_ps, &mut rng, &mut next_id));
         }
         let op = rng.below(100);
         let i = rng.below(slots.len() as u64) as usize;
@@ -321,7 +337,7 @@ fn soak() {
             87..=90 => {
                 ops[8] += 1;
                 if slots.len() < MAX_REGIONS {
-                    slots.push(new_slot(&umap, &mut rng, &mut next_id));
+                    slots.push(new_slot(&umap, base_ps, &mut rng, &mut next_id));
                 }
             }
             // Unmap a region: on a write-back failure it comes back; then the store recovers.
@@ -445,6 +461,10 @@ fn soak() {
         stats.write_errors > 0 || secs < 5,
         "no write failure was injected"
     );
+    assert!(
+        !recycle || stats.recycled_bytes > 0,
+        "recycling was on but no page was recycled"
+    );
 }
 
 /// The store range of page `p`.
@@ -475,10 +495,10 @@ fn stop_failing(rules: &mut Vec<(Arc<Store>, FaultId)>, store: &Arc<Store>) {
 
 /// A new writable region of 16 to 256 pages of 4, 8 or 16 KiB over a patterned store, with
 /// transient write failures (retried) always on.
-fn new_slot(umap: &Umap, rng: &mut Rng, next_id: &mut usize) -> Slot {
+fn new_slot(umap: &Umap, base_ps: usize, rng: &mut Rng, next_id: &mut usize) -> Slot {
     let id = *next_id;
     *next_id += 1;
-    let ps = PS << rng.below(3);
+    let ps = base_ps << rng.below(3);
     let pages = 16 + rng.below(241) as usize;
     // Not a multiple of the page size, sometimes.
     let len = pages * ps - rng.below(2) as usize * rng.below(ps as u64) as usize;
