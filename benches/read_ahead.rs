@@ -53,9 +53,8 @@ fn parse(args: impl IntoIterator<Item = String>) -> Result<Option<Options>, Stri
         window: 16,
         rounds: 3,
     };
-    let mut args = args.into_iter();
-    while let Some(arg) = args.next() {
-        let mut value = || args.next().ok_or(format!("{arg} needs a value"));
+    let mut flags = cli::Flags::new(args);
+    while let Some(arg) = flags.next_flag() {
         match arg.as_str() {
             "--bench" => {}
             "--quick" => {
@@ -63,10 +62,10 @@ fn parse(args: impl IntoIterator<Item = String>) -> Result<Option<Options>, Stri
                 o.buffer = 16 * MIB;
                 o.rounds = 1;
             }
-            "--size" => o.size = cli::parse_size_usize(&value()?)?,
-            "--buffer" => o.buffer = cli::parse_size_usize(&value()?)?,
-            "--window" => o.window = cli::parse_count(&value()?, "--window")?,
-            "--rounds" => o.rounds = cli::parse_count(&value()?, "--rounds")?.max(1),
+            "--size" => o.size = flags.size_usize()?,
+            "--buffer" => o.buffer = flags.size_usize()?,
+            "--window" => o.window = flags.count()?,
+            "--rounds" => o.rounds = flags.count()?.max(1),
             "-h" | "--help" => return Ok(None),
             other => return Err(format!("unknown option {other}\n{USAGE}")),
         }

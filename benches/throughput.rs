@@ -29,9 +29,12 @@
 mod cli;
 #[path = "support/faults.rs"]
 mod faults;
+#[path = "../examples/support/mix.rs"]
+mod mix;
 #[path = "support/report.rs"]
 mod report;
 
+use mix::mix64;
 use std::collections::BTreeMap;
 use std::error::Error;
 use std::fs::File;
@@ -197,17 +200,15 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> 
                 page_sizes.dedup();
             }
             "-h" | "--help" => return Ok(Parsed::Help),
-            "--size" => {
-                size = Some(cli::parse_size(&value()?).map_err(|e| format!("--size: {e}"))?)
-            }
+            "--size" => size = Some(flags.size()?),
             "--buffer" => {
-                let b = cli::parse_size(&value()?).map_err(|e| format!("--buffer: {e}"))?;
+                let b = flags.size()?;
                 buffer = Some(usize::try_from(b).map_err(|_| "--buffer: too large".to_string())?);
             }
-            "--threads" => threads = Some(cli::parse_count(&value()?, "--threads")?),
-            "--fillers" => fillers = Some(cli::parse_count(&value()?, "--fillers")?),
-            "--reads" => reads = Some(cli::parse_count(&value()?, "--reads")?),
-            "--writes" => writes = Some(cli::parse_count(&value()?, "--writes")?),
+            "--threads" => threads = Some(flags.count()?),
+            "--fillers" => fillers = Some(flags.count()?),
+            "--reads" => reads = Some(flags.count()?),
+            "--writes" => writes = Some(flags.count()?),
             "--file" => file = Some(PathBuf::from(value()?)),
             "--json" => json = Some(PathBuf::from(value()?)),
             "--plot" => {
@@ -295,13 +296,6 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> 
 
 // ---------------------------------------------------------------------------------------------
 // Deterministic numbers
-
-/// The SplitMix64 finaliser: a bijective mix of a 64-bit value.
-fn mix64(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
 
 /// The `u64` at index `index` of a generated data file.
 fn pattern(index: u64) -> u64 {

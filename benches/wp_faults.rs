@@ -50,21 +50,17 @@ fn parse_args() -> Result<Option<Options>, String> {
         threads: 2,
         rounds: 5,
     };
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        let mut value = |flag: &str| args.next().ok_or(format!("{flag} needs a value"));
+    let mut flags = cli::Flags::new(std::env::args().skip(1));
+    while let Some(arg) = flags.next_flag() {
         match arg.as_str() {
             "--bench" => {}
             "--quick" => {
                 o.size = 16 << 20;
                 o.rounds = 3;
             }
-            "--size" => {
-                o.size =
-                    cli::parse_size_usize(&value("--size")?).map_err(|e| format!("--size: {e}"))?
-            }
-            "--threads" => o.threads = cli::parse_count(&value("--threads")?, "--threads")?,
-            "--rounds" => o.rounds = cli::parse_count(&value("--rounds")?, "--rounds")?,
+            "--size" => o.size = flags.size_usize()?,
+            "--threads" => o.threads = flags.count()?,
+            "--rounds" => o.rounds = flags.count()?,
             "-h" | "--help" => return Ok(None),
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
         }

@@ -17,7 +17,10 @@
 
 #[path = "support/cli.rs"]
 mod cli;
+#[path = "support/mix.rs"]
+mod mix;
 
+use mix::mix64;
 use std::fs::File;
 use std::io::IsTerminal;
 use std::os::unix::fs::{FileExt, MetadataExt};
@@ -83,20 +86,13 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Option<Args>, St
         let mut value = || flags.value();
         match name.as_str() {
             "--size" => {
-                a.size = cli::parse_size(&value()?).map_err(|e| format!("--size: {e}"))?;
+                a.size = flags.size()?;
                 size_given = true;
             }
-            "--buffer" => {
-                a.buffer =
-                    Some(cli::parse_size_usize(&value()?).map_err(|e| format!("--buffer: {e}"))?)
-            }
-            "--page-size" => {
-                a.page_size = Some(
-                    cli::parse_size_usize(&value()?).map_err(|e| format!("--page-size: {e}"))?,
-                )
-            }
+            "--buffer" => a.buffer = Some(flags.size_usize()?),
+            "--page-size" => a.page_size = Some(flags.size_usize()?),
             "--file" => a.file = Some(PathBuf::from(value()?)),
-            "--reads" => a.reads = cli::parse_count(&value()?, "--reads")?,
+            "--reads" => a.reads = flags.count()?,
             "-h" | "--help" => return Ok(None),
             _ => return Err(format!("unknown argument `{name}` (see --help)")),
         }
@@ -115,13 +111,6 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Option<Args>, St
 
 // ---------------------------------------------------------------------------------------------
 // The file
-
-/// The SplitMix64 finaliser: a bijective mix of a 64-bit value.
-fn mix64(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
 
 /// The marker block at `MARKER_EVERY * k`: the magic, `k`, then words that depend on `k`.
 fn marker(k: u64) -> Vec<u8> {

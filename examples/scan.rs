@@ -36,29 +36,14 @@ fn parse_args() -> Result<Args, String> {
         page_size: 64 << 10,
         fillers: None,
     };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().ok_or(format!("{flag} needs a value"));
+    let mut flags = cli::Flags::new(std::env::args().skip(1));
+    while let Some(flag) = flags.next_flag() {
         match flag.as_str() {
-            "--file" => args.file = Some(PathBuf::from(value()?)),
-            "--size" => {
-                args.size = cli::parse_size(&value()?).map_err(|e| format!("--size: {e}"))?
-            }
-            "--buffer" => {
-                args.buffer =
-                    cli::parse_size(&value()?).map_err(|e| format!("--buffer: {e}"))? as usize
-            }
-            "--page-size" => {
-                args.page_size =
-                    cli::parse_size(&value()?).map_err(|e| format!("--page-size: {e}"))? as usize
-            }
-            "--fillers" => {
-                let v = value()?;
-                args.fillers = Some(
-                    v.parse()
-                        .map_err(|_| format!("--fillers takes a count, not '{v}'"))?,
-                );
-            }
+            "--file" => args.file = Some(PathBuf::from(flags.value()?)),
+            "--size" => args.size = flags.size()?,
+            "--buffer" => args.buffer = flags.size_usize()?,
+            "--page-size" => args.page_size = flags.size_usize()?,
+            "--fillers" => args.fillers = Some(flags.count()?),
             "-h" | "--help" => {
                 println!(
                     "usage: scan [--file PATH] [--size BYTES] [--buffer BYTES] [--page-size BYTES]"

@@ -53,17 +53,13 @@ fn parse_args() -> Result<Option<Options>, String> {
         copiers: 1,
         file: None,
     };
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        let mut value = |flag: &str| args.next().ok_or(format!("{flag} needs a value"));
+    let mut flags = cli::Flags::new(std::env::args().skip(1));
+    while let Some(arg) = flags.next_flag() {
         match arg.as_str() {
-            "--size" => {
-                o.size =
-                    cli::parse_size_usize(&value("--size")?).map_err(|e| format!("--size: {e}"))?
-            }
-            "--threads" => o.threads = cli::parse_count(&value("--threads")?, "--threads")?,
-            "--copiers" => o.copiers = cli::parse_count(&value("--copiers")?, "--copiers")?,
-            "--file" => o.file = Some(value("--file")?.into()),
+            "--size" => o.size = flags.size_usize()?,
+            "--threads" => o.threads = flags.count()?,
+            "--copiers" => o.copiers = flags.count()?,
+            "--file" => o.file = Some(flags.value()?.into()),
             "-h" | "--help" => return Ok(None),
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
         }

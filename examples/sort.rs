@@ -19,7 +19,10 @@
 
 #[path = "support/cli.rs"]
 mod cli;
+#[path = "support/mix.rs"]
+mod mix;
 
+use mix::mix64;
 use std::fmt;
 use std::fs::File;
 use std::io::{IsTerminal, Read, Write};
@@ -102,19 +105,12 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> 
     while let Some(name) = flags.next_flag() {
         let mut value = || flags.value();
         match name.as_str() {
-            "--size" => a.size = cli::parse_size(&value()?).map_err(|e| format!("--size: {e}"))?,
-            "--buffer" => {
-                a.buffer =
-                    Some(cli::parse_size_usize(&value()?).map_err(|e| format!("--buffer: {e}"))?)
-            }
-            "--page-size" => {
-                a.page_size = Some(
-                    cli::parse_size_usize(&value()?).map_err(|e| format!("--page-size: {e}"))?,
-                )
-            }
-            "--threads" => a.threads = cli::parse_count(&value()?, "--threads")?,
-            "--fillers" => a.fillers = Some(cli::parse_count(&value()?, "--fillers")?),
-            "--evictors" => a.evictors = Some(cli::parse_count(&value()?, "--evictors")?),
+            "--size" => a.size = flags.size()?,
+            "--buffer" => a.buffer = Some(flags.size_usize()?),
+            "--page-size" => a.page_size = Some(flags.size_usize()?),
+            "--threads" => a.threads = flags.count()?,
+            "--fillers" => a.fillers = Some(flags.count()?),
+            "--evictors" => a.evictors = Some(flags.count()?),
             "--file" => a.file = Some(PathBuf::from(value()?)),
             "--keep" => a.keep = true,
             "--mmap" => a.mmap = true,
@@ -164,13 +160,6 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> 
 
 // ---------------------------------------------------------------------------------------------
 // Checks
-
-/// The SplitMix64 finaliser: a bijective mix of a 64-bit value.
-fn mix64(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
 
 /// The input word at index `i`.
 fn input_word(i: u64) -> u64 {

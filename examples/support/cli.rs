@@ -92,4 +92,22 @@ impl<I: Iterator<Item = String>> Flags<I> {
             .or_else(|| self.args.next())
             .ok_or(format!("{} needs a value", self.name))
     }
+
+    /// The value of the flag just read as a byte count ([`parse_size`]); errors name the flag.
+    pub fn size(&mut self) -> Result<u64, String> {
+        let value = self.value()?;
+        parse_size(&value).map_err(|e| format!("{}: {e}", self.name))
+    }
+
+    /// As [`Flags::size`], as a `usize` ([`parse_size_usize`]).
+    pub fn size_usize(&mut self) -> Result<usize, String> {
+        let value = self.value()?;
+        parse_size_usize(&value).map_err(|e| format!("{}: {e}", self.name))
+    }
+
+    /// The value of the flag just read as a count ([`parse_count`]).
+    pub fn count(&mut self) -> Result<usize, String> {
+        let value = self.value()?;
+        parse_count(&value, &self.name)
+    }
 }
