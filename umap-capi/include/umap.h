@@ -5,8 +5,14 @@
  * Configuration comes from the UMAP_* environment variables (UMAP_PAGESIZE, UMAP_BUFSIZE,
  * UMAP_PAGE_FILLERS, UMAP_PAGE_EVICTORS, UMAP_EVICT_HIGH_WATER_THRESHOLD,
  * UMAP_EVICT_LOW_WATER_THRESHOLD, UMAP_MAX_FAULT_EVENTS, UMAP_READ_AHEAD, UMAP_MONITOR_FREQ,
- * UMAP_LOG_LEVEL), read once, at the first call. A value that is set but not valid makes
- * every call fail with errno EINVAL and a message on stderr.
+ * UMAP_LOG_LEVEL, UMAP_RECYCLE_PAGES; the README's configuration table has them all), read
+ * once, at the first call. A value that is set but not valid makes every call that needs the
+ * configuration fail with errno EINVAL and a message on stderr (umap_flush,
+ * umap_has_write_support and umapcfg_get_system_page_size do not need it).
+ *
+ * fork(): a child gets a copy of the regions but none of the library's threads. It must not
+ * touch the regions or call the library; at its exit nothing is written back (the parent's
+ * regions are the parent's to write).
  *
  * Errors: functions that return a pointer return UMAP_FAILED, those that return int return
  * -1; either way errno says why (EINVAL, EBADF, EACCES, ENOMEM, EPERM, EIO ...) and a
@@ -31,7 +37,8 @@ extern "C" {
  * UMAP_BUFSIZE pages, is resident at once). Returns the start of the region, or UMAP_FAILED.
  *
  * - prot: PROT_READ, or PROT_READ | PROT_WRITE (then written pages are written back to the
- *   file on eviction, umap_flush and uunmap; fd must be open read-write).
+ *   file on eviction, umap_flush and uunmap; fd must be open read-write). PROT_WRITE alone
+ *   means PROT_READ | PROT_WRITE, as it does for mmap on x86.
  * - flags: UMAP_PRIVATE, optionally | UMAP_FIXED: map at exactly `addr` (a multiple of the
  *   system page size), replacing whatever is mapped there as mmap(MAP_FIXED) does, unless it
  *   is another umap region (EEXIST).
@@ -63,8 +70,10 @@ struct umap_prefetch_item {
 int umap_has_write_support(void);
 
 /*
- * Fills the umap pages that hold the `npages` addresses, and returns when they are resident
- * (they may be evicted later, as any page). Addresses outside every region set errno EINVAL.
+ * Fills the umap pages that hold the `npages` addresses, and returns when they have been
+ * filled (they may be evicted later, as any page: a request for more than the buffer's
+ * low-water share cannot stay resident whole, and its later pages evict its earlier ones).
+ * Addresses outside every region set errno EINVAL.
  */
 void umap_prefetch(int npages, struct umap_prefetch_item *page_array);
 

@@ -147,6 +147,11 @@ fn engine() -> Result<&'static Umap, Failure> {
         return Ok(engine);
     }
     let engine = Umap::new(config.clone())?;
+    // SAFETY: getpid has no preconditions.
+    ENGINE_PID.store(
+        unsafe { libc::getpid() },
+        std::sync::atomic::Ordering::Relaxed,
+    );
     let engine = ENGINE.get_or_init(|| engine);
     // SAFETY: `flush_at_exit` is a plain function that catches its own panics.
     if unsafe { libc::atexit(flush_at_exit) } != 0 {
@@ -158,9 +163,18 @@ fn engine() -> Result<&'static Umap, Failure> {
     Ok(engine)
 }
 
+/// The process that started the engine. A child forked from it has a copy of the engine's
+/// memory but none of its threads (and perhaps locks held at the fork): it must not flush,
+/// which would hang, or write its copy of the pages over the parent's file.
+static ENGINE_PID: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
 /// Writes back every region still mapped when the process exits (as the kernel would for a
-/// shared `mmap`).
+/// shared `mmap`); nothing in a forked child.
 extern "C" fn flush_at_exit() {
+    // SAFETY: getpid has no preconditions.
+    if unsafe { libc::getpid() } != ENGINE_PID.load(std::sync::atomic::Ordering::Relaxed) {
+        return;
+    }
     let _ = catch_unwind(|| {
         if let Some(engine) = ENGINE.get() {
             if let Err(e) = engine.flush() {

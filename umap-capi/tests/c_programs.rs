@@ -387,18 +387,37 @@ fn header_compiles_alone_as_c_and_cpp() {
     }
 }
 
-/// A program that exits without unmapping: its writes reach the file all the same.
+/// A program that exits without unmapping: its writes reach the file all the same; and a
+/// child forked from it exits without hanging in the exit handler.
 #[test]
 fn regions_are_written_back_at_exit() {
+    for fork in [false, true] {
+        written_back_at_exit(fork);
+    }
+}
+
+fn written_back_at_exit(fork: bool) {
     let dir = tempfile::tempdir().unwrap();
-    let exe = build("cc", "c11", "exit_flush.c", Link::Shared, dir.path());
+    let exe = build("cc", "gnu11", "exit_flush.c", Link::Shared, dir.path());
     let file = data_file(dir.path());
     let env = [("UMAP_PAGESIZE", "4096"), ("UMAP_BUFSIZE", "2048")];
-    let out = run(&exe, &[&file], &env);
+    let args: Vec<&str> = if fork {
+        vec![&file, "fork"]
+    } else {
+        vec![&file]
+    };
+    let out = run(&exe, &args, &env);
     assert!(
         stdout(&out).contains("exit_flush wrote 4 MiB"),
         "{}",
         stdout(&out)
+    );
+    assert_eq!(
+        stdout(&out).contains("exit_flush child exited"),
+        fork,
+        "fork {fork}: {}{}",
+        stdout(&out),
+        stderr(&out)
     );
     let bytes = std::fs::read(&file).unwrap();
     assert_eq!(bytes.len(), 4 << 20);
