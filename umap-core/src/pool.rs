@@ -235,7 +235,7 @@ impl Pool {
             let dst = self.slot_addr(s) + s.filled;
             // SAFETY: `dst..dst + len` is missing pool memory in a slot this thread holds;
             // the source pages are the caller's (see this function's contract).
-            let done = match unsafe { move_all(uffd, dst, addr, len) } {
+            let mut done = match unsafe { move_all(uffd, dst, addr, len) } {
                 Ok(()) => len,
                 Err(e) => {
                     if e.errno() != Some(libc::EBUSY) {
@@ -246,6 +246,17 @@ impl Pool {
                     done
                 }
             };
+            // A region page the kernel had swapped out moves as its swap entry, write-protect
+            // bit included, and the pool is registered for write protection: a store read
+            // into it would then raise a write-protect fault on the engine's own userfaultfd
+            // (a filler waiting on itself). Lift the protection off what was moved.
+            if done > 0 {
+                if let Err(e) = uffd.writeprotect_retrying(dst, done, false) {
+                    log::error!("cannot unprotect {done} bytes moved into the pool: {e}");
+                    self.discard(dst, done);
+                    done = 0;
+                }
+            }
             // Counted before the slot can be seen by another thread (a trim unpools what a
             // slot holds).
             buffer.pool(done);
