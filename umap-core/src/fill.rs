@@ -393,11 +393,19 @@ impl Filler<'_> {
             }
         }
         let clean = run.len() - usize::from(first_write);
-        shared.buffer.push_run(run.map(|page| PageRef {
+        // Queued in the order the reader reaches them, from the faulting page away (downwards
+        // for a descending stream's run, which ends at its faulting page), so eviction, oldest
+        // first, takes the pages the reader is done with before those it has yet to read.
+        let page_ref = |page| PageRef {
             region: region.clone(),
             page,
             filled_at,
-        }));
+        };
+        if own > run.start {
+            shared.buffer.push_run(run.rev().map(page_ref));
+        } else {
+            shared.buffer.push_run(run.map(page_ref));
+        }
         if protect && !all_dirty {
             region.write_intent.clean_filled(clean as u32);
         }
