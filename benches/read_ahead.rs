@@ -73,6 +73,14 @@ fn parse(args: impl IntoIterator<Item = String>) -> Result<Option<Options>, Stri
     if o.size < MIB || o.buffer < MIB {
         return Err("--size and --buffer must be at least 1 MiB".into());
     }
+    if o.size % MIB != 0 {
+        // The data file is written in whole MiB: a mapping past its end would raise SIGBUS.
+        return Err(format!(
+            "--size {} is not a whole number of MiB (try {}M)",
+            o.size,
+            o.size / MIB
+        ));
+    }
     Ok(Some(o))
 }
 

@@ -243,6 +243,13 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> 
             .collect(),
         None => Workload::ALL.to_vec(),
     };
+    if file.is_some() && workloads.iter().all(|w| w.writes()) {
+        return Err(
+            "--file is only read: the write workloads are skipped with it, so choose a read \
+             workload too (seq-read, rand-read)"
+                .into(),
+        );
+    }
     if file.is_some() && size.is_some() {
         return Err("--size and --file exclude each other (the file's size is used)".into());
     }
@@ -1583,8 +1590,8 @@ fn main() -> ExitCode {
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
-                    eprintln!("throughput: {}: {e}", path.display());
-                    ExitCode::FAILURE
+                    eprintln!("throughput: --render {}: {e}", path.display());
+                    ExitCode::from(2)
                 }
             }
         }
@@ -1813,9 +1820,16 @@ fn run(options: &Options) -> Result<ExitCode, BoxError> {
                 m.cached_before * 100.0,
                 m.checksum
             );
-            if m.cached_before > 0.01 {
+            if !options.warm && m.cached_before > 0.01 {
                 eprintln!(
                     "  warning: {:.1}% of the file was still in the page cache at the start",
+                    m.cached_before * 100.0
+                );
+            }
+            if options.warm && m.cached_before < 0.99 {
+                eprintln!(
+                    "  warning: only {:.1}% of the file was in the page cache at the start \
+                     (--warm could not keep it cached)",
                     m.cached_before * 100.0
                 );
             }

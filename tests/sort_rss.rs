@@ -69,7 +69,9 @@ fn run_sort(args: &str) -> (u64, String) {
     // Kill the child if it has not exited in time (a hang fails the test, it does not hang it).
     let (done, timeout) = std::sync::mpsc::channel::<()>();
     let watchdog = std::thread::spawn(move || {
-        if timeout.recv_timeout(CHILD_TIME_LIMIT).is_err() {
+        if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+            timeout.recv_timeout(CHILD_TIME_LIMIT)
+        {
             eprintln!("the sort did not finish within {CHILD_TIME_LIMIT:?}: killing it");
             // SAFETY: plain system call; `pid` is our child, not yet reaped (see below), so the
             // id cannot have been reused.
