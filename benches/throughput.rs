@@ -157,7 +157,6 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> 
 
     let mut flags = cli::Flags::new(args);
     while let Some(name) = flags.next_flag() {
-        let mut value = || flags.value();
         match name.as_str() {
             // cargo passes `--bench` to every bench target.
             "--bench" => {}
@@ -165,9 +164,9 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> 
             "--direct" => direct = true,
             "--warm" => warm = true,
             "--memory-store" => memory_store = true,
-            "--render" => return Ok(Parsed::Render(PathBuf::from(value()?))),
+            "--render" => return Ok(Parsed::Render(PathBuf::from(flags.value()?))),
             "--workloads" => {
-                let list = value()?;
+                let list = flags.value()?;
                 let mut chosen = Vec::new();
                 for name in list.split(',').map(str::trim) {
                     let workload = Workload::ALL
@@ -184,7 +183,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> 
                 workloads = Some(chosen);
             }
             "--page-sizes" => {
-                let list = value()?;
+                let list = flags.value()?;
                 page_sizes.clear();
                 for item in list.split(',').map(str::trim) {
                     let size = cli::parse_size(item).map_err(|e| format!("--page-sizes: {e}"))?;
@@ -209,10 +208,10 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> 
             "--fillers" => fillers = Some(flags.count()?),
             "--reads" => reads = Some(flags.count()?),
             "--writes" => writes = Some(flags.count()?),
-            "--file" => file = Some(PathBuf::from(value()?)),
-            "--json" => json = Some(PathBuf::from(value()?)),
+            "--file" => file = Some(PathBuf::from(flags.value()?)),
+            "--json" => json = Some(PathBuf::from(flags.value()?)),
             "--plot" => {
-                let path = PathBuf::from(value()?);
+                let path = PathBuf::from(flags.value()?);
                 if path
                     .extension()
                     .is_none_or(|e| !e.eq_ignore_ascii_case("svg"))

@@ -83,7 +83,6 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Option<Args>, St
     let mut size_given = false;
     let mut flags = cli::Flags::new(args);
     while let Some(name) = flags.next_flag() {
-        let mut value = || flags.value();
         match name.as_str() {
             "--size" => {
                 a.size = flags.size()?;
@@ -91,7 +90,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Option<Args>, St
             }
             "--buffer" => a.buffer = Some(flags.size_usize()?),
             "--page-size" => a.page_size = Some(flags.size_usize()?),
-            "--file" => a.file = Some(PathBuf::from(value()?)),
+            "--file" => a.file = Some(PathBuf::from(flags.value()?)),
             "--reads" => a.reads = flags.count()?,
             "-h" | "--help" => return Ok(None),
             _ => return Err(format!("unknown argument `{name}` (see --help)")),

@@ -103,7 +103,6 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> 
     let mut umap_only = Vec::new();
     let mut flags = cli::Flags::new(args);
     while let Some(name) = flags.next_flag() {
-        let mut value = || flags.value();
         match name.as_str() {
             "--size" => a.size = flags.size()?,
             "--buffer" => a.buffer = Some(flags.size_usize()?),
@@ -111,7 +110,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> 
             "--threads" => a.threads = flags.count()?,
             "--fillers" => a.fillers = Some(flags.count()?),
             "--evictors" => a.evictors = Some(flags.count()?),
-            "--file" => a.file = Some(PathBuf::from(value()?)),
+            "--file" => a.file = Some(PathBuf::from(flags.value()?)),
             "--keep" => a.keep = true,
             "--mmap" => a.mmap = true,
             "--direct" => a.direct = true,

@@ -75,8 +75,14 @@ impl<I: Iterator<Item = String>> Flags<I> {
         }
     }
 
-    /// The next flag's name (`--size` of `--size=1G` too), or the next plain argument.
+    /// The next flag's name (`--size` of `--size=1G` too), or the next plain argument. A
+    /// value given to the previous flag that it did not take (`--keep=no`, for a flag without
+    /// a value) comes back whole, as an argument no parser knows, so it is refused rather
+    /// than ignored.
     pub fn next_flag(&mut self) -> Option<String> {
+        if let Some(value) = self.inline.take() {
+            return Some(format!("{}={value}", self.name));
+        }
         let arg = self.args.next()?;
         (self.name, self.inline) = match arg.split_once('=') {
             Some((n, v)) if n.starts_with("--") => (n.to_string(), Some(v.to_string())),
