@@ -114,27 +114,16 @@ impl Filler<'_> {
     fn claim_free_run(&mut self, region: &RegionShared, start: usize, max: usize) -> usize {
         let wanted = region.pages.absent_run(start, max);
         let room = self.reserve_free(wanted, region.page_size);
-        self.claim_reserved(region, start, room)
+        self.claim_reserved(region, start.., room)
     }
 
     /// Claims up to `max` absent pages right below `page`, downwards (stopping at the first
     /// page that is not absent or at page 0), for which free buffer room was reserved; returns
     /// how many, which are the pages `page - claimed..page`.
     fn claim_free_run_below(&mut self, region: &RegionShared, page: usize, max: usize) -> usize {
-        let ps = region.page_size;
-        let wanted = (page.saturating_sub(max)..page)
-            .rev()
-            .take_while(|&p| region.pages.state(p) == ABSENT)
-            .count();
-        let room = self.reserve_free(wanted, ps);
-        let claimed = (page - room..page)
-            .rev()
-            .take_while(|&p| region.pages.claim_fill(p))
-            .count();
-        if claimed < room {
-            self.shared.buffer.release((room - claimed) * ps);
-        }
-        claimed
+        let wanted = region.pages.absent_run_below(page, max);
+        let room = self.reserve_free(wanted, region.page_size);
+        self.claim_reserved(region, (0..page).rev(), room)
     }
 
     /// Reserves room for as many of `pages` pages of `page_size` bytes as fit in the buffer's
@@ -157,12 +146,18 @@ impl Filler<'_> {
         room
     }
 
-    /// Claims the absent pages from `start` on (`Absent` → `Filling`), at most `reserved` of
-    /// them, for which `reserved` pages of the buffer were reserved; stops at the first page
-    /// it cannot claim and gives back the reservation of the pages it did not claim. Returns
-    /// how many it claimed.
-    fn claim_reserved(&self, region: &RegionShared, start: usize, reserved: usize) -> usize {
-        let claimed = (start..start + reserved)
+    /// Claims absent pages in the order `pages` gives them (`Absent` → `Filling`), at most
+    /// `reserved` of them, for which `reserved` pages of the buffer were reserved; stops at the
+    /// first page it cannot claim and gives back the reservation of the pages it did not
+    /// claim. Returns how many it claimed.
+    fn claim_reserved(
+        &self,
+        region: &RegionShared,
+        pages: impl Iterator<Item = usize>,
+        reserved: usize,
+    ) -> usize {
+        let claimed = pages
+            .take(reserved)
             .take_while(|&p| region.pages.claim_fill(p))
             .count();
         if claimed < reserved {
@@ -204,7 +199,7 @@ impl Filler<'_> {
                 }
                 break;
             }
-            let claimed = self.claim_reserved(region, p, run);
+            let claimed = self.claim_reserved(region, p.., run);
             if claimed == 0 {
                 p += 1; // taken by someone else meanwhile
                 continue;

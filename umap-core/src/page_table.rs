@@ -177,6 +177,15 @@ impl PageTable {
             .count()
     }
 
+    /// How many pages right below `page` are absent, at most `max`: the length of the run
+    /// `page - n..page`, stopping at the first page that is not absent or at page 0.
+    pub(crate) fn absent_run_below(&self, page: usize, max: usize) -> usize {
+        (page.saturating_sub(max)..page)
+            .rev()
+            .take_while(|&p| self.state(p) == ABSENT)
+            .count()
+    }
+
     /// How many pages are in `state`.
     pub(crate) fn count(&self, state: u8) -> usize {
         (0..self.len()).filter(|&p| self.state(p) == state).count()
@@ -281,5 +290,14 @@ mod tests {
         assert_eq!(t.absent_run(3, 8), 0);
         assert_eq!(t.absent_run(4, 100), 4, "the end of the table");
         assert_eq!(t.absent_run(4, usize::MAX), 4, "no overflow");
+        assert_eq!(t.absent_run_below(3, 8), 3, "pages 0..3, down to page 0");
+        assert_eq!(
+            t.absent_run_below(8, 8),
+            4,
+            "pages 4..8, stopping above page 3"
+        );
+        assert_eq!(t.absent_run_below(8, 2), 2);
+        assert_eq!(t.absent_run_below(4, 8), 0, "page 3 is in use");
+        assert_eq!(t.absent_run_below(0, 8), 0);
     }
 }
