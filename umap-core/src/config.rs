@@ -21,6 +21,7 @@ use crate::{memory, sys};
 /// | `max_fault_events` | 32 | page-fault events a filler reads per system call |
 /// | `read_ahead` | 256 | pages filled after a sequential fault, at most 1 MiB of them (per region overridable) |
 /// | `recycle_pages` | false | move evicted pages into a pool and dirty fills out of it (`UFFDIO_MOVE`) instead of freeing and copying |
+/// | `signal_faults` | false | serve each fault on the faulting thread, in a `SIGBUS` handler, instead of in a filler thread (see the field) |
 /// | `monitor_interval` | none | print the statistics to stderr this often |
 /// | `log_level` | none | install a stderr logger at this level if the program has none |
 ///
@@ -53,6 +54,22 @@ pub struct Config {
     /// pages and move them into the region instead of copying them (`UFFDIO_COPY`). The pool
     /// counts toward the buffer. Without `UFFDIO_MOVE` (older kernels) this does nothing.
     pub recycle_pages: bool,
+    /// Serve faults on the faulting thread: the engine's userfaultfd raises `SIGBUS` in the
+    /// thread that faults (`UFFD_FEATURE_SIGBUS`) instead of queuing an event for a filler,
+    /// and a process-wide `SIGBUS` handler reads the page from the store and installs it
+    /// right there. No thread is woken or put to sleep, so a fault costs a few µs instead of
+    /// two cross-CPU hand-offs; fillers then only serve prefetches. The price, which is why
+    /// this is off by default:
+    /// - a system call that reads or writes a page of a region that is not resident fails
+    ///   with `EFAULT` instead of waiting for it (`write(fd, region, n)`, `read` into a
+    ///   region, ...): touch or [`prefetch`](crate::Region::prefetch) such pages first;
+    /// - the handler runs on the application's thread and takes engine locks and may
+    ///   allocate: code that touches region memory must not do so while holding the global
+    ///   allocator's lock (no heap placed inside a region), and must not block `SIGBUS`;
+    /// - the program must not replace the `SIGBUS` handler while such an engine runs (one
+    ///   installed before is kept and gets every `SIGBUS` the engine does not serve);
+    /// - it cannot be combined with [`recycle_pages`](Config::recycle_pages).
+    pub signal_faults: bool,
     /// Print [`Stats`](crate::Stats) to stderr at this interval (`None`: never).
     pub monitor_interval: Option<Duration>,
     /// If set, the engine installs a logger that writes to stderr at this level, unless the
@@ -73,6 +90,7 @@ impl Default for Config {
             max_fault_events: 32,
             read_ahead: DEFAULT_READ_AHEAD,
             recycle_pages: false,
+            signal_faults: false,
             monitor_interval: None,
             log_level: None,
         }
@@ -165,6 +183,14 @@ impl Config {
             ));
         }
         validate_read_ahead(self.read_ahead)?;
+        if self.signal_faults && self.recycle_pages {
+            return Err(Error::invalid(
+                "signal_faults",
+                true,
+                "cannot be combined with recycle_pages (the page pool's own faults would be \
+                 signals too); turn one of them off",
+            ));
+        }
         if self.monitor_interval == Some(Duration::ZERO) {
             return Err(Error::invalid(
                 "monitor_interval",
@@ -257,6 +283,12 @@ impl ConfigBuilder {
     /// Page recycling on or off (see [`Config::recycle_pages`]).
     pub fn recycle_pages(mut self, on: bool) -> Self {
         self.0.recycle_pages = on;
+        self
+    }
+    /// Faults served on the faulting thread, or by filler threads (see
+    /// [`Config::signal_faults`]).
+    pub fn signal_faults(mut self, on: bool) -> Self {
+        self.0.signal_faults = on;
         self
     }
     /// Print the statistics to stderr at this interval (`None`: never).

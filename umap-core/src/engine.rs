@@ -55,6 +55,8 @@ pub(crate) struct Shared {
     unmapped_errors: Mutex<Vec<crate::report::RegionError>>,
     /// Prefetch requests, served by idle fillers.
     pub(crate) prefetch: PrefetchQueue,
+    /// Scratch buffers for faults served on the faulting thread (`Config::signal_faults`).
+    pub(crate) in_place: Option<crate::signal::InPlaceSlots>,
     /// Set when the engine stops; wakes the monitor thread.
     stopped: Mutex<bool>,
     stopped_cv: Condvar,
@@ -218,6 +220,9 @@ pub struct Umap {
 struct Handle {
     shared: Arc<Shared>,
     threads: Mutex<Vec<JoinHandle<()>>>,
+    /// The engine's place with the `SIGBUS` handler (`Config::signal_faults`), left when the
+    /// engine stops (no region is left by then).
+    signal: Option<crate::signal::Registration>,
 }
 
 impl Umap {
@@ -232,9 +237,14 @@ impl Umap {
         if let Some(level) = config.log_level {
             logger::install(level);
         }
+        let required = if config.signal_faults {
+            Features::SIGBUS
+        } else {
+            Features::empty()
+        };
         let uffd = Uffd::open(
             Features::PAGEFAULT_FLAG_WP | Features::POISON | Features::MOVE,
-            Features::empty(),
+            required,
         )?;
         log::debug!(
             "userfaultfd via {} with features {:?}",
@@ -273,13 +283,25 @@ impl Umap {
             leaked: Mutex::new(Vec::new()),
             unmapped_errors: Mutex::new(Vec::new()),
             prefetch: PrefetchQueue::default(),
+            in_place: config.signal_faults.then(|| {
+                // One per thread that may fault at once, as a rule of thumb; more threads
+                // than slots take turns.
+                let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+                crate::signal::InPlaceSlots::new((4 * cpus).max(16))
+            }),
             stopped: Mutex::new(false),
             stopped_cv: Condvar::new(),
             config,
         });
+        let signal = if shared.config.signal_faults {
+            Some(crate::signal::register(&shared)?)
+        } else {
+            None
+        };
         let handle = Arc::new(Handle {
             shared: shared.clone(),
             threads: Mutex::new(Vec::new()),
+            signal,
         });
         // If a spawn fails, dropping `handle` stops and joins the threads already started.
         for i in 0..shared.config.fillers {
@@ -693,6 +715,8 @@ fn monitor(shared: Arc<Shared>) {
 
 impl Drop for Handle {
     fn drop(&mut self) {
+        // No region is left to fault on; a handler still running leaves before this returns.
+        drop(self.signal.take());
         *self.shared.stopped.lock() = true;
         self.shared.stopped_cv.notify_all();
         self.shared.buffer.stop();

@@ -11,6 +11,7 @@
 //! | `UMAP_MAX_FAULT_EVENTS` | events | [`Config::max_fault_events`] |
 //! | `UMAP_READ_AHEAD` | pages | [`Config::read_ahead`] |
 //! | `UMAP_RECYCLE_PAGES` | `0` or `1` | [`Config::recycle_pages`] |
+//! | `UMAP_SIGNAL_FAULTS` | `0` or `1` | [`Config::signal_faults`] |
 //! | `UMAP_MONITOR_FREQ` | seconds (0: off) | [`Config::monitor_interval`] |
 //! | `UMAP_LOG_LEVEL` | `off`, `error`, `warning`, `info`, `debug`, `trace` | [`Config::log_level`] |
 //!
@@ -25,7 +26,7 @@ use crate::sys;
 
 /// Every variable read, in the order they are applied (`UMAP_PAGESIZE` before `UMAP_BUFSIZE`,
 /// which counts pages of it).
-pub const VARIABLES: [&str; 11] = [
+pub const VARIABLES: [&str; 12] = [
     "UMAP_PAGESIZE",
     "UMAP_BUFSIZE",
     "UMAP_PAGE_FILLERS",
@@ -35,6 +36,7 @@ pub const VARIABLES: [&str; 11] = [
     "UMAP_MAX_FAULT_EVENTS",
     "UMAP_READ_AHEAD",
     "UMAP_RECYCLE_PAGES",
+    "UMAP_SIGNAL_FAULTS",
     "UMAP_MONITOR_FREQ",
     "UMAP_LOG_LEVEL",
 ];
@@ -164,11 +166,8 @@ fn apply(b: ConfigBuilder, variable: &'static str, value: &str) -> Result<Config
             let max = crate::config::MAX_READ_AHEAD as u64;
             b.read_ahead(integer(variable, value, 0, max, "pages")? as usize)
         }
-        "UMAP_RECYCLE_PAGES" => b.recycle_pages(match value {
-            "0" => false,
-            "1" => true,
-            _ => return Err(Error::invalid(variable, value, "must be 0 (off) or 1 (on)")),
-        }),
+        "UMAP_RECYCLE_PAGES" => b.recycle_pages(switch(variable, value)?),
+        "UMAP_SIGNAL_FAULTS" => b.signal_faults(switch(variable, value)?),
         "UMAP_MONITOR_FREQ" => {
             let secs: f64 = value
                 .parse()
@@ -185,6 +184,15 @@ fn apply(b: ConfigBuilder, variable: &'static str, value: &str) -> Result<Config
         }
         _ => b.log_level(Some(log_level(variable, value)?)),
     })
+}
+
+/// A switch: `0` (off) or `1` (on).
+fn switch(variable: &'static str, value: &str) -> Result<bool> {
+    match value {
+        "0" => Ok(false),
+        "1" => Ok(true),
+        _ => Err(Error::invalid(variable, value, "must be 0 (off) or 1 (on)")),
+    }
 }
 
 /// A decimal integer in `min..=max`.
@@ -263,6 +271,14 @@ mod tests {
         assert!(c.recycle_pages);
         assert_eq!(c.monitor_interval, Some(Duration::from_millis(250)));
         assert_eq!(c.log_level, Some(log::LevelFilter::Warn));
+        assert!(!c.signal_faults);
+        let signals = with(&[("UMAP_SIGNAL_FAULTS", "1")]).unwrap();
+        assert!(signals.signal_faults && !signals.recycle_pages);
+        let both = with(&[("UMAP_SIGNAL_FAULTS", "1"), ("UMAP_RECYCLE_PAGES", "1")]);
+        assert!(
+            both.unwrap_err().to_string().contains("recycle_pages"),
+            "signal faults and recycling together are refused"
+        );
         let off = with(&[("UMAP_MONITOR_FREQ", "0"), ("UMAP_LOG_LEVEL", " debug ")]).unwrap();
         assert_eq!(off.monitor_interval, None);
         assert_eq!(off.log_level, Some(log::LevelFilter::Debug));
@@ -315,6 +331,7 @@ mod tests {
             ("UMAP_READ_AHEAD", "100000", "between 0 and 65536"),
             ("UMAP_RECYCLE_PAGES", "yes", "must be 0 (off) or 1 (on)"),
             ("UMAP_RECYCLE_PAGES", "2", "must be 0 (off) or 1 (on)"),
+            ("UMAP_SIGNAL_FAULTS", "on", "must be 0 (off) or 1 (on)"),
             ("UMAP_MONITOR_FREQ", "soon", "number of seconds"),
             ("UMAP_MONITOR_FREQ", "-1", "number of seconds"),
             ("UMAP_MONITOR_FREQ", "NaN", "number of seconds"),

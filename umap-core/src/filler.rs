@@ -44,10 +44,26 @@ const TOKEN_WORK: u64 = 2;
 /// A fault to serve: a page of a region, what the faulting threads want of it, and when its
 /// event was read (for the service-time statistics).
 pub(crate) struct Job {
-    region: Arc<RegionShared>,
-    page: usize,
-    access: Access,
-    read_at: Instant,
+    pub(crate) region: Arc<RegionShared>,
+    pub(crate) page: usize,
+    pub(crate) access: Access,
+    pub(crate) read_at: Instant,
+}
+
+/// How [`Filler::serve`] left a fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// Served, or nothing left to do: the faulting thread may retry its access.
+    Done,
+    /// Another thread owns the page (filling, evicting, writing it back): only an in-place
+    /// filler gets this (a queued fault is parked or dropped instead); it waits and serves
+    /// the fault again.
+    Busy,
+    /// The page is poisoned (its store read failed): only for an in-place filler, whose
+    /// thread then gets the `SIGBUS` of an I/O error.
+    Poisoned,
+    /// The region is being unmapped.
+    Closing,
 }
 
 /// What a fault asks for.
@@ -78,6 +94,9 @@ pub(crate) struct Filler<'a> {
     jobs: Vec<Job>,
     /// Whether this filler stopped watching the userfaultfd for store I/O (see [`Watch`]).
     pub(crate) lent_watch: bool,
+    /// Serving a fault on the faulting thread itself (see [`crate::signal`]): no watch to lend,
+    /// nobody blocked in the kernel to wake, and a busy page is waited for, not parked.
+    in_place: bool,
 }
 
 /// The epoll instance every idle filler waits on: the userfaultfd (one-shot, see [`Watch`]),
@@ -151,6 +170,7 @@ pub(crate) fn run(shared: Arc<Shared>) {
         reclaim: Vec::with_capacity(evictor::BATCH),
         jobs: Vec::new(),
         lent_watch: false,
+        in_place: false,
     };
     let mut tokens = [0u64; 4];
     let mut spin = Spin::new();
@@ -270,7 +290,29 @@ impl Spin {
     }
 }
 
-impl Filler<'_> {
+impl<'a> Filler<'a> {
+    /// A filler for serving faults on the faulting thread (see [`crate::signal`]), with the
+    /// scratch buffer and reclaim list of one of the engine's in-place slots.
+    pub(crate) fn in_place(
+        shared: &'a Shared,
+        scratch: Option<Mapping>,
+        reclaim: Vec<PageRef>,
+    ) -> Filler<'a> {
+        Filler {
+            shared,
+            scratch,
+            reclaim,
+            jobs: Vec::new(),
+            lent_watch: false,
+            in_place: true,
+        }
+    }
+
+    /// The scratch buffer and reclaim list, given back by an in-place filler.
+    pub(crate) fn into_parts(self) -> (Option<Mapping>, Vec<PageRef>) {
+        (self.scratch, self.reclaim)
+    }
+
     /// Stops watching the userfaultfd before work that may block (store I/O), so that a new
     /// fault meanwhile wakes a sleeping filler.
     pub(crate) fn lend_watch(&mut self) {
@@ -356,7 +398,7 @@ impl Filler<'_> {
             shared.signal_work();
         }
         if let Some(job) = jobs.pop() {
-            self.serve(&job);
+            let _ = self.serve(&job);
         }
         self.jobs = jobs;
         self.serve_shared_work();
@@ -367,21 +409,23 @@ impl Filler<'_> {
         loop {
             let job = self.shared.pending.lock().pop_front();
             match job {
-                Some(job) => self.serve(&job),
+                Some(job) => {
+                    let _ = self.serve(&job);
+                }
                 None => return,
             }
         }
     }
 
     /// Serves a fault: fills its page, or makes it writable, or parks or drops the event if
-    /// another thread owns the page.
-    fn serve(&mut self, job: &Job) {
+    /// another thread owns the page (an in-place filler gets [`Outcome::Busy`] instead).
+    pub(crate) fn serve(&mut self, job: &Job) -> Outcome {
         let (region, page, access) = (&job.region, job.page, job.access);
         let shared = self.shared;
         let ps = region.page_size;
         let Some(_inside) = region.gate.enter() else {
-            shared.wake(region.page_addr(page), ps);
-            return;
+            self.wake(region.page_addr(page), ps);
+            return Outcome::Closing;
         };
         let write = access.write && region.writable;
         loop {
@@ -391,13 +435,20 @@ impl Filler<'_> {
                     if region.pages.claim_fill(page) {
                         // The store read may block: let a new fault meanwhile wake another
                         // filler (`fill_run` takes the watch back before installing).
-                        self.lend_watch();
+                        if !self.in_place {
+                            self.lend_watch();
+                        }
                         self.fill_fault(region, page, write);
                         self.take_watch_back();
                         self.served(region, job.read_at);
-                        return;
+                        return Outcome::Done;
                     }
                 }
+                FILLING | UNPROTECTING | WRITEBACK | EVICTING if self.in_place => {
+                    // The owner finishes soon; the caller waits and serves the fault again.
+                    return Outcome::Busy;
+                }
+                POISONED if self.in_place => return Outcome::Poisoned,
                 FILLING if !access.write_protect => {
                     // The owner's UFFDIO_COPY wakes every thread waiting on the missing page.
                     bump_both(
@@ -406,7 +457,7 @@ impl Filler<'_> {
                         |c| &c.duplicate_faults,
                         1,
                     );
-                    return;
+                    return Outcome::Done;
                 }
                 CLEAN | DIRTY if write && (state == CLEAN || access.write_protect) => {
                     // The first write to a clean page (or a writer that found a dirty page
@@ -417,7 +468,7 @@ impl Filler<'_> {
                         }
                         self.unprotect(region, page, state);
                         self.served(region, job.read_at);
-                        return;
+                        return Outcome::Done;
                     }
                 }
                 FILLING | UNPROTECTING | WRITEBACK | EVICTING => {
@@ -427,7 +478,7 @@ impl Filler<'_> {
                     // dropped).
                     if region.pages.park(page, state) {
                         bump_both(&shared.counters, &region.counters, |c| &c.parked_faults, 1);
-                        return;
+                        return Outcome::Done;
                     }
                 }
                 CLEAN | DIRTY | POISONED => {
@@ -439,16 +490,24 @@ impl Filler<'_> {
                         |c| &c.duplicate_faults,
                         1,
                     );
-                    shared.wake(region.page_addr(page), ps);
-                    return;
+                    self.wake(region.page_addr(page), ps);
+                    return Outcome::Done;
                 }
                 other => {
                     // Not a state this engine sets; never leave a thread blocked.
                     log::error!("page {page} of {region:?} in unknown state {other}");
-                    shared.wake(region.page_addr(page), ps);
-                    return;
+                    self.wake(region.page_addr(page), ps);
+                    return Outcome::Done;
                 }
             }
+        }
+    }
+
+    /// Wakes threads blocked in the kernel on `[addr, addr + len)`; none are, for an in-place
+    /// filler.
+    fn wake(&self, addr: usize, len: usize) {
+        if !self.in_place {
+            self.shared.wake(addr, len);
         }
     }
 

@@ -40,6 +40,7 @@ mod pool;
 mod prefetch;
 mod region;
 mod report;
+mod signal;
 pub mod snapshot;
 mod stats;
 pub mod sys;

@@ -34,6 +34,7 @@ pub(crate) struct Counters {
     pub(crate) pooled_bytes: AtomicU64,
     pub(crate) recycled_bytes: AtomicU64,
     pub(crate) event_batches: AtomicU64,
+    pub(crate) signal_faults: AtomicU64,
     pub(crate) fault_latency: Histogram,
 }
 
@@ -119,6 +120,10 @@ pub struct Stats {
     pub recycled_bytes: u64,
     /// Batches of events read from the kernel (`read_faults / event_batches` is the batch size).
     pub event_batches: u64,
+    /// Faults served on the faulting thread, in its `SIGBUS` handler
+    /// ([`Config::signal_faults`](crate::Config::signal_faults)), among the read, write and
+    /// write-protect faults counted above.
+    pub signal_faults: u64,
     /// Bytes resident now, across all regions.
     pub resident_bytes: u64,
     /// The buffer's capacity in bytes.
@@ -202,6 +207,7 @@ impl Counters {
             pooled_bytes: get(&self.pooled_bytes),
             recycled_bytes: get(&self.recycled_bytes),
             event_batches: get(&self.event_batches),
+            signal_faults: get(&self.signal_faults),
             resident_bytes,
             buffer_bytes,
             fault_latency: self.fault_latency.summary(),
@@ -272,6 +278,7 @@ impl fmt::Display for Stats {
                 ("pooled bytes", self.pooled_bytes),
                 ("recycled bytes", self.recycled_bytes),
                 ("event batches", self.event_batches),
+                ("signal faults", self.signal_faults),
                 ("resident bytes", self.resident_bytes),
                 ("buffer bytes", self.buffer_bytes),
             ],

@@ -42,6 +42,9 @@ impl Features {
     pub const WP_ASYNC: Features = Features(abi::UFFD_FEATURE_WP_ASYNC);
     /// `UFFD_FEATURE_MOVE`: `UFFDIO_MOVE` is available.
     pub const MOVE: Features = Features(abi::UFFD_FEATURE_MOVE);
+    /// `UFFD_FEATURE_SIGBUS`: faults raise `SIGBUS` in the faulting thread instead of being
+    /// queued as events (system calls touching a missing page fail with `EFAULT`).
+    pub const SIGBUS: Features = Features(abi::UFFD_FEATURE_SIGBUS);
     /// `UFFD_FEATURE_MINOR_SHMEM`: minor faults on shared memory.
     pub const MINOR_SHMEM: Features = Features(abi::UFFD_FEATURE_MINOR_SHMEM);
 
