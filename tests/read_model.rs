@@ -38,9 +38,12 @@ fn run_case(seed: u64) {
     // Three threads read at once, each access straddling up to two pages: two pages each.
     let buffer = page_size * (6 + rng.below(12) as usize);
     let fillers = 1 + rng.below(4) as usize;
+    // Half the cases serve faults on the faulting thread (a bit of the seed, so the other
+    // draws stay as they were).
+    let signals = seed & (1 << 7) != 0;
     let case = format!(
         "seed {seed:#x}: page {page_size}, store {store_len}, offset {offset}, len {len}, \
-         buffer {buffer}, fillers {fillers}"
+         buffer {buffer}, fillers {fillers}, signal faults {signals}"
     );
 
     let bytes = common::pattern(seed, 0, store_len);
@@ -49,6 +52,7 @@ fn run_case(seed: u64) {
         .buffer_size(buffer)
         .page_size(page_size)
         .fillers(fillers)
+        .signal_faults(signals)
         .start()
         .unwrap_or_else(|e| panic!("{case}: {e}"));
     let region = umap
@@ -81,7 +85,13 @@ fn run_case(seed: u64) {
         let b = unsafe { region.as_ptr().add(i).read_volatile() };
         assert_eq!(b, 0, "{case}: tail byte {i}");
     }
-    assert!(umap.stats().resident_bytes as usize <= buffer, "{case}");
+    let stats = umap.stats();
+    assert!(stats.resident_bytes as usize <= buffer, "{case}");
+    assert_eq!(
+        stats.signal_faults > 0,
+        signals,
+        "{case}: faults served in the handler: {stats:?}"
+    );
     region.unmap().unwrap_or_else(|e| panic!("{case}: {e}"));
 }
 

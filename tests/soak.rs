@@ -111,19 +111,27 @@ fn seconds() -> u64 {
 
 #[test]
 fn soak() {
-    soak_with(PS, false, seconds());
+    soak_with(PS, false, false, seconds());
 }
 
 /// The same with page recycling on (`Config::recycle_pages`), which needs pages of 64 KiB or
 /// more: a third of the time.
 #[test]
 fn soak_with_page_recycling() {
-    soak_with(64 * 1024, true, seconds().div_ceil(3));
+    soak_with(64 * 1024, true, false, seconds().div_ceil(3));
+}
+
+/// The same with faults served on the faulting thread (`Config::signal_faults`): a third of
+/// the time. No page is poisoned (a load of one would be fatal, and a system call no longer
+/// reads the store), so the system-call step checks `EFAULT` or the bytes instead.
+#[test]
+fn soak_with_signal_faults() {
+    soak_with(PS, false, true, seconds().div_ceil(3));
 }
 
 /// Runs the soak for `secs` seconds with umap pages of `base_ps` bytes (regions use 1, 2 or 4 times
-/// that) and page recycling on or off.
-fn soak_with(base_ps: usize, recycle: bool, secs: u64) {
+/// that), page recycling on or off, and faults served by fillers or in a signal handler.
+fn soak_with(base_ps: usize, recycle: bool, signals: bool, secs: u64) {
     let seed = match std::env::var("UMAP_SOAK_SEED") {
         Ok(s) => s.parse().expect("UMAP_SOAK_SEED is a number"),
         Err(_) => std::time::SystemTime::now()
@@ -132,7 +140,8 @@ fn soak_with(base_ps: usize, recycle: bool, secs: u64) {
             .as_nanos() as u64,
     };
     println!(
-        "soak: {secs} s, pages of {base_ps} bytes, recycling {recycle}, UMAP_SOAK_SEED={seed}"
+        "soak: {secs} s, pages of {base_ps} bytes, recycling {recycle}, signal faults \
+         {signals}, UMAP_SOAK_SEED={seed}"
     );
     let mut rng = Rng::new(seed);
     let umap = Umap::builder()
@@ -141,6 +150,7 @@ fn soak_with(base_ps: usize, recycle: bool, secs: u64) {
         .fillers(2)
         .evictors(1)
         .recycle_pages(recycle)
+        .signal_faults(signals)
         .start()
         .unwrap_or_else(|e| panic!("the engine needs userfaultfd: {e}"));
 
@@ -250,6 +260,29 @@ fn soak_with(base_ps: usize, recycle: bool, secs: u64) {
                         after.1 > before.1,
                         "the prefetch failed with nothing injected: {e}"
                     );
+                }
+            }
+            // With faults served on the faulting thread, a system call gets EFAULT for a page
+            // that is not resident (and reads nothing from the store), or the page's bytes.
+            70..=72 if signals => {
+                ops[4] += 1;
+                let p = rng.below(region.len().div_ceil(ps) as u64) as usize;
+                let n = (len - p * ps).min(64);
+                let before = injected_reads(&slot.store);
+                // SAFETY: reads n bytes of the live region (or fails with EFAULT).
+                let rc =
+                    unsafe { libc::write(pipe[1], region.as_ptr().add(p * ps) as *const _, n) };
+                let err = std::io::Error::last_os_error();
+                if rc < 0 {
+                    assert_eq!(err.raw_os_error(), Some(libc::EFAULT), "{err}");
+                    assert_eq!(injected_reads(&slot.store), before, "EFAULT after a read");
+                } else {
+                    assert_eq!(rc as usize, n);
+                    let mut back = vec![0u8; n];
+                    // SAFETY: reads the bytes just written into the pipe.
+                    let got = unsafe { libc::read(pipe[0], back.as_mut_ptr() as *mut _, n) };
+                    assert_eq!(got as usize, n);
+                    assert_eq!(back, slot.model[p * ps..p * ps + n]);
                 }
             }
             // A system call reads a page whose store read fails (if it is not resident): the
@@ -464,6 +497,11 @@ fn soak_with(base_ps: usize, recycle: bool, secs: u64) {
     assert!(
         !recycle || stats.recycled_bytes > 0,
         "recycling was on but no page was recycled"
+    );
+    assert_eq!(
+        stats.signal_faults > 0,
+        signals,
+        "faults served in the handler: {stats:?}"
     );
 }
 

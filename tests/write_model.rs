@@ -7,7 +7,8 @@
 //! model's bytes), and unmap/remap cycles. After the final unmap the file must equal the model
 //! byte for byte, including the bytes outside the region, and keep its length.
 //!
-//! Page sizes: 4 KiB, 64 KiB and 12 KiB (not a power of two). Set `UMAP_WRITE_SEED` to replay
+//! Page sizes: 4 KiB, 64 KiB and 12 KiB (not a power of two), each also with faults served on
+//! the faulting thread (`Config::signal_faults`). Set `UMAP_WRITE_SEED` to replay
 //! one case, `UMAP_WRITE_CASES` to run more per page size.
 
 mod common;
@@ -53,7 +54,7 @@ fn map(umap: &Umap, path: &std::path::Path, page: usize, offset: usize, len: usi
     .unwrap()
 }
 
-fn run_case(page: usize, seed: u64) {
+fn run_case(page: usize, seed: u64, signals: bool) {
     let mut rng = Rng::new(seed);
     let buffer_pages = 4 + rng.below(5) as usize;
     let buffer = buffer_pages * page;
@@ -70,7 +71,7 @@ fn run_case(page: usize, seed: u64) {
     let ops = 300;
     let case = format!(
         "page {page}, seed {seed:#x} (buffer {buffer}, len {len}, offset {offset}, file \
-         {file_len}, fillers {fillers}, read-ahead {read_ahead})"
+         {file_len}, fillers {fillers}, read-ahead {read_ahead}, signal faults {signals})"
     );
 
     let dir = tempfile::tempdir().unwrap();
@@ -82,6 +83,7 @@ fn run_case(page: usize, seed: u64) {
         .page_size(page)
         .fillers(fillers)
         .read_ahead(read_ahead)
+        .signal_faults(signals)
         .start()
         .expect("userfaultfd engine (needs Linux userfaultfd with write-protect support)");
     let mut region = map(&umap, &path, page, offset, len);
@@ -204,36 +206,61 @@ fn run_case(page: usize, seed: u64) {
         "{case}: the sequence never evicted a dirty page or took a write-protect fault: \
          {stats:?}"
     );
+    assert_eq!(
+        stats.signal_faults > 0,
+        signals,
+        "{case}: faults served in the handler: {stats:?}"
+    );
 }
 
-fn run(page: usize, salt: u64) {
+fn run(page: usize, salt: u64, signals: bool) {
     if let Ok(seed) = std::env::var("UMAP_WRITE_SEED") {
         let seed = seed
             .strip_prefix("0x")
             .map_or_else(|| seed.parse(), |hex| u64::from_str_radix(hex, 16))
             .expect("UMAP_WRITE_SEED must be a number (decimal or 0x hex)");
-        run_case(page, seed);
+        run_case(page, seed, signals);
         return;
     }
     let cases: u64 = std::env::var("UMAP_WRITE_CASES")
         .map(|c| c.parse().expect("UMAP_WRITE_CASES must be a number"))
         .unwrap_or(6);
     for case in 0..cases {
-        run_case(page, salt.wrapping_mul(0x1_0000).wrapping_add(case));
+        run_case(
+            page,
+            salt.wrapping_mul(0x1_0000).wrapping_add(case),
+            signals,
+        );
     }
 }
 
 #[test]
 fn random_writes_4k_pages() {
-    run(4 * KIB, 0x4);
+    run(4 * KIB, 0x4, false);
 }
 
 #[test]
 fn random_writes_64k_pages() {
-    run(64 * KIB, 0x64);
+    run(64 * KIB, 0x64, false);
 }
 
 #[test]
 fn random_writes_12k_pages() {
-    run(12 * KIB, 0x12);
+    run(12 * KIB, 0x12, false);
+}
+
+/// The same, with faults served on the faulting thread (`Config::signal_faults`).
+#[test]
+fn random_writes_4k_pages_signal_faults() {
+    run(4 * KIB, 0x5004, true);
+}
+
+#[test]
+fn random_writes_64k_pages_signal_faults() {
+    run(64 * KIB, 0x5064, true);
+}
+
+#[test]
+fn random_writes_12k_pages_signal_faults() {
+    run(12 * KIB, 0x5012, true);
 }

@@ -116,6 +116,14 @@ pub(crate) struct Registration {
 
 /// Installs the handler (once per process) and registers `shared`'s regions with it.
 pub(crate) fn register(shared: &Arc<Shared>) -> Result<Registration> {
+    if !cfg!(all(target_arch = "x86_64", target_os = "linux")) {
+        return Err(Error::invalid(
+            "signal_faults",
+            true,
+            "is supported on x86-64 Linux only (the handler tells writes from reads by the \
+             CPU's page-fault error code); turn it off",
+        ));
+    }
     install_handler()?;
     let ptr = Arc::as_ptr(shared).cast_mut();
     for (index, slot) in SLOTS.iter().enumerate() {
@@ -207,8 +215,8 @@ extern "C" fn on_sigbus(signal: libc::c_int, info: *mut libc::siginfo_t, context
 }
 
 /// What kind of access faulted, from the CPU's page-fault error code: (write, on a present
-/// page). Where the architecture's context is not read, (false, false): a missing page is
-/// then filled for a read, and a write to it faults again and is served as a first write.
+/// page). Only x86-64 is supported ([`register`] refuses elsewhere): without the error code a
+/// write-protect fault could not be told from a stale read fault.
 fn access_kind(context: *mut c_void) -> (bool, bool) {
     #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
     {
@@ -224,7 +232,7 @@ fn access_kind(context: *mut c_void) -> (bool, bool) {
     #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
     {
         let _ = context;
-        (false, false)
+        unreachable!("signal_faults is refused on this architecture")
     }
 }
 
