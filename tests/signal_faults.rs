@@ -65,7 +65,7 @@ fn model_run(page: usize, threads: usize, seed: u64) {
         let workers: Vec<_> = (0..threads)
             .map(|t| {
                 s.spawn(move || {
-                    let mut rng = Rng::new(seed ^ (t as u64 + 1) * 0x9e37_79b9);
+                    let mut rng = Rng::new(seed ^ ((t as u64 + 1) * 0x9e37_79b9));
                     let mut model = common::pattern(seed, 0, len);
                     let mine: Vec<usize> = (t..pages).step_by(threads).collect();
                     let mut bytes = vec![0u8; page];
