@@ -24,7 +24,7 @@ use libc::{off_t, size_t};
 use parking_lot::{Mutex, RwLock};
 use umap_core::uffd::UffdError;
 use umap_core::{Config, Error, MapOptions, Region, Umap};
-use umap_store::FileStore;
+use umap_store::{FileStore, StoreError};
 
 /// `UMAP_PRIVATE` (the only sharing mode, as in LLNL umap).
 const UMAP_PRIVATE: c_int = libc::MAP_PRIVATE;
@@ -186,47 +186,35 @@ extern "C" fn flush_at_exit() {
     });
 }
 
-/// A [`FileStore`] on a duplicate of `fd`, read-write if `writable`.
+/// A [`FileStore`] on a duplicate of `fd`, read-write if `writable`. The descriptor's access
+/// mode is checked by [`FileStore::from_file`]; its [`StoreError::AccessMode`] is `EACCES`.
 fn store_from_fd(fd: c_int, writable: bool) -> Result<FileStore, Failure> {
-    // SAFETY: F_GETFL takes no argument and only reads the descriptor's flags.
-    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-    if flags < 0 {
-        return Err(Failure::new(
-            libc::EBADF,
-            format!("fd {fd} is not an open file descriptor"),
-        ));
-    }
-    match flags & libc::O_ACCMODE {
-        libc::O_WRONLY => {
-            return Err(Failure::new(
-                libc::EACCES,
-                format!(
-                    "fd {fd} is open write-only: umap must read it (open it O_RDONLY or O_RDWR)"
-                ),
-            ))
-        }
-        libc::O_RDONLY if writable => {
-            return Err(Failure::new(
-                libc::EACCES,
-                format!("fd {fd} is open read-only: PROT_WRITE needs a file open O_RDWR"),
-            ))
-        }
-        _ => {}
-    }
     // SAFETY: F_DUPFD_CLOEXEC creates a new descriptor (the lowest free one >= 0) and has no
-    // other effect; `fd` is open (checked above).
+    // other effect; it fails with EBADF if `fd` is not open.
     let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
     if dup < 0 {
         let e = std::io::Error::last_os_error();
-        return Err(Failure::new(
-            e.raw_os_error().unwrap_or(libc::EMFILE),
-            format!("cannot duplicate fd {fd}: {e}"),
-        ));
+        let errno = e.raw_os_error().unwrap_or(libc::EBADF);
+        return Err(if errno == libc::EBADF {
+            Failure::new(errno, format!("fd {fd} is not an open file descriptor"))
+        } else {
+            Failure::new(errno, format!("cannot duplicate fd {fd}: {e}"))
+        });
     }
     // SAFETY: `dup` is a descriptor we just created and nobody else owns.
     let file = unsafe { File::from_raw_fd(dup) };
-    FileStore::from_file(file, !writable)
-        .map_err(|e| Failure::new(e.raw_os_error().unwrap_or(libc::EIO), e.to_string()))
+    FileStore::from_file(file, !writable).map_err(|e| {
+        let hint = match e {
+            StoreError::AccessMode { .. } => {
+                " (umap needs fd open O_RDONLY or O_RDWR for PROT_READ, O_RDWR for PROT_WRITE)"
+            }
+            _ => "",
+        };
+        Failure::new(
+            e.raw_os_error().unwrap_or(libc::EIO),
+            format!("fd {fd}: {e}{hint}"),
+        )
+    })
 }
 
 fn map(

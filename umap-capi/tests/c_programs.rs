@@ -300,7 +300,9 @@ fn errors_set_errno_and_say_why() {
     for expected in [
         "umap: umap: length is 0",
         "umap: umap: fd -1 is not an open file descriptor",
-        "is open read-only: PROT_WRITE needs a file open O_RDWR",
+        "is open read-only; open it read-write",
+        "is open write-only; a store must be able to read it",
+        "O_RDWR for PROT_WRITE",
         "umap: uunmap: no region starts at",
         "partial unmapping is not supported",
         "umap: umap_fetch_and_pin: cannot pin",
