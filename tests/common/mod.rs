@@ -1,7 +1,12 @@
-//! Helpers shared by the integration tests: deterministic data, files, and a resident-memory
-//! monitor.
+//! Helpers shared by the integration tests: deterministic data, files, a resident-memory
+//! monitor, and (in `process.rs`, shared with the C library's tests) running a child process.
 
 #![allow(dead_code)] // each test binary uses its own subset.
+
+mod process;
+
+#[allow(unused_imports)] // each test binary uses its own subset.
+pub use process::run_command;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -260,54 +265,4 @@ impl umap::Store for TestStore {
     fn is_read_only(&self) -> bool {
         false
     }
-}
-
-/// Runs `cmd` to completion with its output captured, killing it after `limit` (a hang is a
-/// failure, not a stuck CI run): returns its exit status and its stdout and stderr as one
-/// text. Both pipes are drained while it runs, so a child that writes a lot cannot block on a
-/// full pipe and be taken for hung. Panics, with the output, if it had to be killed.
-pub fn run_command(
-    cmd: &mut std::process::Command,
-    what: &str,
-    limit: Duration,
-) -> (std::process::ExitStatus, String) {
-    use std::io::Read;
-    use std::process::Stdio;
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
-    let drain = |mut pipe: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut text = Vec::new();
-            let _ = pipe.read_to_end(&mut text);
-            String::from_utf8_lossy(&text).into_owned()
-        })
-    };
-    let stdout = drain(Box::new(child.stdout.take().unwrap()));
-    let stderr = drain(Box::new(child.stderr.take().unwrap()));
-    let deadline = std::time::Instant::now() + limit;
-    let mut killed = false;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if std::time::Instant::now() > deadline {
-            child.kill().unwrap();
-            killed = true;
-            break child.wait().unwrap();
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    let text = format!(
-        "stdout: {}\nstderr: {}",
-        stdout.join().unwrap(),
-        stderr.join().unwrap()
-    );
-    assert!(
-        !killed,
-        "{what} hung and was killed after {limit:?}\n{text}"
-    );
-    (status, text)
 }

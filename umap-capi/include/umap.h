@@ -41,7 +41,8 @@ extern "C" {
  *   means PROT_READ | PROT_WRITE, as it does for mmap on x86.
  * - flags: UMAP_PRIVATE, optionally | UMAP_FIXED: map at exactly `addr` (a multiple of the
  *   system page size), replacing whatever is mapped there as mmap(MAP_FIXED) does, unless it
- *   is another umap region (EEXIST).
+ *   is another umap region (EEXIST). If another thread is unmapping a region there, it waits
+ *   for that uunmap to end (then maps, or fails with EEXIST if that uunmap failed).
  * - fd: the library keeps its own duplicate; the caller may close `fd` at once.
  * - offset: a multiple of the system page size. length need not be a multiple of any page
  *   size; bytes past the end of the file read as zeros.
@@ -55,6 +56,9 @@ void *umap(void *addr, size_t length, int prot, int flags, int fd, off_t offset)
  * addr, or another length). If the write-back fails, -1 with the file's errno (EIO,
  * ENOSPC, EFBIG ...) and nothing is unmapped: the region stays mapped with its data, for a
  * later uunmap or umap_flush.
+ * Threads: uunmap waits for umap_fetch_and_pin calls on the region running in other threads
+ * to return (blocking only itself: other regions map and unmap meanwhile). Once it has
+ * begun, pins, prefetches and uunmaps of the region fail with EINVAL.
  */
 int uunmap(void *addr, size_t length);
 

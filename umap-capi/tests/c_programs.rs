@@ -6,11 +6,16 @@
 //!
 //! Needs a C and a C++ compiler (`cc`, `c++`) and userfaultfd, as every engine test.
 
+#[path = "../../tests/common/process.rs"]
+mod process;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use process::Finished;
 
 /// The C sources.
 fn sources() -> PathBuf {
@@ -176,91 +181,114 @@ fn build(compiler: &str, std: &str, source: &str, link: Link, dir: &Path) -> Pat
 
 /// Runs `exe` with `args` and only the `UMAP_*` variables in `env` (others removed), within
 /// a minute; returns its output, panicking with it if the program failed.
-fn run(exe: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+fn run(exe: &Path, args: &[&str], env: &[(&str, &str)]) -> Finished {
     let mut cmd = Command::new(exe);
-    cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.args(args);
     for var in umap_core::env::VARIABLES {
         cmd.env_remove(var);
     }
     cmd.envs(env.iter().copied());
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {exe:?}: {e}"));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while child.try_wait().expect("waitpid").is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let out = child
-                .wait_with_output()
-                .expect("output of the killed program");
-            panic!(
-                "{exe:?} {args:?} hung for a minute and was killed\nstdout:\n{}\nstderr:\n{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let out = child.wait_with_output().expect("output of the program");
+    let what = format!("{exe:?} {args:?} with {env:?}");
+    let out = process::run_captured(&mut cmd, &what, Duration::from_secs(60));
     assert!(
         out.status.success(),
-        "{exe:?} {args:?} with {env:?} failed ({})\nstdout:\n{}\nstderr:\n{}",
+        "{what} failed ({})\n{}",
         out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+        out.text()
     );
     out
 }
 
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
+/// A test program built in a temporary directory of its own, where it keeps its data file.
+struct Program {
+    dir: tempfile::TempDir,
+    exe: PathBuf,
 }
 
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
+impl Program {
+    /// Compiles `source` (see [`build`]).
+    fn build(compiler: &str, std: &str, source: &str, link: Link) -> Program {
+        let dir = tempfile::tempdir().unwrap();
+        let exe = build(compiler, std, source, link, dir.path());
+        Program { dir, exe }
+    }
+
+    /// A C11 program linked against the shared library.
+    fn c11(source: &str) -> Program {
+        Program::build("cc", "c11", source, Link::Shared)
+    }
+
+    /// The path of the data file the programs take as their argument (in its directory).
+    fn data_file(&self) -> String {
+        self.dir
+            .path()
+            .join("data.bin")
+            .to_str()
+            .expect("UTF-8 temp path")
+            .to_owned()
+    }
+
+    /// Runs it (see [`run`]) and checks that its stdout contains `expect`.
+    fn run_expecting(&self, args: &[&str], env: &[(&str, &str)], expect: &str) -> Finished {
+        let out = run(&self.exe, args, env);
+        assert!(
+            out.stdout.contains(expect),
+            "no {expect:?} in the output of {}:\n{}",
+            self.exe.display(),
+            out.text()
+        );
+        out
+    }
+
+    /// Runs it on its data file with `env`, checking that stdout contains `expect`.
+    fn run_on_data(&self, env: &[(&str, &str)], expect: &str) -> Finished {
+        self.run_expecting(&[&self.data_file()], env, expect)
+    }
 }
 
-fn data_file(dir: &Path) -> String {
-    dir.join("data.bin")
-        .to_str()
-        .expect("UTF-8 temp path")
-        .to_owned()
+/// The runner reads both pipes while the child runs: a child that writes far more than a
+/// pipe holds (64 KiB) to each is not taken for hung.
+#[test]
+fn runner_takes_more_output_than_a_pipe_holds() {
+    let out = run(
+        Path::new("/bin/sh"),
+        &[
+            "-c",
+            "head -c 1000000 /dev/zero | tr '\\0' o; head -c 1000000 /dev/zero | tr '\\0' e >&2",
+        ],
+        &[],
+    );
+    assert_eq!(out.stdout.len(), 1_000_000);
+    assert!(out.stdout.bytes().all(|b| b == b'o'));
+    assert_eq!(out.stderr.len(), 1_000_000);
+    assert!(out.stderr.bytes().all(|b| b == b'e'));
 }
 
 /// 4 threads read and write 16 MiB through a 1 MiB buffer; umap_flush and uunmap write it
 /// all back; the program closes its descriptor right after umap.
 #[test]
 fn threads_read_write_flush_and_uunmap() {
-    let dir = tempfile::tempdir().unwrap();
-    let exe = build("cc", "c11", "rw_threads.c", Link::Shared, dir.path());
-    let env = [("UMAP_PAGESIZE", "4096"), ("UMAP_BUFSIZE", "256")];
-    let out = run(&exe, &[&data_file(dir.path())], &env);
-    assert!(
-        stdout(&out).contains("rw_threads ok: 4 threads, 16 MiB through 256 pages of 4096 bytes"),
-        "{}",
-        stdout(&out)
+    Program::c11("rw_threads.c").run_on_data(
+        &[("UMAP_PAGESIZE", "4096"), ("UMAP_BUFSIZE", "256")],
+        "rw_threads ok: 4 threads, 16 MiB through 256 pages of 4096 bytes",
     );
 }
 
 /// The same program, linked against libumap.a alone.
 #[test]
 fn static_library_links_and_works() {
-    let dir = tempfile::tempdir().unwrap();
-    let exe = build("cc", "c11", "rw_threads.c", Link::Static, dir.path());
-    let ldd = Command::new("ldd").arg(&exe).output();
+    let program = Program::build("cc", "c11", "rw_threads.c", Link::Static);
+    let ldd = Command::new("ldd").arg(&program.exe).output();
     if let Ok(ldd) = ldd {
+        let needed = String::from_utf8_lossy(&ldd.stdout);
         assert!(
-            !stdout(&ldd).contains("libumap"),
-            "statically linked, yet needs {}",
-            stdout(&ldd)
+            !needed.contains("libumap"),
+            "statically linked, yet needs {needed}"
         );
     }
-    let env = [("UMAP_PAGESIZE", "8192"), ("UMAP_BUFSIZE", "64")];
-    let out = run(&exe, &[&data_file(dir.path())], &env);
-    assert!(
-        stdout(&out).contains("through 64 pages of 8192 bytes"),
-        "{}",
-        stdout(&out)
+    program.run_on_data(
+        &[("UMAP_PAGESIZE", "8192"), ("UMAP_BUFSIZE", "64")],
+        "through 64 pages of 8192 bytes",
     );
 }
 
@@ -268,22 +296,13 @@ fn static_library_links_and_works() {
 /// and of four system pages.
 #[test]
 fn offsets_prefetch_and_pin() {
-    let dir = tempfile::tempdir().unwrap();
-    let exe = build("cc", "c11", "offset.c", Link::Shared, dir.path());
+    let program = Program::c11("offset.c");
     let page = umap_core::sys::page_size();
     for (umap_page, pages) in [(page * 4, 64), (page, 256)] {
         let (umap_page, pages) = (umap_page.to_string(), pages.to_string());
-        let env = [
-            ("UMAP_PAGESIZE", umap_page.as_str()),
-            ("UMAP_BUFSIZE", &pages),
-        ];
-        let out = run(&exe, &[&data_file(dir.path())], &env);
-        assert!(
-            stdout(&out).contains(&format!(
-                "offset ok: umap page {umap_page}, system page {page}"
-            )),
-            "{}",
-            stdout(&out)
+        program.run_on_data(
+            &[("UMAP_PAGESIZE", &umap_page), ("UMAP_BUFSIZE", &pages)],
+            &format!("offset ok: umap page {umap_page}, system page {page}"),
         );
     }
 }
@@ -291,23 +310,24 @@ fn offsets_prefetch_and_pin() {
 /// Misuse fails with the right errno and a message saying why.
 #[test]
 fn errors_set_errno_and_say_why() {
-    let dir = tempfile::tempdir().unwrap();
-    let exe = build("cc", "c11", "errors.c", Link::Shared, dir.path());
-    let env = [("UMAP_PAGESIZE", "4096"), ("UMAP_BUFSIZE", "32")];
-    let out = run(&exe, &[&data_file(dir.path())], &env);
-    assert!(stdout(&out).contains("errors ok"), "{}", stdout(&out));
-    let messages = stderr(&out);
+    let out = Program::c11("errors.c").run_on_data(
+        &[("UMAP_PAGESIZE", "4096"), ("UMAP_BUFSIZE", "32")],
+        "errors ok",
+    );
     for expected in [
         "umap: umap: length is 0",
         "umap: umap: fd -1 is not an open file descriptor",
-        "is open read-only: PROT_WRITE needs a file open O_RDWR",
+        "is open read-only; open it read-write",
+        "is open write-only; a store must be able to read it",
+        "O_RDWR for PROT_WRITE",
         "umap: uunmap: no region starts at",
         "partial unmapping is not supported",
         "umap: umap_fetch_and_pin: cannot pin",
     ] {
         assert!(
-            messages.contains(expected),
-            "no {expected:?} in:\n{messages}"
+            out.stderr.contains(expected),
+            "no {expected:?} in:\n{}",
+            out.stderr
         );
     }
 }
@@ -315,19 +335,16 @@ fn errors_set_errno_and_say_why() {
 /// An invalid UMAP_* variable: every call fails with EINVAL and says which variable.
 #[test]
 fn bad_environment_fails_every_call() {
-    let dir = tempfile::tempdir().unwrap();
-    let exe = build("cc", "c11", "errors.c", Link::Shared, dir.path());
-    let out = run(&exe, &["badenv"], &[("UMAP_PAGE_FILLERS", "lots")]);
-    assert!(
-        stdout(&out).contains("errors badenv ok"),
-        "{}",
-        stdout(&out)
+    let out = Program::c11("errors.c").run_expecting(
+        &["badenv"],
+        &[("UMAP_PAGE_FILLERS", "lots")],
+        "errors badenv ok",
     );
     assert!(
-        stderr(&out)
+        out.stderr
             .contains("umap: umap: bad umap configuration: invalid UMAP_PAGE_FILLERS = lots"),
         "{}",
-        stderr(&out)
+        out.stderr
     );
 }
 
@@ -335,8 +352,6 @@ fn bad_environment_fails_every_call() {
 /// environment through every getter.
 #[test]
 fn header_compiles_as_cpp_and_getters_read_the_environment() {
-    let dir = tempfile::tempdir().unwrap();
-    let exe = build("c++", "c++11", "header.cpp", Link::Shared, dir.path());
     let env = [
         ("UMAP_PAGESIZE", "8192"),
         ("UMAP_BUFSIZE", "100"),
@@ -347,7 +362,6 @@ fn header_compiles_as_cpp_and_getters_read_the_environment() {
         ("UMAP_EVICT_LOW_WATER_THRESHOLD", "50"),
         ("UMAP_MAX_FAULT_EVENTS", "7"),
     ];
-    let out = run(&exe, &[], &env);
     let expected = format!(
         "header.cpp ok: linked 1, page {}, umap page 8192, fillers 3, evictors 2, buffer 100 \
          pages, read-ahead 5, watermarks 80/50, events 7, write 1, flags {} {}, failed \
@@ -356,11 +370,7 @@ fn header_compiles_as_cpp_and_getters_read_the_environment() {
         libc::MAP_PRIVATE,
         libc::MAP_FIXED
     );
-    assert!(
-        stdout(&out).contains(&expected),
-        "{}\nexpected {expected}",
-        stdout(&out)
-    );
+    Program::build("c++", "c++11", "header.cpp", Link::Shared).run_expecting(&[], &env, &expected);
 }
 
 /// The header alone compiles as strict C99 and C++11.
@@ -382,7 +392,7 @@ fn header_compiles_alone_as_c_and_cpp() {
         assert!(
             out.status.success(),
             "umap.h does not compile as {std}:\n{}",
-            stderr(&out)
+            String::from_utf8_lossy(&out.stderr)
         );
     }
 }
@@ -397,27 +407,23 @@ fn regions_are_written_back_at_exit() {
 }
 
 fn written_back_at_exit(fork: bool) {
-    let dir = tempfile::tempdir().unwrap();
-    let exe = build("cc", "gnu11", "exit_flush.c", Link::Shared, dir.path());
-    let file = data_file(dir.path());
-    let env = [("UMAP_PAGESIZE", "4096"), ("UMAP_BUFSIZE", "2048")];
+    let program = Program::build("cc", "gnu11", "exit_flush.c", Link::Shared);
+    let file = program.data_file();
     let args: Vec<&str> = if fork {
         vec![&file, "fork"]
     } else {
         vec![&file]
     };
-    let out = run(&exe, &args, &env);
-    assert!(
-        stdout(&out).contains("exit_flush wrote 4 MiB"),
-        "{}",
-        stdout(&out)
+    let out = program.run_expecting(
+        &args,
+        &[("UMAP_PAGESIZE", "4096"), ("UMAP_BUFSIZE", "2048")],
+        "exit_flush wrote 4 MiB",
     );
     assert_eq!(
-        stdout(&out).contains("exit_flush child exited"),
+        out.stdout.contains("exit_flush child exited"),
         fork,
-        "fork {fork}: {}{}",
-        stdout(&out),
-        stderr(&out)
+        "fork {fork}: {}",
+        out.text()
     );
     let bytes = std::fs::read(&file).unwrap();
     assert_eq!(bytes.len(), 4 << 20);

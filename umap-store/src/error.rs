@@ -42,6 +42,18 @@ pub enum StoreError {
         #[source]
         source: io::Error,
     },
+    /// An open file's access mode does not allow what the store needs: it is write-only (a
+    /// store reads), or read-only for a writable store. Its errno is `EACCES`, as for an
+    /// `mmap` of a descriptor opened the wrong way.
+    #[error("{file} is open {mode}; {needed}")]
+    AccessMode {
+        /// The file (its path, or the descriptor's number when the path is unknown).
+        file: String,
+        /// How it is open: "write-only" or "read-only".
+        mode: &'static str,
+        /// What the store needs instead.
+        needed: &'static str,
+    },
     /// A write was attempted on a read-only store.
     #[error("the store is read-only: open it writable to write to it")]
     ReadOnly,
@@ -67,6 +79,7 @@ impl StoreError {
             StoreError::Io { source, .. }
             | StoreError::Open { source, .. }
             | StoreError::DirectIoUnsupported { source, .. } => source.raw_os_error(),
+            StoreError::AccessMode { .. } => Some(libc::EACCES),
             StoreError::ReadOnly => Some(libc::EROFS),
             StoreError::OutOfRange { .. } => Some(libc::EFBIG),
             StoreError::Invalid(_) => Some(libc::EINVAL),

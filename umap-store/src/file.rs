@@ -228,6 +228,10 @@ impl FileStore {
     ///
     /// The length is taken from the file's size now. The file offset is not used (all I/O is
     /// positioned), so a descriptor shared with other code keeps working.
+    ///
+    /// Errors: [`StoreError::AccessMode`] (`EACCES`) for a descriptor open write-only, or
+    /// read-only when `read_only` is false; [`StoreError::Invalid`] for append mode or a file
+    /// that is neither a regular file nor a block device.
     pub fn from_file(file: File, read_only: bool) -> Result<FileStore> {
         let fd = file.as_raw_fd();
         let proc_path = PathBuf::from(format!("/proc/self/fd/{fd}"));
@@ -257,16 +261,18 @@ impl FileStore {
         }
         match flags & libc::O_ACCMODE {
             libc::O_WRONLY => {
-                return Err(StoreError::Invalid(format!(
-                    "{} is open write-only; a store must be able to read it",
-                    name()
-                )))
+                return Err(StoreError::AccessMode {
+                    file: name(),
+                    mode: "write-only",
+                    needed: "a store must be able to read it",
+                })
             }
             libc::O_RDONLY if !read_only => {
-                return Err(StoreError::Invalid(format!(
-                    "{} is open read-only; open it read-write or make a read-only store",
-                    name()
-                )))
+                return Err(StoreError::AccessMode {
+                    file: name(),
+                    mode: "read-only",
+                    needed: "open it read-write or make a read-only store",
+                })
             }
             _ => {}
         }
@@ -801,7 +807,18 @@ pub(crate) mod tests {
         assert_eq!(store.path(), Some(path.as_path()));
 
         let err = FileStore::from_file(File::open(&path).unwrap(), false).unwrap_err();
-        assert!(matches!(err, StoreError::Invalid(_)), "{err:?}");
+        assert!(
+            matches!(
+                err,
+                StoreError::AccessMode {
+                    mode: "read-only",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert_eq!(err.raw_os_error(), Some(libc::EACCES));
+        assert!(err.to_string().contains("is open read-only"), "{err}");
 
         let append = OpenOptions::new()
             .append(true)
@@ -813,7 +830,17 @@ pub(crate) mod tests {
 
         let write_only = OpenOptions::new().write(true).open(&path).unwrap();
         let err = FileStore::from_file(write_only, true).unwrap_err();
-        assert!(matches!(err, StoreError::Invalid(_)), "{err:?}");
+        assert!(
+            matches!(
+                err,
+                StoreError::AccessMode {
+                    mode: "write-only",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert_eq!(err.raw_os_error(), Some(libc::EACCES));
 
         let rw = OpenOptions::new()
             .read(true)

@@ -111,6 +111,57 @@ int main(int argc, char **argv) {
   CHECK(uunmap(p, fixed_len) == 0);
   CHECK(munmap(reserved, fixed_len + 2 * page) == 0);
 
+  /* uunmap takes the length given to umap, or that length rounded up to the umap page size,
+   * and no other. */
+  len = 2 * page + 100;
+  p = umap(NULL, len, PROT_READ, UMAP_PRIVATE, fd, 0);
+  CHECK(p != UMAP_FAILED);
+  CHECK_ERRNO(uunmap(p, 2 * page), == -1, EINVAL);
+  CHECK_ERRNO(uunmap(p, 3 * page + sys_page), == -1, EINVAL);
+  CHECK(uunmap(p, 3 * page) == 0);
+
+  /* Prefetch: an address repeated, two in one page, pages of two regions, an address in the
+   * last page past the region's length; exactly those pages are filled. */
+  size_t a_len = 16 * page + 100; /* 17 pages, the last one partly past the length */
+  unsigned char *a = umap(NULL, a_len, PROT_READ, UMAP_PRIVATE, fd, 0);
+  unsigned char *b = umap(NULL, 8 * page, PROT_READ, UMAP_PRIVATE, fd, 64 * page);
+  CHECK(a != UMAP_FAILED && b != UMAP_FAILED);
+  struct umap_prefetch_item some[] = {
+      {a + 3 * page}, {b + 2 * page + 5}, {a + 4 * page - 1}, {a + 16 * page + 200},
+      {a + 3 * page}, {b + 2 * page},     {a + 4 * page},
+  };
+  errno = 0;
+  umap_prefetch(sizeof some / sizeof some[0], some);
+  CHECK(errno == 0);
+  CHECK(resident_pages(a, 3 * page) == 0);
+  CHECK(resident_pages(a + 3 * page, 2 * page) == 2 * page / sys_page);
+  CHECK(resident_pages(a + 5 * page, 11 * page) == 0);
+  CHECK(resident_pages(a + 16 * page, page) == page / sys_page);
+  CHECK(resident_pages(b, 8 * page) == page / sys_page);
+  CHECK(resident_pages(b + 2 * page, page) == page / sys_page);
+  check_view(a + 3 * page, 2 * page, 3 * page, 0);
+  check_view(b + 2 * page, page, 66 * page, 0);
+  errno = 0;
+  umap_prefetch(0, NULL); /* nothing to do */
+  CHECK(errno == 0);
+  CHECK(uunmap(a, a_len) == 0 && uunmap(b, 0) == 0);
+
+  /* One array of twice as many pages as the buffer holds: split into requests the buffer
+   * takes (each at most half of it), every page filled with the right bytes. */
+  size_t n = 2 * umapcfg_get_max_pages_in_buffer();
+  CHECK(n * page <= SIZE);
+  p = umap(NULL, n * page, PROT_READ, UMAP_PRIVATE, fd, 0);
+  CHECK(p != UMAP_FAILED);
+  struct umap_prefetch_item *all = malloc(n * sizeof *all);
+  CHECK(all != NULL);
+  for (size_t i = 0; i < n; i++) all[n - 1 - i].page_base_addr = p + i * page;
+  errno = 0;
+  umap_prefetch((int)n, all);
+  CHECK(errno == 0);
+  check_view(p, n * page, 0, 0);
+  free(all);
+  CHECK(uunmap(p, 0) == 0);
+
   printf("offset ok: umap page %llu, system page %ld\n", (unsigned long long)page, sys_page);
   return 0;
 }
