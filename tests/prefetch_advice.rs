@@ -5,7 +5,7 @@ mod common;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use common::{check_pattern, pattern, ResidentMonitor, Rng};
+use common::{check_pattern, pattern, settles_to, ResidentMonitor, Rng};
 use umap::{Advice, MapOptions, MemStore, Region, Stats, Store, StoreError, Umap};
 
 const KIB: usize = 1024;
@@ -137,17 +137,13 @@ fn will_need_prefetches_up_to_the_low_water_share() {
         .unwrap();
     region.advise(2 * MIB, 12 * MIB, Advice::WillNeed).unwrap();
     let low_water_pages = (8 * MIB * 7 / 10 / (64 * KIB)) as u64;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     // Fills are counted just before their pages are installed: wait for them to be resident
     // too, or the scan below could fault on the last chunk while it is being copied in.
-    loop {
+    let prefetched = common::eventually(|| {
         let s = region.stats();
-        if s.prefetched_pages >= low_water_pages && s.resident_pages >= low_water_pages {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "{s}");
-        std::thread::sleep(std::time::Duration::from_millis(1));
-    }
+        s.prefetched_pages >= low_water_pages && s.resident_pages >= low_water_pages
+    });
+    assert!(prefetched, "{}", region.stats());
     // The advised range's start is resident: reading it does not fault.
     scan(&region, 2 * MIB, 2 * MIB + 4 * MIB);
     let s = region.stats();
@@ -203,18 +199,12 @@ fn dont_need_of_a_read_only_range_frees_its_share_of_the_buffer() {
     scan(&region, 0, 6 * MIB);
     // The last page of the scan is marked resident just after its reader is woken: let it
     // settle before taking the figures.
-    let settles_to = |pages: u64| {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while region.stats().resident_pages != pages && std::time::Instant::now() < deadline {
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
-        assert_eq!(region.stats().resident_pages, pages, "{}", umap.stats());
-    };
-    settles_to((6 * MIB / (64 * KIB)) as u64);
+    let resident_pages = || region.stats().resident_pages;
+    settles_to("resident pages", (6 * MIB / (64 * KIB)) as u64, resident_pages);
     let resident = umap.stats().resident_bytes;
     region.advise(0, 2 * MIB, Advice::DontNeed).unwrap();
     assert_eq!(umap.stats().resident_bytes, resident - 2 * MIB as u64);
-    settles_to((4 * MIB / (64 * KIB)) as u64);
+    settles_to("resident pages", (4 * MIB / (64 * KIB)) as u64, resident_pages);
     scan(&region, 0, 6 * MIB);
 }
 
@@ -454,10 +444,7 @@ fn stats_are_kept_per_region_and_add_up_to_the_engine() {
     scan(&a, 0, 2 * MIB);
     scan(&b, 0, MIB);
     // A fault's service time is recorded just after its thread is woken: let the last settle.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while umap.stats().fault_latency.count < 768 && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(1));
-    }
+    settles_to("faults served", 768, || umap.stats().fault_latency.count);
     let (sa, sb, s) = (a.stats(), b.stats(), umap.stats());
     assert_eq!(sa.read_faults, 512);
     assert_eq!(sb.read_faults, 256);

@@ -161,6 +161,47 @@ impl ResidentMonitor {
     }
 }
 
+/// Waits up to 10 s for `cond`; returns whether it held (it is tried once more at the end).
+pub fn eventually(mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    cond()
+}
+
+/// Waits (up to 10 s) until `value()` equals `want`, and asserts it does. A filler settles a
+/// page's state, and the figures derived from it (`resident_bytes`, `dirty_bytes`, the
+/// statistics), just after the copy that wakes the faulting thread, so they can lag an access
+/// by a moment.
+pub fn settles_to<T: PartialEq + std::fmt::Debug>(what: &str, want: T, mut value: impl FnMut() -> T) {
+    let mut got = value();
+    if got != want {
+        eventually(|| {
+            got = value();
+            got == want
+        });
+    }
+    assert_eq!(got, want, "{what}");
+}
+
+/// Waits (up to 10 s) until every fault event `umap` counted has been served (its page's
+/// state and the statistics settled: see [`settles_to`]) or dropped as a duplicate or parked
+/// one, and asserts it was: the figures read afterwards no longer change unless a thread
+/// faults again or the evictors run.
+pub fn faults_settle(umap: &umap::Umap) {
+    let unsettled = || {
+        let s = umap.stats();
+        let events = s.read_faults + s.write_faults + s.wp_faults;
+        let done = s.fault_latency.count + s.duplicate_faults + s.parked_faults;
+        events.abs_diff(done)
+    };
+    settles_to("fault events not yet served", 0, unsettled);
+}
+
 /// Open file descriptors and threads of this process.
 pub fn fds_and_threads() -> (usize, usize) {
     let fds = std::fs::read_dir("/proc/self/fd").unwrap().count();
