@@ -218,11 +218,25 @@ pub fn map_file_writable(
     fillers: usize,
     evictors: usize,
 ) -> (umap::Umap, umap::Region) {
-    let umap = umap::Umap::builder()
-        .buffer_size(buffer)
+    map_file_writable_with(
+        umap::Umap::builder()
+            .buffer_size(buffer)
+            .fillers(fillers)
+            .evictors(evictors),
+        path,
+        page,
+    )
+}
+
+/// The engine `builder` makes, with `page`-byte pages, and the file at `path` mapped writable
+/// through it.
+pub fn map_file_writable_with(
+    builder: umap::ConfigBuilder,
+    path: &Path,
+    page: usize,
+) -> (umap::Umap, umap::Region) {
+    let umap = builder
         .page_size(page)
-        .fillers(fillers)
-        .evictors(evictors)
         .start()
         .unwrap_or_else(|e| panic!("the engine needs userfaultfd: {e}"));
     let region = umap
