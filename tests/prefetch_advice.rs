@@ -200,11 +200,19 @@ fn dont_need_of_a_read_only_range_frees_its_share_of_the_buffer() {
     // The last page of the scan is marked resident just after its reader is woken: let it
     // settle before taking the figures.
     let resident_pages = || region.stats().resident_pages;
-    settles_to("resident pages", (6 * MIB / (64 * KIB)) as u64, resident_pages);
+    settles_to(
+        "resident pages",
+        (6 * MIB / (64 * KIB)) as u64,
+        resident_pages,
+    );
     let resident = umap.stats().resident_bytes;
     region.advise(0, 2 * MIB, Advice::DontNeed).unwrap();
     assert_eq!(umap.stats().resident_bytes, resident - 2 * MIB as u64);
-    settles_to("resident pages", (4 * MIB / (64 * KIB)) as u64, resident_pages);
+    settles_to(
+        "resident pages",
+        (4 * MIB / (64 * KIB)) as u64,
+        resident_pages,
+    );
     scan(&region, 0, 6 * MIB);
 }
 

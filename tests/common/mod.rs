@@ -101,6 +101,31 @@ pub fn check_pattern(seed: u64, offset: u64, got: &[u8]) {
     }
 }
 
+/// The bytes of the file at `path` in `[offset, offset + len)`.
+pub fn file_bytes(path: &Path, offset: usize, len: usize) -> Vec<u8> {
+    use std::os::unix::fs::FileExt;
+    let mut out = vec![0u8; len];
+    std::fs::File::open(path)
+        .unwrap()
+        .read_exact_at(&mut out, offset as u64)
+        .unwrap();
+    out
+}
+
+/// Asserts that `got` equals `want` (both starting at byte `offset` of whatever they are
+/// taken from), naming `what`, and the first differing byte or the lengths.
+pub fn assert_same(what: &str, offset: usize, got: &[u8], want: &[u8]) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths differ");
+    if let Some(i) = got.iter().zip(want).position(|(a, b)| a != b) {
+        panic!(
+            "{what}: byte {} is {:#04x}, expected {:#04x}",
+            offset + i,
+            got[i],
+            want[i]
+        );
+    }
+}
+
 /// Samples the resident system pages of regions (mincore) until stopped; keeps the maximum.
 ///
 /// One `mincore` call walks the range while fills and evictions go on, so a sample can count a
@@ -177,7 +202,11 @@ pub fn eventually(mut cond: impl FnMut() -> bool) -> bool {
 /// page's state, and the figures derived from it (`resident_bytes`, `dirty_bytes`, the
 /// statistics), just after the copy that wakes the faulting thread, so they can lag an access
 /// by a moment.
-pub fn settles_to<T: PartialEq + std::fmt::Debug>(what: &str, want: T, mut value: impl FnMut() -> T) {
+pub fn settles_to<T: PartialEq + std::fmt::Debug>(
+    what: &str,
+    want: T,
+    mut value: impl FnMut() -> T,
+) {
     let mut got = value();
     if got != want {
         eventually(|| {
