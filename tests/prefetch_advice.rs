@@ -217,19 +217,32 @@ fn dont_need_of_a_read_only_range_frees_its_share_of_the_buffer() {
 }
 
 /// Faults and read-ahead pages of one sequential scan of 8 MiB, upwards or (`descending`) from
-/// the last page down to the first.
+/// the last page down to the first, through a buffer that holds it all.
 fn scan_stats(
     page_size: usize,
     read_ahead: usize,
     advice: Option<Advice>,
     descending: bool,
 ) -> Stats {
-    let len = 8 * MIB;
     // A buffer that holds the whole scan, so the counts do not depend on the evictor keeping
     // up: with 4 MiB, a loaded machine (the evictor short of CPU, runs shrinking to the free
     // room) gave 17-18 faults at 64 KiB pages where this test's bound allows 16. Read-ahead
-    // within the buffer bound is `read_ahead_stays_inside_the_buffer_with_many_readers`.
-    let umap = engine(16 * MIB, page_size, read_ahead);
+    // under eviction is `read_ahead_cuts_faults_on_a_descending_scan_under_eviction` (with a
+    // looser bound), and within the buffer bound
+    // `read_ahead_stays_inside_the_buffer_with_many_readers`.
+    scan_stats_in(16 * MIB, page_size, read_ahead, advice, descending)
+}
+
+/// As [`scan_stats`], through a `buffer`-byte buffer.
+fn scan_stats_in(
+    buffer: usize,
+    page_size: usize,
+    read_ahead: usize,
+    advice: Option<Advice>,
+    descending: bool,
+) -> Stats {
+    let len = 8 * MIB;
+    let umap = engine(buffer, page_size, read_ahead);
     let region = umap.map(pattern_store(len), MapOptions::new()).unwrap();
     if let Some(advice) = advice {
         region.advise(0, len, advice).unwrap();
@@ -280,6 +293,29 @@ fn read_ahead_cuts_faults_on_a_descending_scan() {
     // A scan from the last page down to the first (as a quicksort partition's right-hand
     // cursor moves): the read-ahead window lies below each fault.
     assert_read_ahead_cuts_faults(true);
+}
+
+#[test]
+fn read_ahead_cuts_faults_on_a_descending_scan_under_eviction() {
+    // The descending scan through a buffer half its size: the evictor frees room while the
+    // scan goes on, and read-ahead runs shrink to the free room when it lags, so the bound is
+    // a 4-fold cut, not 8. Read-ahead laid out above each fault (where a descending scan has
+    // been already) would cut nothing.
+    for page_size in [4 * KIB, 64 * KIB] {
+        let pages = (8 * MIB / page_size) as u64;
+        let without = scan_stats_in(4 * MIB, page_size, 0, None, true);
+        assert_eq!(without.read_faults, pages, "{without}");
+        assert!(without.evictions > 0, "{without}");
+        let with = scan_stats_in(4 * MIB, page_size, 15, None, true);
+        assert!(with.evictions > 0, "{with}");
+        assert!(with.read_ahead_pages > pages / 2, "{page_size}: {with}");
+        assert!(
+            with.read_faults * 4 <= without.read_faults,
+            "{page_size}: {} faults with read-ahead, {} without",
+            with.read_faults,
+            without.read_faults
+        );
+    }
 }
 
 #[test]
