@@ -10,18 +10,23 @@
 //! Cold runs drop the file from the page cache first (`posix_fadvise(POSIX_FADV_DONTNEED)`),
 //! so umap reads from the disk; warm runs read the page cache (user-space paging cost only).
 //! Rounds alternate the configurations, so a noisy neighbour slows all of them alike; the
-//! table gives the median of the rounds and each one's ratio to read-ahead off.
+//! table gives the median of the rounds and each one's ratio to read-ahead off. Every scan's
+//! checksum is compared with the file's: wrong bytes fail the bench (exit status 1).
 
 #[path = "../examples/support/cli.rs"]
 mod cli;
+#[path = "support/data_file.rs"]
+mod data_file;
+#[path = "../examples/support/mix.rs"]
+mod mix;
 
 use std::error::Error;
 use std::fs::File;
-use std::io::Write;
-use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::Instant;
+
+use data_file::{create_data_file, drop_from_page_cache, pattern, FileMap};
 
 use umap::{Advice, FileStore, MapOptions, Umap};
 
@@ -117,48 +122,45 @@ impl System {
     }
 }
 
-/// One scan: seconds and faults.
-fn scan(path: &Path, o: &Options, system: System, cold: bool) -> Result<(f64, u64), BoxError> {
-    let file = File::open(path)?;
+/// A position-weighted sum of the `u64` at the start of every 4 KiB of `data` (the one read
+/// the scan touches there): a page read from the wrong place, or wrong bytes where it was
+/// read, change it.
+fn checksum(data: &[u8]) -> u64 {
+    let mut sum = 0u64;
+    for (i, block) in data.chunks(4096).enumerate() {
+        let word = u64::from_ne_bytes(block[..8].try_into().expect("whole 4 KiB blocks"));
+        sum = sum.wrapping_add(word.wrapping_mul(2 * i as u64 + 1));
+    }
+    sum
+}
+
+/// The [`checksum`] of the whole data file of `size` bytes (a multiple of 4 KiB), from its
+/// pattern.
+fn file_checksum(size: usize) -> u64 {
+    (0..size / 4096).fold(0u64, |sum, i| {
+        sum.wrapping_add(pattern(i as u64 * 512).wrapping_mul(2 * i as u64 + 1))
+    })
+}
+
+/// One scan: seconds, faults, and the [`checksum`] of what it read.
+fn scan(path: &Path, o: &Options, system: System, cold: bool) -> Result<(f64, u64, u64), BoxError> {
     if cold {
         // The file was synced when written, so its pages are clean and can be dropped.
-        // SAFETY: a plain advice call on an open descriptor.
-        let err = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
-        if err != 0 {
-            return Err(std::io::Error::from_raw_os_error(err).into());
+        let cached = drop_from_page_cache(path)?;
+        if cached > 0.01 {
+            eprintln!(
+                "warning: {:.1}% of the file is still in the page cache after dropping it",
+                cached * 100.0
+            );
         }
     }
-    let sum_bytes = |data: &[u8]| -> u64 {
-        let mut sum = 0u64;
-        for chunk in data.chunks(4096) {
-            sum = sum.wrapping_add(chunk[0] as u64);
-        }
-        sum
-    };
     match system {
         System::Mmap => {
-            // SAFETY: a fresh read-only shared mapping of a file nobody truncates meanwhile.
-            let addr = unsafe {
-                libc::mmap(
-                    std::ptr::null_mut(),
-                    o.size,
-                    libc::PROT_READ,
-                    libc::MAP_SHARED,
-                    file.as_raw_fd(),
-                    0,
-                )
-            };
-            if addr == libc::MAP_FAILED {
-                return Err(std::io::Error::last_os_error().into());
-            }
+            let file = File::open(path)?;
+            let map = FileMap::new(&file, o.size)?;
             let start = Instant::now();
-            // SAFETY: the mapping is `o.size` readable bytes until the munmap below.
-            let data = unsafe { std::slice::from_raw_parts(addr as *const u8, o.size) };
-            std::hint::black_box(sum_bytes(data));
-            let secs = start.elapsed().as_secs_f64();
-            // SAFETY: unmapping what we mapped; `data` is not used afterwards.
-            unsafe { libc::munmap(addr, o.size) };
-            Ok((secs, 0))
+            let sum = checksum(map.as_slice());
+            Ok((start.elapsed().as_secs_f64(), 0, sum))
         }
         System::Umap {
             page,
@@ -176,11 +178,11 @@ fn scan(path: &Path, o: &Options, system: System, cold: bool) -> Result<(f64, u6
                 region.advise(0, region.len(), Advice::Sequential)?;
             }
             let start = Instant::now();
-            std::hint::black_box(sum_bytes(region.as_slice()));
+            let sum = checksum(region.as_slice());
             let secs = start.elapsed().as_secs_f64();
             let faults = region.stats().read_faults;
             region.unmap()?;
-            Ok((secs, faults))
+            Ok((secs, faults, sum))
         }
     }
 }
@@ -190,17 +192,23 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// Fails unless a scan through `system` read the file's bytes.
+fn check(system: System, sum: u64, want: u64) -> Result<(), BoxError> {
+    if sum != want {
+        return Err(format!(
+            "{} read wrong bytes: checksum {sum:#018x}, the file's is {want:#018x}",
+            system.label()
+        )
+        .into());
+    }
+    Ok(())
+}
+
 fn run(o: &Options) -> Result<(), BoxError> {
     let dir = tempfile::tempdir_in(std::env::var_os("UMAP_BENCH_DIR").unwrap_or(".".into()))?;
     let path = dir.path().join("read_ahead.bin");
-    {
-        let mut f = std::io::BufWriter::new(File::create(&path)?);
-        let block: Vec<u8> = (0..MIB).map(|i| (i * 31 % 251) as u8).collect();
-        for _ in 0..o.size / MIB {
-            f.write_all(&block)?;
-        }
-        f.into_inner()?.sync_all()?;
-    }
+    create_data_file(&path, o.size as u64)?;
+    let want = file_checksum(o.size);
     let mut systems = vec![System::Mmap];
     for page in [4096, 64 * 1024, 1024 * 1024] {
         for (window, sequential) in [(0, false), (o.window, false), (0, true)] {
@@ -220,13 +228,15 @@ fn run(o: &Options) -> Result<(), BoxError> {
     for cold in [true, false] {
         if !cold {
             // Warm the page cache once for every warm run.
-            scan(&path, o, System::Mmap, false)?;
+            let (_, _, sum) = scan(&path, o, System::Mmap, false)?;
+            check(System::Mmap, sum, want)?;
         }
         let mut times: Vec<Vec<f64>> = vec![Vec::new(); systems.len()];
         let mut faults = vec![0u64; systems.len()];
         for _ in 0..o.rounds {
             for (i, &system) in systems.iter().enumerate() {
-                let (secs, f) = scan(&path, o, system, cold)?;
+                let (secs, f, sum) = scan(&path, o, system, cold)?;
+                check(system, sum, want)?;
                 times[i].push(secs);
                 faults[i] = f;
             }

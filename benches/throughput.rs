@@ -25,8 +25,12 @@
 //! run wrote (and the pattern everywhere else) and puts the pattern back, so every run starts
 //! from the same file.
 
+#[path = "support/args.rs"]
+mod args;
 #[path = "../examples/support/cli.rs"]
 mod cli;
+#[path = "support/data_file.rs"]
+mod data_file;
 #[path = "support/faults.rs"]
 mod faults;
 #[path = "../examples/support/mix.rs"]
@@ -34,12 +38,16 @@ mod mix;
 #[path = "support/report.rs"]
 mod report;
 
+use args::{parse_args, Options, Parsed, Workload, TOUCH, USAGE};
+use data_file::{
+    create_data_file, drop_from_page_cache, fill_pattern, pattern, read_into_page_cache, FileMap,
+    CHUNK,
+};
 use mix::mix64;
 use std::collections::BTreeMap;
 use std::error::Error;
 use std::fs::File;
 use std::io::{self, Write};
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -51,15 +59,6 @@ use umap::{FileStore, MapOptions, MemStore, Stats, Umap};
 
 type BoxError = Box<dyn Error + Send + Sync>;
 
-const MIB: u64 = 1 << 20;
-const GIB: u64 = 1 << 30;
-
-/// Workloads touch one `u64` per `TOUCH` bytes.
-const TOUCH: usize = 4096;
-/// The umap page sizes measured.
-const UMAP_PAGE_SIZES: [usize; 3] = [4 << 10, 64 << 10, 1 << 20];
-/// Seed of the data file's pattern.
-const PATTERN_SEED: u64 = 0x756d_6170_2d72_7321;
 /// Seed of the random-read positions (thread `t` uses `RANDOM_SEED + t`).
 const RANDOM_SEED: u64 = 0x5eed_0000_0000_0001;
 /// Seed of the random-write positions (thread `t` uses `WRITE_SEED + t`); rand-write and rmw
@@ -69,244 +68,7 @@ const WRITE_SEED: u64 = 0x5eed_0000_0000_0f01;
 const EVICTORS: usize = 1;
 
 // ---------------------------------------------------------------------------------------------
-// Command line
-
-const USAGE: &str = "\
-usage: cargo bench --bench throughput -- [OPTIONS]
-
-  --quick           small run (128 MiB file, 16 MiB buffer, 20000 random reads, 4000 writes)
-  --json PATH       also write the results (and the run's parameters) to PATH as JSON
-  --plot PATH.svg   also draw MB/s by workload, system and page size to PATH as an SVG chart
-  --size BYTES      data file size (default 1 GiB; 128 MiB with --quick)
-  --buffer BYTES    umap buffer size (default 128 MiB; 16 MiB with --quick)
-  --threads N       reader (and writer) threads (default 2)
-  --fillers N       umap filler threads (default 2)
-  --reads N         random reads in total (default min(size/4096, 200000); 20000 with --quick)
-  --writes N        operations of rand-write and of rmw in total (default as --reads; 4000
-                    with --quick)
-  --file PATH       read this existing file (read-only) instead of generating one; the write
-                    workloads are skipped
-  --direct          umap reads and writes the file with O_DIRECT (no second copy in the page
-                    cache), and so do pread and pwrite
-  --warm            start every run with the whole file in the page cache (read through
-                    first) instead of dropping it: measures the fault path, not the disk
-  --workloads LIST  run only these workloads, comma-separated (seq-read, rand-read,
-                    rand-write, rmw; default all)
-  --page-sizes LIST umap page sizes to run, comma-separated (default 4K,64K,1M); mmap and
-                    pread always run
-  --memory-store    umap's store is a MemStore loaded with the file (the pager's own cost,
-                    without the file system's; mmap and pread still use the file)
-  --render PATH     measure nothing: print the results of a --json file as a Markdown table
-  -h, --help        this text
-
-BYTES takes a suffix K, M, G, KiB, MiB or GiB (all binary: 1K = 1024).";
-
-/// What the command line asked for, with defaults applied.
-#[derive(Debug, Clone)]
-struct Options {
-    quick: bool,
-    /// Size of the generated file; `None` with `--file` (the file's size is used).
-    size: Option<u64>,
-    buffer: usize,
-    threads: usize,
-    fillers: usize,
-    /// Random reads in total; `None` for the default, which depends on the file size.
-    reads: Option<usize>,
-    /// Operations of each write workload in total; `None` for the default.
-    writes: Option<usize>,
-    file: Option<PathBuf>,
-    /// umap's store (and pread/pwrite) use O_DIRECT.
-    direct: bool,
-    /// Every run starts with the file in the page cache instead of out of it.
-    warm: bool,
-    /// umap pages from a `MemStore` copy of the file.
-    memory_store: bool,
-    /// The workloads to run, in [`Workload::ALL`] order.
-    workloads: Vec<Workload>,
-    /// The umap page sizes to run, ascending.
-    page_sizes: Vec<usize>,
-    /// Where to write the results as JSON.
-    json: Option<PathBuf>,
-    /// Where to draw the SVG chart.
-    plot: Option<PathBuf>,
-}
-
-enum Parsed {
-    Run(Options),
-    /// Print a JSON report as Markdown.
-    Render(PathBuf),
-    Help,
-}
-
-fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
-    let mut quick = false;
-    let mut size = None;
-    let mut buffer = None;
-    let mut threads = None;
-    let mut fillers = None;
-    let mut reads = None;
-    let mut writes = None;
-    let mut file = None;
-    let mut direct = false;
-    let mut warm = false;
-    let mut memory_store = false;
-    let mut workloads: Option<Vec<Workload>> = None;
-    let mut page_sizes: Vec<usize> = UMAP_PAGE_SIZES.to_vec();
-    let mut json = None;
-    let mut plot = None;
-
-    let mut flags = cli::Flags::new(args);
-    while let Some(name) = flags.next_flag() {
-        match name.as_str() {
-            // cargo passes `--bench` to every bench target.
-            "--bench" => {}
-            "--quick" => quick = true,
-            "--direct" => direct = true,
-            "--warm" => warm = true,
-            "--memory-store" => memory_store = true,
-            "--render" => return Ok(Parsed::Render(PathBuf::from(flags.value()?))),
-            "--workloads" => {
-                let list = flags.value()?;
-                let mut chosen = Vec::new();
-                for name in list.split(',').map(str::trim) {
-                    let workload = Workload::ALL
-                        .into_iter()
-                        .find(|w| w.name() == name)
-                        .ok_or_else(|| {
-                            format!(
-                                "--workloads: unknown workload `{name}` (choose from seq-read, \
-                                 rand-read, rand-write, rmw)"
-                            )
-                        })?;
-                    chosen.push(workload);
-                }
-                workloads = Some(chosen);
-            }
-            "--page-sizes" => {
-                let list = flags.value()?;
-                page_sizes.clear();
-                for item in list.split(',').map(str::trim) {
-                    let size = cli::parse_size(item).map_err(|e| format!("--page-sizes: {e}"))?;
-                    let size = usize::try_from(size)
-                        .ok()
-                        .filter(|s| s.is_power_of_two() && *s >= 4096)
-                        .ok_or_else(|| {
-                            format!("--page-sizes: {item} is not a power of two of at least 4K")
-                        })?;
-                    page_sizes.push(size);
-                }
-                page_sizes.sort_unstable();
-                page_sizes.dedup();
-            }
-            "-h" | "--help" => return Ok(Parsed::Help),
-            "--size" => size = Some(flags.size()?),
-            "--buffer" => {
-                let b = flags.size()?;
-                buffer = Some(usize::try_from(b).map_err(|_| "--buffer: too large".to_string())?);
-            }
-            "--threads" => threads = Some(flags.count()?),
-            "--fillers" => fillers = Some(flags.count()?),
-            "--reads" => reads = Some(flags.count()?),
-            "--writes" => writes = Some(flags.count()?),
-            "--file" => file = Some(PathBuf::from(flags.value()?)),
-            "--json" => json = Some(PathBuf::from(flags.value()?)),
-            "--plot" => {
-                let path = PathBuf::from(flags.value()?);
-                if path
-                    .extension()
-                    .is_none_or(|e| !e.eq_ignore_ascii_case("svg"))
-                {
-                    return Err(format!(
-                        "--plot: {} does not end in .svg (the chart is an SVG file)",
-                        path.display()
-                    ));
-                }
-                plot = Some(path);
-            }
-            _ => return Err(format!("unknown argument `{name}`")),
-        }
-    }
-
-    if memory_store && direct {
-        return Err("--memory-store and --direct exclude each other (umap reads no file)".into());
-    }
-    if warm && direct {
-        return Err(
-            "--warm and --direct exclude each other (O_DIRECT bypasses the page cache)".into(),
-        );
-    }
-    let workloads: Vec<Workload> = match workloads {
-        Some(chosen) => Workload::ALL
-            .into_iter()
-            .filter(|w| chosen.contains(w))
-            .collect(),
-        None => Workload::ALL.to_vec(),
-    };
-    if file.is_some() && workloads.iter().all(|w| w.writes()) {
-        return Err(
-            "--file is only read: the write workloads are skipped with it, so choose a read \
-             workload too (seq-read, rand-read)"
-                .into(),
-        );
-    }
-    if file.is_some() && size.is_some() {
-        return Err("--size and --file exclude each other (the file's size is used)".into());
-    }
-    let size = match file {
-        Some(_) => None,
-        None => Some(size.unwrap_or(if quick { 128 * MIB } else { GIB })),
-    };
-    if let Some(size) = size {
-        if size < TOUCH as u64 {
-            return Err(format!(
-                "--size: {size} bytes is too small (at least {TOUCH})"
-            ));
-        }
-        if usize::try_from(size).is_err() || size > isize::MAX as u64 {
-            return Err(format!("--size: {size} bytes cannot be mapped"));
-        }
-    }
-    let buffer = buffer.unwrap_or(if quick { 16 << 20 } else { 128 << 20 });
-    let largest_page = *page_sizes
-        .iter()
-        .max()
-        .expect("the list has at least one size");
-    if buffer < largest_page {
-        return Err(format!(
-            "--buffer: {buffer} bytes cannot hold a {} page (at least {largest_page})",
-            page_label(largest_page)
-        ));
-    }
-    let threads = threads.unwrap_or(2);
-    if threads > 1024 {
-        return Err(format!("--threads: {threads} is too many (at most 1024)"));
-    }
-    Ok(Parsed::Run(Options {
-        quick,
-        size,
-        buffer,
-        threads,
-        fillers: fillers.unwrap_or(2),
-        reads,
-        writes,
-        file,
-        direct,
-        warm,
-        memory_store,
-        workloads,
-        page_sizes,
-        json,
-        plot,
-    }))
-}
-
-// ---------------------------------------------------------------------------------------------
 // Deterministic numbers
-
-/// The `u64` at index `index` of a generated data file.
-fn pattern(index: u64) -> u64 {
-    mix64(index ^ PATTERN_SEED)
-}
 
 /// SplitMix64: small, fast, and good enough to pick positions.
 struct SplitMix64(u64);
@@ -326,45 +88,7 @@ impl SplitMix64 {
 // ---------------------------------------------------------------------------------------------
 // Workloads and systems
 
-/// What the reader (or writer) threads do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Workload {
-    /// Each thread reads one contiguous share of the mapping, one `u64` per 4 KiB.
-    SeqRead,
-    /// Each thread reads one `u64` at each of its random 4 KiB-aligned positions.
-    RandRead,
-    /// Each thread writes one `u64` ([`written_value`]) at each of its random 4 KiB-aligned
-    /// positions; no two threads write the same position.
-    RandWrite,
-    /// Read-modify-write: each thread reads the `u64` at each of its random 4 KiB-aligned
-    /// positions and writes it back plus one; no two threads touch the same position.
-    Rmw,
-}
-
 impl Workload {
-    /// In the order they run: the write workloads last, after the read workloads that check
-    /// the file's pattern (they also restore it after each run, see [`check_and_restore`]).
-    const ALL: [Workload; 4] = [
-        Workload::SeqRead,
-        Workload::RandRead,
-        Workload::RandWrite,
-        Workload::Rmw,
-    ];
-
-    fn name(self) -> &'static str {
-        match self {
-            Workload::SeqRead => "seq-read",
-            Workload::RandRead => "rand-read",
-            Workload::RandWrite => "rand-write",
-            Workload::Rmw => "rmw",
-        }
-    }
-
-    /// Whether the workload changes the data file.
-    fn writes(self) -> bool {
-        matches!(self, Workload::RandWrite | Workload::Rmw)
-    }
-
     /// One operation of a write workload on the `u64` at byte offset `offset`, which holds
     /// `old` (read only by [`Workload::Rmw`]): the value to store there.
     fn new_value(self, offset: usize, old: impl FnOnce() -> u64) -> u64 {
@@ -1003,7 +727,14 @@ fn measure_mmap_write(bench: &Bench, plan: &Plan) -> Result<Measurement, BoxErro
         String::new,
     );
     let before = faults::process_faults()?;
-    let (elapsed, write_back, checksum) = run_write_plan(map.as_raw(), plan, || Ok(map.sync()?))?;
+    let (elapsed, write_back, checksum) = run_write_plan(
+        RawMemory {
+            base: map.as_mut_ptr(),
+            len: map.len(),
+        },
+        plan,
+        || Ok(map.sync()?),
+    )?;
     let after = faults::process_faults()?;
     Ok(Measurement {
         workload: plan.workload,
@@ -1126,82 +857,6 @@ fn measure_umap_write(
 // ---------------------------------------------------------------------------------------------
 // The operating system
 
-/// A shared mapping of a whole file, read-only unless made by [`FileMap::new_writable`].
-struct FileMap {
-    addr: *mut libc::c_void,
-    len: usize,
-}
-
-impl FileMap {
-    /// Maps `len` bytes of `file` readable.
-    fn new(file: &File, len: usize) -> io::Result<FileMap> {
-        FileMap::with_protection(file, len, libc::PROT_READ)
-    }
-
-    /// Maps `len` bytes of `file` (opened read-write) readable and writable.
-    fn new_writable(file: &File, len: usize) -> io::Result<FileMap> {
-        FileMap::with_protection(file, len, libc::PROT_READ | libc::PROT_WRITE)
-    }
-
-    fn with_protection(file: &File, len: usize, protection: libc::c_int) -> io::Result<FileMap> {
-        // SAFETY: a fresh mapping at an address of the kernel's choosing; the arguments are
-        // plain values and `file` is an open descriptor for the duration of the call (the
-        // mapping keeps its own reference to the file afterwards).
-        let addr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                protection,
-                libc::MAP_SHARED,
-                file.as_raw_fd(),
-                0,
-            )
-        };
-        if addr == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(FileMap { addr, len })
-    }
-
-    fn as_slice(&self) -> &[u8] {
-        // SAFETY: `addr..addr + len` is mapped readable until `self` drops, which the borrow
-        // prevents. Its bytes come from the file (which the bench created or was given and
-        // does not change or truncate while mapped), so they are initialised.
-        unsafe { std::slice::from_raw_parts(self.addr.cast::<u8>(), self.len) }
-    }
-
-    /// The mapping as the writer threads use it (meaningful for a writable mapping; valid
-    /// until `self` drops).
-    fn as_raw(&self) -> RawMemory {
-        RawMemory {
-            base: self.addr.cast::<u8>(),
-            len: self.len,
-        }
-    }
-
-    /// Writes the mapping's dirty pages back to the file and waits for them:
-    /// `msync(MS_SYNC)`, which for a shared file mapping is `fdatasync` of the range.
-    fn sync(&self) -> io::Result<()> {
-        // SAFETY: `addr..addr + len` is our mapping (page-aligned, as mmap returned it);
-        // msync only writes its dirty pages back to the file, it changes no memory.
-        if unsafe { libc::msync(self.addr, self.len, libc::MS_SYNC) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
-    }
-}
-
-impl Drop for FileMap {
-    fn drop(&mut self) {
-        // SAFETY: `addr..addr + len` is our mapping, and no borrow of it outlives `self`.
-        if unsafe { libc::munmap(self.addr, self.len) } != 0 {
-            eprintln!("warning: munmap: {}", io::Error::last_os_error());
-        }
-    }
-}
-
-/// Writes back the file's dirty pages and drops its pages from the page cache; returns the
-/// fraction of the file still cached afterwards (measured with `mincore`).
 /// Puts the data file in the state a run starts from: out of the page cache, or with
 /// `--warm` wholly in it. Returns the fraction of the file cached afterwards.
 fn prepare_page_cache(bench: &Bench) -> io::Result<f64> {
@@ -1210,55 +865,6 @@ fn prepare_page_cache(bench: &Bench) -> io::Result<f64> {
     } else {
         drop_from_page_cache(&bench.path)
     }
-}
-
-/// Reads `path` through once so that all of it is in the page cache; returns the fraction
-/// cached afterwards.
-fn read_into_page_cache(path: &Path) -> io::Result<f64> {
-    use std::os::unix::fs::FileExt;
-    let file = File::open(path)?;
-    let len = file.metadata()?.len();
-    let mut chunk = vec![0u8; 1 << 20];
-    let mut offset = 0u64;
-    while offset < len {
-        let n = file.read_at(&mut chunk, offset)?;
-        if n == 0 {
-            break;
-        }
-        offset += n as u64;
-    }
-    cached_fraction(&file)
-}
-
-fn drop_from_page_cache(path: &Path) -> io::Result<f64> {
-    let file = File::open(path)?;
-    file.sync_data()?;
-    // SAFETY: plain advice on an open descriptor; offset 0 and length 0 mean the whole file.
-    let err = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
-    if err != 0 {
-        return Err(io::Error::from_raw_os_error(err));
-    }
-    cached_fraction(&file)
-}
-
-/// The fraction of `file` that is in the page cache.
-fn cached_fraction(file: &File) -> io::Result<f64> {
-    let len = usize::try_from(file.metadata()?.len())
-        .map_err(|_| io::Error::other("file too large to map"))?;
-    if len == 0 {
-        return Ok(0.0);
-    }
-    let map = FileMap::new(file, len)?;
-    let pages = len.div_ceil(umap::sys::page_size());
-    let mut vec = vec![0u8; pages];
-    // SAFETY: `map` covers `len` bytes from a page-aligned address; `vec` has one byte per
-    // page of that range, as mincore requires. mincore only inspects the page tables and the
-    // page cache: it does not read the file.
-    if unsafe { libc::mincore(map.addr, len, vec.as_mut_ptr()) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let cached = vec.iter().filter(|&&b| b & 1 != 0).count();
-    Ok(cached as f64 / pages as f64)
 }
 
 /// The kernel release, e.g. `6.18.0`.
@@ -1309,33 +915,6 @@ impl Drop for Watchdog {
 
 // ---------------------------------------------------------------------------------------------
 // The data file
-
-/// Bytes the data file is written and checked in.
-const CHUNK: usize = 8 << 20;
-
-/// Fills `buf` with the pattern bytes of the file from byte offset `start` (a multiple of 8).
-fn fill_pattern(buf: &mut [u8], start: u64) {
-    let first = start / 8;
-    for (i, word) in buf.chunks_mut(8).enumerate() {
-        let bytes = pattern(first + i as u64).to_ne_bytes();
-        word.copy_from_slice(&bytes[..word.len()]);
-    }
-}
-
-/// Creates `path` holding `size` bytes of [`pattern`] (the `u64` at index `i` is
-/// `pattern(i)`, native-endian), written back to disk.
-fn create_data_file(path: &Path, size: u64) -> io::Result<()> {
-    let mut file = File::create(path)?;
-    let mut buf = vec![0u8; CHUNK];
-    let mut written = 0u64;
-    while written < size {
-        let n = (size - written).min(CHUNK as u64) as usize;
-        fill_pattern(&mut buf[..n], written);
-        file.write_all(&buf[..n])?;
-        written += n as u64;
-    }
-    file.sync_all()
-}
 
 /// After a write run: reads the whole data file and checks that it holds `expected` (byte
 /// offset -> `u64`) at the positions written and [`pattern`] everywhere else; then writes the

@@ -9,7 +9,7 @@ use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use common::{check_pattern, pattern, ResidentMonitor};
+use common::{check_pattern, eventually, pattern, ResidentMonitor};
 use umap::{Config, MapOptions, MemStore, Region, Umap};
 
 const KIB: usize = 1024;
@@ -41,18 +41,6 @@ fn threads_named(prefix: &str) -> usize {
         .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
         .filter(|name| name.starts_with(prefix))
         .count()
-}
-
-/// Waits up to 10 s for `cond`.
-fn eventually(mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if cond() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    cond()
 }
 
 #[test]

@@ -136,6 +136,23 @@ impl GatedStore {
         *self.released.lock().unwrap() = true;
         self.cv.notify_all();
     }
+
+    /// Releases the gated reads when dropped. Made before the threads that fault on the
+    /// gated page are spawned, so that a failed assertion while they wait releases them:
+    /// `thread::scope` joins its threads before it passes the panic on, and would otherwise
+    /// wait for the gate's own 60 s deadline instead of failing at once.
+    fn release_on_drop(&self) -> ReleaseOnDrop<'_> {
+        ReleaseOnDrop(self)
+    }
+}
+
+/// See [`GatedStore::release_on_drop`].
+struct ReleaseOnDrop<'a>(&'a GatedStore);
+
+impl Drop for ReleaseOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.release();
+    }
 }
 
 impl Store for GatedStore {
@@ -183,6 +200,7 @@ fn a_slow_page_does_not_stall_faults_on_other_pages() {
     let data = region.as_slice();
     let stuck_done = AtomicBool::new(false);
     std::thread::scope(|s| {
+        let release = store.release_on_drop();
         // Three threads fault on the stuck page 0.
         let stuck: Vec<_> = (0..3)
             .map(|i| {
@@ -216,7 +234,7 @@ fn a_slow_page_does_not_stall_faults_on_other_pages() {
             !stuck_done.load(Ordering::SeqCst),
             "page 0 cannot be resident yet"
         );
-        store.release();
+        drop(release);
         for t in stuck {
             t.join().unwrap();
         }
@@ -243,6 +261,7 @@ fn faults_batched_with_a_stuck_page_are_served_meanwhile() {
     let region = umap.map_shared(store.clone(), MapOptions::new()).unwrap();
     let data = region.as_slice();
     std::thread::scope(|s| {
+        let release = store.release_on_drop();
         // Keep both fillers busy for 300 ms so the next faults queue up in the kernel.
         let busy: Vec<_> = [200, 201]
             .map(|p| {
@@ -268,7 +287,7 @@ fn faults_batched_with_a_stuck_page_are_served_meanwhile() {
             std::thread::sleep(Duration::from_millis(1));
         }
         assert!(!stuck.is_finished(), "page 0 cannot be resident yet");
-        store.release();
+        drop(release);
         for t in others.into_iter().chain(busy) {
             t.join().unwrap();
         }

@@ -5,7 +5,7 @@ mod common;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use common::{check_pattern, pattern, ResidentMonitor, Rng};
+use common::{check_pattern, pattern, settles_to, ResidentMonitor, Rng};
 use umap::{Advice, MapOptions, MemStore, Region, Stats, Store, StoreError, Umap};
 
 const KIB: usize = 1024;
@@ -137,17 +137,13 @@ fn will_need_prefetches_up_to_the_low_water_share() {
         .unwrap();
     region.advise(2 * MIB, 12 * MIB, Advice::WillNeed).unwrap();
     let low_water_pages = (8 * MIB * 7 / 10 / (64 * KIB)) as u64;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     // Fills are counted just before their pages are installed: wait for them to be resident
     // too, or the scan below could fault on the last chunk while it is being copied in.
-    loop {
+    let prefetched = common::eventually(|| {
         let s = region.stats();
-        if s.prefetched_pages >= low_water_pages && s.resident_pages >= low_water_pages {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "{s}");
-        std::thread::sleep(std::time::Duration::from_millis(1));
-    }
+        s.prefetched_pages >= low_water_pages && s.resident_pages >= low_water_pages
+    });
+    assert!(prefetched, "{}", region.stats());
     // The advised range's start is resident: reading it does not fault.
     scan(&region, 2 * MIB, 2 * MIB + 4 * MIB);
     let s = region.stats();
@@ -203,35 +199,50 @@ fn dont_need_of_a_read_only_range_frees_its_share_of_the_buffer() {
     scan(&region, 0, 6 * MIB);
     // The last page of the scan is marked resident just after its reader is woken: let it
     // settle before taking the figures.
-    let settles_to = |pages: u64| {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while region.stats().resident_pages != pages && std::time::Instant::now() < deadline {
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
-        assert_eq!(region.stats().resident_pages, pages, "{}", umap.stats());
-    };
-    settles_to((6 * MIB / (64 * KIB)) as u64);
+    let resident_pages = || region.stats().resident_pages;
+    settles_to(
+        "resident pages",
+        (6 * MIB / (64 * KIB)) as u64,
+        resident_pages,
+    );
     let resident = umap.stats().resident_bytes;
     region.advise(0, 2 * MIB, Advice::DontNeed).unwrap();
     assert_eq!(umap.stats().resident_bytes, resident - 2 * MIB as u64);
-    settles_to((4 * MIB / (64 * KIB)) as u64);
+    settles_to(
+        "resident pages",
+        (4 * MIB / (64 * KIB)) as u64,
+        resident_pages,
+    );
     scan(&region, 0, 6 * MIB);
 }
 
 /// Faults and read-ahead pages of one sequential scan of 8 MiB, upwards or (`descending`) from
-/// the last page down to the first.
+/// the last page down to the first, through a buffer that holds it all.
 fn scan_stats(
     page_size: usize,
     read_ahead: usize,
     advice: Option<Advice>,
     descending: bool,
 ) -> Stats {
-    let len = 8 * MIB;
     // A buffer that holds the whole scan, so the counts do not depend on the evictor keeping
     // up: with 4 MiB, a loaded machine (the evictor short of CPU, runs shrinking to the free
     // room) gave 17-18 faults at 64 KiB pages where this test's bound allows 16. Read-ahead
-    // within the buffer bound is `read_ahead_stays_inside_the_buffer_with_many_readers`.
-    let umap = engine(16 * MIB, page_size, read_ahead);
+    // under eviction is `read_ahead_cuts_faults_on_a_descending_scan_under_eviction` (with a
+    // looser bound), and within the buffer bound
+    // `read_ahead_stays_inside_the_buffer_with_many_readers`.
+    scan_stats_in(16 * MIB, page_size, read_ahead, advice, descending)
+}
+
+/// As [`scan_stats`], through a `buffer`-byte buffer.
+fn scan_stats_in(
+    buffer: usize,
+    page_size: usize,
+    read_ahead: usize,
+    advice: Option<Advice>,
+    descending: bool,
+) -> Stats {
+    let len = 8 * MIB;
+    let umap = engine(buffer, page_size, read_ahead);
     let region = umap.map(pattern_store(len), MapOptions::new()).unwrap();
     if let Some(advice) = advice {
         region.advise(0, len, advice).unwrap();
@@ -282,6 +293,29 @@ fn read_ahead_cuts_faults_on_a_descending_scan() {
     // A scan from the last page down to the first (as a quicksort partition's right-hand
     // cursor moves): the read-ahead window lies below each fault.
     assert_read_ahead_cuts_faults(true);
+}
+
+#[test]
+fn read_ahead_cuts_faults_on_a_descending_scan_under_eviction() {
+    // The descending scan through a buffer half its size: the evictor frees room while the
+    // scan goes on, and read-ahead runs shrink to the free room when it lags, so the bound is
+    // a 4-fold cut, not 8. Read-ahead laid out above each fault (where a descending scan has
+    // been already) would cut nothing.
+    for page_size in [4 * KIB, 64 * KIB] {
+        let pages = (8 * MIB / page_size) as u64;
+        let without = scan_stats_in(4 * MIB, page_size, 0, None, true);
+        assert_eq!(without.read_faults, pages, "{without}");
+        assert!(without.evictions > 0, "{without}");
+        let with = scan_stats_in(4 * MIB, page_size, 15, None, true);
+        assert!(with.evictions > 0, "{with}");
+        assert!(with.read_ahead_pages > pages / 2, "{page_size}: {with}");
+        assert!(
+            with.read_faults * 4 <= without.read_faults,
+            "{page_size}: {} faults with read-ahead, {} without",
+            with.read_faults,
+            without.read_faults
+        );
+    }
 }
 
 #[test]
@@ -454,10 +488,7 @@ fn stats_are_kept_per_region_and_add_up_to_the_engine() {
     scan(&a, 0, 2 * MIB);
     scan(&b, 0, MIB);
     // A fault's service time is recorded just after its thread is woken: let the last settle.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while umap.stats().fault_latency.count < 768 && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(1));
-    }
+    settles_to("faults served", 768, || umap.stats().fault_latency.count);
     let (sa, sb, s) = (a.stats(), b.stats(), umap.stats());
     assert_eq!(sa.read_faults, 512);
     assert_eq!(sb.read_faults, 256);

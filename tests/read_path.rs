@@ -290,11 +290,7 @@ fn drop_unmaps() {
     assert!(region.as_slice().iter().all(|&b| b == 1));
     // The filler marks a page resident just after the copy that wakes the reader: allow it
     // a moment to finish its bookkeeping.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while region.resident_bytes() < 100 * KIB && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(1));
-    }
-    assert_eq!(region.resident_bytes(), 100 * KIB);
+    common::settles_to("resident bytes", 100 * KIB, || region.resident_bytes());
     assert!(umap.stats().resident_bytes > 0);
     drop(region);
     assert_eq!(umap.region_count(), 0);

@@ -9,7 +9,7 @@ mod common;
 
 use std::sync::Arc;
 
-use common::Rng;
+use common::{assert_same, Rng};
 use umap::{FileStore, MapOptions, MemStore, Region, Umap};
 
 const KIB: usize = 1024;
@@ -23,20 +23,6 @@ fn engine(buffer: usize, page: usize, fillers: usize) -> Umap {
         .recycle_pages(true)
         .start()
         .expect("userfaultfd engine (needs Linux userfaultfd with write-protect support)")
-}
-
-fn file_bytes(path: &std::path::Path) -> Vec<u8> {
-    std::fs::read(path).unwrap()
-}
-
-fn assert_same(what: &str, got: &[u8], want: &[u8]) {
-    assert_eq!(got.len(), want.len(), "{what}: lengths differ");
-    if let Some(i) = got.iter().zip(want).position(|(a, b)| a != b) {
-        panic!(
-            "{what}: byte {i} is {:#04x}, expected {:#04x}",
-            got[i], want[i]
-        );
-    }
 }
 
 /// Random writes, reads, read-then-write sweeps (which turn on eager dirty fills, the main
@@ -73,6 +59,7 @@ fn model_case(page: usize, seed: u64) {
                 let n = (1 + rng.below(2 * page as u64) as usize).min(len - at);
                 assert_same(
                     &format!("{case}: op {op}: read {at}+{n}"),
+                    at,
                     &region.as_slice()[at..at + n],
                     &model[at..at + n],
                 );
@@ -96,7 +83,8 @@ fn model_case(page: usize, seed: u64) {
                 );
                 assert_same(
                     &format!("{case}: op {op}: file after flush"),
-                    &file_bytes(&path),
+                    0,
+                    &std::fs::read(&path).unwrap(),
                     &model,
                 );
             }
@@ -104,17 +92,23 @@ fn model_case(page: usize, seed: u64) {
                 region.unmap().unwrap();
                 assert_same(
                     &format!("{case}: op {op}: file after unmap"),
-                    &file_bytes(&path),
+                    0,
+                    &std::fs::read(&path).unwrap(),
                     &model,
                 );
                 region = map(&umap);
             }
         }
     }
-    assert_same(&format!("{case}: final read"), region.as_slice(), &model);
+    assert_same(&format!("{case}: final read"), 0, region.as_slice(), &model);
     let stats = umap.stats();
     region.unmap().unwrap();
-    assert_same(&format!("{case}: final file"), &file_bytes(&path), &model);
+    assert_same(
+        &format!("{case}: final file"),
+        0,
+        &std::fs::read(&path).unwrap(),
+        &model,
+    );
     assert!(
         stats.recycled_bytes > 0 && stats.pooled_bytes > 0,
         "{case}: the pool was never used: {stats:?}"
@@ -263,9 +257,9 @@ fn pages_shared_with_a_child_fall_back_to_dropping() {
         let mut status = 0;
         assert_eq!(libc::waitpid(pid, &mut status, 0), pid);
     }
-    assert_same("memory", region.as_slice(), &model);
+    assert_same("memory", 0, region.as_slice(), &model);
     region.flush().unwrap();
-    assert_same("store after flush", &store.to_vec(), &model);
+    assert_same("store after flush", 0, &store.to_vec(), &model);
     region.unmap().unwrap();
     assert!(
         during.evictions - before.evictions >= (len / page) as u64,

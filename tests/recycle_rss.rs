@@ -3,13 +3,16 @@
 //! program's own memory), however much the pool holds. The only test in its binary, so that
 //! no other test's memory is in the process's resident set.
 
+mod common;
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use umap::{FileStore, MapOptions, Umap};
+use umap::Umap;
 
 const MIB: usize = 1 << 20;
+const SEED: u64 = 0x7ec7;
 
 /// `VmRSS` of this process, in bytes.
 fn rss() -> u64 {
@@ -24,27 +27,18 @@ fn recycling_keeps_the_resident_set_within_the_buffer() {
     let buffer = 32 * MIB;
     let len = 8 * buffer;
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("data");
-    std::fs::File::create(&path)
-        .unwrap()
-        .set_len(len as u64)
-        .unwrap();
+    let path = common::pattern_file(dir.path(), "data", SEED, len as u64);
     // Low water at 20%: the pool may hold up to 80% of the buffer, which would show in the
     // resident set if it were not counted in the buffer.
-    let umap = Umap::builder()
-        .buffer_size(buffer)
-        .page_size(64 << 10)
-        .watermarks(90, 20)
-        .fillers(2)
-        .recycle_pages(true)
-        .start()
-        .expect("userfaultfd engine");
-    let mut region = umap
-        .map(
-            FileStore::open(&path).unwrap(),
-            MapOptions::new().writable(true),
-        )
-        .unwrap();
+    let (umap, mut region) = common::map_file_writable_with(
+        Umap::builder()
+            .buffer_size(buffer)
+            .watermarks(90, 20)
+            .fillers(2)
+            .recycle_pages(true),
+        &path,
+        64 << 10,
+    );
     let baseline = rss();
     let stop = Arc::new(AtomicBool::new(false));
     let peak = Arc::new(AtomicU64::new(0));
@@ -72,18 +66,36 @@ fn recycling_keeps_the_resident_set_within_the_buffer() {
     let stats = umap.stats();
     stop.store(true, Ordering::Relaxed);
     sampler.join().unwrap();
+    // Every byte is the pattern but those written: each first byte of 4 KiB (raised by
+    // 1 + 2 + 3) and the byte at 8 of each 64 KiB page (the last pass's 2).
+    let mut want = common::pattern(SEED, 0, len);
+    for p in (0..len).step_by(4096) {
+        want[p] = want[p].wrapping_add(6);
+    }
+    for p in (8..len).step_by(64 << 10) {
+        want[p] = 2;
+    }
+    common::assert_same("the region after the passes", 0, region.as_slice(), &want);
     let grown = peak.load(Ordering::Relaxed).saturating_sub(baseline);
     // The fillers' scratch buffers (1 MiB each), thread stacks and the allocator: a few MiB.
     let limit = (buffer + 8 * MIB) as u64;
     eprintln!(
-        "resident set grew by {:.1} MiB (limit {} MiB); recycled {} MiB",
+        "resident set grew by {:.1} MiB (limit {} MiB); recycled {} MiB, the pool held at \
+         most {} MiB",
         grown as f64 / MIB as f64,
         limit / MIB as u64,
-        stats.recycled_bytes / MIB as u64
+        stats.recycled_bytes / MIB as u64,
+        stats.pool_peak_bytes / MIB as u64
     );
     assert!(
         stats.recycled_bytes > 0 && stats.pooled_bytes > 0,
         "the pool was never used: {stats:?}"
+    );
+    // The pool held more at once than the slack the limit allows beyond the buffer: had it not
+    // been counted in the buffer, the resident set would have shown it.
+    assert!(
+        stats.pool_peak_bytes > 8 * MIB as u64,
+        "the pool never held much: {stats:?}"
     );
     assert!(
         stats.resident_bytes <= buffer as u64,
@@ -95,4 +107,5 @@ fn recycling_keeps_the_resident_set_within_the_buffer() {
         "the resident set grew by {grown} bytes with a {buffer}-byte buffer: {stats:?}"
     );
     region.unmap().unwrap();
+    common::assert_same("the file", 0, &std::fs::read(&path).unwrap(), &want);
 }

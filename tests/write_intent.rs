@@ -12,12 +12,13 @@ const PS: usize = 4096;
 const PAGES: usize = 4096; // 16 MiB
 const SEED: u64 = 0x1e7e;
 
-fn engine() -> Umap {
+/// An engine of `buffer` bytes with a read-ahead window of `read_ahead` pages.
+fn engine(buffer: usize, read_ahead: usize) -> Umap {
     Umap::builder()
-        .buffer_size(2 << 20)
+        .buffer_size(buffer)
         .page_size(PS)
         .fillers(2)
-        .read_ahead(0)
+        .read_ahead(read_ahead)
         .start()
         .expect("userfaultfd engine (needs Linux userfaultfd with write-protect support)")
 }
@@ -43,7 +44,7 @@ fn read_then_write(region: &mut Region, pages: std::ops::Range<usize>, expected:
 
 #[test]
 fn read_then_write_pages_are_filled_dirty_after_a_while_and_all_writes_land() {
-    let umap = engine();
+    let umap = engine(2 << 20, 0);
     let (store, mut region) = map(&umap);
     let mut expected = common::pattern(SEED, 0, PAGES * PS);
     read_then_write(&mut region, 0..PAGES, &mut expected);
@@ -58,7 +59,7 @@ fn read_then_write_pages_are_filled_dirty_after_a_while_and_all_writes_land() {
 
 #[test]
 fn a_region_that_is_only_read_is_never_filled_dirty() {
-    let umap = engine();
+    let umap = engine(2 << 20, 0);
     let (_store, region) = map(&umap);
     for round in 0..3 {
         let data = region.as_slice();
@@ -73,7 +74,7 @@ fn a_region_that_is_only_read_is_never_filled_dirty() {
 
 #[test]
 fn eager_fills_stop_when_the_writes_stop() {
-    let umap = engine();
+    let umap = engine(2 << 20, 0);
     let (store, mut region) = map(&umap);
     let mut expected = common::pattern(SEED, 0, PAGES * PS);
     // Write-heavy first: eager.
@@ -106,13 +107,7 @@ fn eager_fills_stop_when_the_writes_stop() {
 #[test]
 fn eager_fills_cover_read_ahead_runs_and_lose_no_write() {
     // With read-ahead, a sequential read-then-write pass fills whole runs dirty.
-    let umap = Umap::builder()
-        .buffer_size(2 << 20)
-        .page_size(PS)
-        .fillers(2)
-        .read_ahead(15)
-        .start()
-        .expect("userfaultfd engine (needs Linux userfaultfd with write-protect support)");
+    let umap = engine(2 << 20, 15);
     let (store, mut region) = map(&umap);
     let mut expected = common::pattern(SEED, 0, PAGES * PS);
     read_then_write(&mut region, 0..PAGES, &mut expected);
@@ -130,13 +125,7 @@ fn eager_fills_cover_read_ahead_runs_and_lose_no_write() {
 fn probes_stay_short_under_a_long_read_ahead_window() {
     // A 256-page window: once eager, a probe fills at most 16 pages clean (each a
     // write-protect fault when written), not a whole 1 MiB run.
-    let umap = Umap::builder()
-        .buffer_size(8 << 20)
-        .page_size(PS)
-        .fillers(2)
-        .read_ahead(256)
-        .start()
-        .expect("userfaultfd engine (needs Linux userfaultfd with write-protect support)");
+    let umap = engine(8 << 20, 256);
     let (store, mut region) = map(&umap);
     let mut expected = common::pattern(SEED, 0, PAGES * PS);
     for _ in 0..3 {

@@ -13,34 +13,10 @@
 
 mod common;
 
-use common::Rng;
+use common::{assert_same, file_bytes, Rng};
 use umap::{FileStore, MapOptions, Region, Umap};
 
 const KIB: usize = 1024;
-
-/// The file's bytes at `[offset, offset + len)`.
-fn file_bytes(path: &std::path::Path, offset: usize, len: usize) -> Vec<u8> {
-    use std::os::unix::fs::FileExt;
-    let mut out = vec![0u8; len];
-    std::fs::File::open(path)
-        .unwrap()
-        .read_exact_at(&mut out, offset as u64)
-        .unwrap();
-    out
-}
-
-/// Panics with the first differing byte of `got` and `want` (which start at `offset`).
-fn assert_same(what: &str, case: &str, offset: usize, got: &[u8], want: &[u8]) {
-    assert_eq!(got.len(), want.len(), "{case}: {what}: lengths differ");
-    if let Some(i) = got.iter().zip(want).position(|(a, b)| a != b) {
-        panic!(
-            "{case}: {what}: byte {} is {:#04x}, expected {:#04x}",
-            offset + i,
-            got[i],
-            want[i]
-        );
-    }
-}
 
 fn map(umap: &Umap, path: &std::path::Path, page: usize, offset: usize, len: usize) -> Region {
     umap.map(
@@ -107,10 +83,9 @@ fn run_case(page: usize, seed: u64, signals: bool) {
                 model[offset + at..offset + at + n].copy_from_slice(&data[..n]);
             }
             50..=84 => {
-                let what = format!("op {op}: read {at}+{n}");
+                let what = format!("{case}: op {op}: read {at}+{n}");
                 assert_same(
                     &what,
-                    &case,
                     at,
                     &region.as_slice()[at..at + n],
                     &model[offset + at..offset + at + n],
@@ -123,15 +98,14 @@ fn run_case(page: usize, seed: u64, signals: bool) {
                     0,
                     "{case}: op {op}: dirty after flush"
                 );
-                let what = format!("op {op}: file after flush");
-                assert_same(&what, &case, 0, &file_bytes(&path, 0, file_len), &model);
+                let what = format!("{case}: op {op}: file after flush");
+                assert_same(&what, 0, &file_bytes(&path, 0, file_len), &model);
             }
             90..=95 => {
                 region.flush_range(at, n).unwrap();
-                let what = format!("op {op}: file after flush_range({at}, {n})");
+                let what = format!("{case}: op {op}: file after flush_range({at}, {n})");
                 assert_same(
                     &what,
-                    &case,
                     offset + at,
                     &file_bytes(&path, offset + at, n),
                     &model[offset + at..offset + at + n],
@@ -168,10 +142,9 @@ fn run_case(page: usize, seed: u64, signals: bool) {
                         region.as_mut_slice().unwrap()[byte] = v;
                         model[offset + byte] = v;
                     } else {
-                        let what = format!("op {op}: sweep read {byte}");
+                        let what = format!("{case}: op {op}: sweep read {byte}");
                         assert_same(
                             &what,
-                            &case,
                             byte,
                             &region.as_slice()[byte..byte + 1],
                             &model[offset + byte..offset + byte + 1],
@@ -181,8 +154,8 @@ fn run_case(page: usize, seed: u64, signals: bool) {
             }
             _ => {
                 region.unmap().unwrap();
-                let what = format!("op {op}: file after unmap");
-                assert_same(&what, &case, 0, &file_bytes(&path, 0, file_len), &model);
+                let what = format!("{case}: op {op}: file after unmap");
+                assert_same(&what, 0, &file_bytes(&path, 0, file_len), &model);
                 region = map(&umap, &path, page, offset, len);
             }
         }
@@ -195,8 +168,7 @@ fn run_case(page: usize, seed: u64, signals: bool) {
         "{case}: the file changed length"
     );
     assert_same(
-        "final file",
-        &case,
+        &format!("{case}: final file"),
         0,
         &std::fs::read(&path).unwrap(),
         &model,

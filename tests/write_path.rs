@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::TestStore;
+use common::{settles_to, TestStore};
 use umap::Store;
 use umap::{Error, FileStore, MapOptions, MemStore, Umap};
 
@@ -22,19 +22,6 @@ fn engine(buffer: usize, fillers: usize) -> Umap {
         .read_ahead(0)
         .start()
         .expect("userfaultfd engine (needs Linux userfaultfd with write-protect support)")
-}
-
-/// Waits (up to 10 s) until `value()` equals `want`, and asserts it does. The page state a
-/// diagnostic such as `dirty_bytes` reads is settled by the filler just after the faulting
-/// thread is woken, so it can lag an access by a moment.
-fn settles_to(what: &str, want: usize, value: impl Fn() -> usize) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let mut got = value();
-    while got != want && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(1));
-        got = value();
-    }
-    assert_eq!(got, want, "{what}");
 }
 
 fn writable() -> MapOptions {

@@ -106,6 +106,31 @@ pub fn check_pattern(seed: u64, offset: u64, got: &[u8]) {
     }
 }
 
+/// The bytes of the file at `path` in `[offset, offset + len)`.
+pub fn file_bytes(path: &Path, offset: usize, len: usize) -> Vec<u8> {
+    use std::os::unix::fs::FileExt;
+    let mut out = vec![0u8; len];
+    std::fs::File::open(path)
+        .unwrap()
+        .read_exact_at(&mut out, offset as u64)
+        .unwrap();
+    out
+}
+
+/// Asserts that `got` equals `want` (both starting at byte `offset` of whatever they are
+/// taken from), naming `what`, and the first differing byte or the lengths.
+pub fn assert_same(what: &str, offset: usize, got: &[u8], want: &[u8]) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths differ");
+    if let Some(i) = got.iter().zip(want).position(|(a, b)| a != b) {
+        panic!(
+            "{what}: byte {} is {:#04x}, expected {:#04x}",
+            offset + i,
+            got[i],
+            want[i]
+        );
+    }
+}
+
 /// Samples the resident system pages of regions (mincore) until stopped; keeps the maximum.
 ///
 /// One `mincore` call walks the range while fills and evictions go on, so a sample can count a
@@ -166,6 +191,51 @@ impl ResidentMonitor {
     }
 }
 
+/// Waits up to 10 s for `cond`; returns whether it held (it is tried once more at the end).
+pub fn eventually(mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    cond()
+}
+
+/// Waits (up to 10 s) until `value()` equals `want`, and asserts it does. A filler settles a
+/// page's state, and the figures derived from it (`resident_bytes`, `dirty_bytes`, the
+/// statistics), just after the copy that wakes the faulting thread, so they can lag an access
+/// by a moment.
+pub fn settles_to<T: PartialEq + std::fmt::Debug>(
+    what: &str,
+    want: T,
+    mut value: impl FnMut() -> T,
+) {
+    let mut got = value();
+    if got != want {
+        eventually(|| {
+            got = value();
+            got == want
+        });
+    }
+    assert_eq!(got, want, "{what}");
+}
+
+/// Waits (up to 10 s) until every fault event `umap` counted has been served (its page's
+/// state and the statistics settled: see [`settles_to`]) or dropped as a duplicate or parked
+/// one, and asserts it was: the figures read afterwards no longer change unless a thread
+/// faults again or the evictors run.
+pub fn faults_settle(umap: &umap::Umap) {
+    let unsettled = || {
+        let s = umap.stats();
+        let events = s.read_faults + s.write_faults + s.wp_faults;
+        let done = s.fault_latency.count + s.duplicate_faults + s.parked_faults;
+        events.abs_diff(done)
+    };
+    settles_to("fault events not yet served", 0, unsettled);
+}
+
 /// Open file descriptors and threads of this process.
 pub fn fds_and_threads() -> (usize, usize) {
     let fds = std::fs::read_dir("/proc/self/fd").unwrap().count();
@@ -182,11 +252,25 @@ pub fn map_file_writable(
     fillers: usize,
     evictors: usize,
 ) -> (umap::Umap, umap::Region) {
-    let umap = umap::Umap::builder()
-        .buffer_size(buffer)
+    map_file_writable_with(
+        umap::Umap::builder()
+            .buffer_size(buffer)
+            .fillers(fillers)
+            .evictors(evictors),
+        path,
+        page,
+    )
+}
+
+/// The engine `builder` makes, with `page`-byte pages, and the file at `path` mapped writable
+/// through it.
+pub fn map_file_writable_with(
+    builder: umap::ConfigBuilder,
+    path: &Path,
+    page: usize,
+) -> (umap::Umap, umap::Region) {
+    let umap = builder
         .page_size(page)
-        .fillers(fillers)
-        .evictors(evictors)
         .start()
         .unwrap_or_else(|e| panic!("the engine needs userfaultfd: {e}"));
     let region = umap

@@ -34,7 +34,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use parking_lot::Mutex;
 
 use crate::buffer::Buffer;
-use crate::stats::{bump, Counters};
+use crate::stats::{bump, raise, Counters};
 use crate::sys::{self, Mapping};
 use crate::uffd::{RegisterMode, Uffd, UffdError};
 
@@ -267,6 +267,7 @@ impl Pool {
             self.free.lock().push(s);
         }
         bump(&counters.pooled_bytes, moved as u64);
+        raise(&counters.pool_peak_bytes, buffer.pooled() as u64);
     }
 
     /// Drops present pool pages, about `bytes` worth, to make room in a full buffer; returns
@@ -418,6 +419,10 @@ mod tests {
         unsafe { pool.stash(&uffd, &buffer, &counters, &runs, &mut rest) };
         assert_eq!(rest, vec![runs[2]], "the third page does not fit");
         assert_eq!(buffer.pooled(), 2 * PAGE);
+        assert_eq!(
+            counters.pool_peak_bytes.load(Ordering::Relaxed),
+            2 * PAGE as u64
+        );
         assert_eq!(buffer.resident(), 2 * PAGE);
         assert_eq!(sys::resident_pages(region.addr(), 2 * PAGE).unwrap(), 0);
         assert_eq!(
@@ -451,6 +456,11 @@ mod tests {
         assert_eq!(
             counters.pooled_bytes.load(Ordering::Relaxed),
             2 * PAGE as u64
+        );
+        assert_eq!(
+            counters.pool_peak_bytes.load(Ordering::Relaxed),
+            2 * PAGE as u64,
+            "a peak stays when the pool shrinks"
         );
 
         // Moving onto a present pool page (bookkeeping gone wrong) fails and gives the run

@@ -33,6 +33,7 @@ pub(crate) struct Counters {
     pub(crate) high_water_hits: AtomicU64,
     pub(crate) pooled_bytes: AtomicU64,
     pub(crate) recycled_bytes: AtomicU64,
+    pub(crate) pool_peak_bytes: AtomicU64,
     pub(crate) event_batches: AtomicU64,
     pub(crate) signal_faults: AtomicU64,
     pub(crate) fault_latency: Histogram,
@@ -41,6 +42,12 @@ pub(crate) struct Counters {
 #[inline]
 pub(crate) fn bump(counter: &AtomicU64, by: u64) {
     counter.fetch_add(by, Ordering::Relaxed);
+}
+
+/// Raises the high-water gauge `counter` to `value` if that is higher.
+#[inline]
+pub(crate) fn raise(counter: &AtomicU64, value: u64) {
+    counter.fetch_max(value, Ordering::Relaxed);
 }
 
 /// Counts `by` in the engine's and in the region's `field`.
@@ -118,6 +125,8 @@ pub struct Stats {
     pub pooled_bytes: u64,
     /// Bytes of pool pages that fills moved into regions instead of copying fresh pages.
     pub recycled_bytes: u64,
+    /// The most bytes the page pool held at once (as evictions moved pages into it).
+    pub pool_peak_bytes: u64,
     /// Batches of events read from the kernel (`read_faults / event_batches` is the batch size).
     pub event_batches: u64,
     /// Faults served on the faulting thread, in its `SIGBUS` handler
@@ -206,6 +215,7 @@ impl Counters {
             high_water_hits: get(&self.high_water_hits),
             pooled_bytes: get(&self.pooled_bytes),
             recycled_bytes: get(&self.recycled_bytes),
+            pool_peak_bytes: get(&self.pool_peak_bytes),
             event_batches: get(&self.event_batches),
             signal_faults: get(&self.signal_faults),
             resident_bytes,
@@ -277,6 +287,7 @@ impl fmt::Display for Stats {
                 ("high-water hits", self.high_water_hits),
                 ("pooled bytes", self.pooled_bytes),
                 ("recycled bytes", self.recycled_bytes),
+                ("pool peak bytes", self.pool_peak_bytes),
                 ("event batches", self.event_batches),
                 ("signal faults", self.signal_faults),
                 ("resident bytes", self.resident_bytes),
