@@ -472,6 +472,8 @@ struct Bench {
     warm: bool,
     /// umap pages from a `MemStore` copy of the file (`--memory-store`).
     memory_store: bool,
+    /// umap serves faults on the faulting thread (`--signal-faults` or `UMAP_SIGNAL_FAULTS=1`).
+    signal_faults: bool,
     /// How long one run may take before the bench declares a hang.
     run_limit: Duration,
 }
@@ -777,6 +779,7 @@ fn map_bench_file(
     // The UMAP_* variables first (e.g. UMAP_RECYCLE_PAGES=1), then the bench's own settings.
     let umap = Umap::builder()
         .env()?
+        .signal_faults(bench.signal_faults)
         .buffer_size(bench.buffer)
         .page_size(page_size)
         .fillers(bench.fillers)
@@ -1199,7 +1202,7 @@ fn render(path: &Path) -> Result<String, String> {
         });
     let mut out = format!(
         "Run finished {} on kernel {}, {} CPUs: file {} bytes, umap buffer {} \
-         bytes, {} threads, {} fillers, {} evictor(s); page cache {}{}.\n\n",
+         bytes, {} threads, {} fillers, {} evictor(s); page cache {}{}{}.\n\n",
         when,
         meta["kernel"].as_str().unwrap_or("?"),
         meta["cpus"],
@@ -1217,6 +1220,11 @@ fn render(path: &Path) -> Result<String, String> {
             (Some(true), _) => ", umap's store O_DIRECT",
             (_, Some(true)) => ", umap's store a MemStore copy of the file",
             _ => "",
+        },
+        if meta["signal_faults"].as_bool() == Some(true) {
+            ", umap faults served on the faulting thread (signal_faults)"
+        } else {
+            ""
         },
     );
     out.push_str(&report::to_markdown(&rows));
@@ -1290,6 +1298,7 @@ fn run(options: &Options) -> Result<ExitCode, BoxError> {
         direct: options.direct,
         warm: options.warm,
         memory_store: options.memory_store,
+        signal_faults: options.signal_faults || Umap::builder().env()?.config().signal_faults,
         run_limit: Duration::from_secs(if options.quick { 120 } else { 900 }),
     };
     println!("umap throughput: reads and writes");
@@ -1497,6 +1506,7 @@ fn run(options: &Options) -> Result<ExitCode, BoxError> {
             "direct": options.direct,
             "warm_page_cache": options.warm,
             "memory_store": options.memory_store,
+            "signal_faults": bench.signal_faults,
             "quick": options.quick,
             "data_errors": errors.len(),
         });

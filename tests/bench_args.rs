@@ -42,7 +42,7 @@ fn defaults_run_every_workload_and_page_size_cold_from_the_file() {
     let o = run("--bench");
     assert_eq!(o.workloads, Workload::ALL.to_vec());
     assert_eq!(o.page_sizes, vec![4 << 10, 64 << 10, 1 << 20]);
-    assert!(!o.warm && !o.memory_store && !o.direct && !o.quick);
+    assert!(!o.warm && !o.memory_store && !o.direct && !o.quick && !o.signal_faults);
     assert_eq!(o.size, Some(1 << 30));
     assert_eq!((o.buffer, o.threads, o.fillers), (128 << 20, 2, 2));
     let q = run("--quick");
@@ -60,6 +60,8 @@ fn warm_and_memory_store_are_set_and_exclude_direct() {
     let both = run("--warm --memory-store --size 1M --buffer 1M --page-sizes 64K");
     assert!(both.warm && both.memory_store && !both.direct);
     assert!(run("--direct").direct);
+    assert!(run("--signal-faults").signal_faults);
+    assert!(!run("--signal-faults").memory_store);
     refused("--warm --direct", "--warm and --direct");
     refused("--direct --warm", "--warm and --direct");
     refused("--memory-store --direct", "--memory-store and --direct");

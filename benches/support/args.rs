@@ -42,6 +42,8 @@ usage: cargo bench --bench throughput -- [OPTIONS]
                     pread always run
   --memory-store    umap's store is a MemStore loaded with the file (the pager's own cost,
                     without the file system's; mmap and pread still use the file)
+  --signal-faults   umap serves faults on the faulting thread (Config::signal_faults; the
+                    same as UMAP_SIGNAL_FAULTS=1)
   --render PATH     measure nothing: print the results of a --json file as a Markdown table
                     (alone: with no other option)
   -h, --help        this text
@@ -68,6 +70,8 @@ pub struct Options {
     pub warm: bool,
     /// umap pages from a `MemStore` copy of the file.
     pub memory_store: bool,
+    /// umap serves faults on the faulting thread (`Config::signal_faults`).
+    pub signal_faults: bool,
     /// The workloads to run, in [`Workload::ALL`] order.
     pub workloads: Vec<Workload>,
     /// The umap page sizes to run, ascending.
@@ -98,6 +102,7 @@ pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Parsed, Stri
     let mut direct = false;
     let mut warm = false;
     let mut memory_store = false;
+    let mut signal_faults = false;
     let mut workloads: Option<Vec<Workload>> = None;
     let mut page_sizes: Vec<usize> = UMAP_PAGE_SIZES.to_vec();
     let mut json = None;
@@ -118,6 +123,7 @@ pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Parsed, Stri
             "--direct" => direct = true,
             "--warm" => warm = true,
             "--memory-store" => memory_store = true,
+            "--signal-faults" => signal_faults = true,
             "--render" => render = Some(PathBuf::from(flags.value()?)),
             "--workloads" => {
                 let list = flags.value()?;
@@ -255,6 +261,7 @@ pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Parsed, Stri
         direct,
         warm,
         memory_store,
+        signal_faults,
         workloads,
         page_sizes,
         json,

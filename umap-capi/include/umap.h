@@ -5,10 +5,18 @@
  * Configuration comes from the UMAP_* environment variables (UMAP_PAGESIZE, UMAP_BUFSIZE,
  * UMAP_PAGE_FILLERS, UMAP_PAGE_EVICTORS, UMAP_EVICT_HIGH_WATER_THRESHOLD,
  * UMAP_EVICT_LOW_WATER_THRESHOLD, UMAP_MAX_FAULT_EVENTS, UMAP_READ_AHEAD, UMAP_MONITOR_FREQ,
- * UMAP_LOG_LEVEL, UMAP_RECYCLE_PAGES; the README's configuration table has them all), read
- * once, at the first call. A value that is set but not valid makes every call that needs the
- * configuration fail with errno EINVAL and a message on stderr (umap_flush,
- * umap_has_write_support and umapcfg_get_system_page_size do not need it).
+ * UMAP_LOG_LEVEL, UMAP_RECYCLE_PAGES, UMAP_SIGNAL_FAULTS; the README's configuration table
+ * has them all), read once, at the first call. A value that is set but not valid makes every
+ * call that needs the configuration fail with errno EINVAL and a message on stderr
+ * (umap_flush, umap_has_write_support and umapcfg_get_system_page_size do not need it).
+ *
+ * UMAP_SIGNAL_FAULTS=1 serves each fault on the faulting thread, in a SIGBUS handler the
+ * library installs (several times faster for random access). Then a system call that reads
+ * or writes a page of a region that is not resident (read(fd, region, n), write, ...) fails
+ * with EFAULT instead of waiting: touch or umap_prefetch such pages first. Install any
+ * SIGBUS handler of your own before the first umap call (it still gets every SIGBUS that is
+ * not a fault on a region), never after, and do not block SIGBUS in threads that touch
+ * regions.
  *
  * fork(): a child gets a copy of the regions but none of the library's threads. It must not
  * touch the regions or call the library; at its exit nothing is written back (the parent's

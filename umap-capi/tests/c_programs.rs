@@ -274,6 +274,33 @@ fn threads_read_write_flush_and_uunmap() {
     );
 }
 
+/// The same with faults served on the faulting thread (`UMAP_SIGNAL_FAULTS=1`): the library's
+/// SIGBUS handler serves the C threads' faults.
+#[test]
+fn threads_read_write_flush_and_uunmap_with_signal_faults() {
+    let out = Program::c11("rw_threads.c").run_on_data(
+        &[
+            ("UMAP_PAGESIZE", "4096"),
+            ("UMAP_BUFSIZE", "256"),
+            ("UMAP_SIGNAL_FAULTS", "1"),
+            ("UMAP_MONITOR_FREQ", "0.02"),
+        ],
+        "rw_threads ok: 4 threads, 16 MiB through 256 pages of 4096 bytes",
+    );
+    // The monitor's statistics show faults served in the handler.
+    let served = out
+        .stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix("signal faults"))
+        .filter_map(|n| n.trim().parse::<u64>().ok())
+        .max();
+    assert!(
+        served.is_some_and(|n| n > 0),
+        "no faults served in the SIGBUS handler:\n{}",
+        out.text()
+    );
+}
+
 /// The same program, linked against libumap.a alone.
 #[test]
 fn static_library_links_and_works() {
