@@ -16,11 +16,18 @@ const KIB: usize = 1024;
 const MIB: usize = 1024 * KIB;
 
 fn engine(buffer: usize, page: usize, fillers: usize) -> Umap {
+    engine_with(buffer, page, fillers, false)
+}
+
+/// The same, with faults served on the faulting thread if `signals`
+/// (`Config::signal_faults`).
+fn engine_with(buffer: usize, page: usize, fillers: usize, signals: bool) -> Umap {
     Umap::builder()
         .buffer_size(buffer)
         .page_size(page)
         .fillers(fillers)
         .recycle_pages(true)
+        .signal_faults(signals)
         .start()
         .expect("userfaultfd engine (needs Linux userfaultfd with write-protect support)")
 }
@@ -28,16 +35,16 @@ fn engine(buffer: usize, page: usize, fillers: usize) -> Umap {
 /// Random writes, reads, read-then-write sweeps (which turn on eager dirty fills, the main
 /// recycling path), flushes and remaps through a buffer 8 times smaller than the region, with
 /// the file compared to a model after every flush and at the end.
-fn model_case(page: usize, seed: u64) {
+fn model_case(page: usize, seed: u64, signals: bool) {
     let mut rng = Rng::new(seed);
     let buffer = 4 * MIB;
     let len = 8 * buffer - 3 * KIB; // not a multiple of the page
     let fillers = 1 + rng.below(2) as usize;
-    let case = format!("page {page}, seed {seed:#x}, fillers {fillers}");
+    let case = format!("page {page}, seed {seed:#x}, fillers {fillers}, signal faults {signals}");
     let dir = tempfile::tempdir().unwrap();
     let path = common::pattern_file(dir.path(), "data", seed, len as u64);
     let mut model = common::pattern(seed, 0, len);
-    let umap = engine(buffer, page, fillers);
+    let umap = engine_with(buffer, page, fillers, signals);
     let map = |umap: &Umap| -> Region {
         umap.map(
             FileStore::open(&path).unwrap(),
@@ -117,12 +124,17 @@ fn model_case(page: usize, seed: u64) {
         stats.dirty_evictions > 0 && stats.wp_faults > 0,
         "{case}: no dirty eviction or write-protect fault: {stats:?}"
     );
+    assert_eq!(
+        stats.signal_faults > 0,
+        signals,
+        "{case}: faults served in the handler: {stats:?}"
+    );
 }
 
 #[test]
 fn recycled_pages_keep_every_write_64k() {
     for seed in 0..3 {
-        model_case(64 * KIB, 0x6400 + seed);
+        model_case(64 * KIB, 0x6400 + seed, false);
     }
 }
 
@@ -130,8 +142,18 @@ fn recycled_pages_keep_every_write_64k() {
 fn recycled_pages_keep_every_write_192k() {
     // Not a power of two; several system pages per move.
     for seed in 0..2 {
-        model_case(192 * KIB, 0x19200 + seed);
+        model_case(192 * KIB, 0x19200 + seed, false);
     }
+}
+
+/// The model with faults served on the faulting thread (`Config::signal_faults`): the handler
+/// fills dirty runs from pool pages and reclaims into the pool like a filler.
+#[test]
+fn recycled_pages_keep_every_write_with_signal_faults() {
+    for seed in 0..2 {
+        model_case(64 * KIB, 0x5640 + seed, true);
+    }
+    model_case(192 * KIB, 0x5192, true);
 }
 
 /// Writers on both CPUs, each owning every fourth u64 of a region 8 times the buffer, write
@@ -139,13 +161,24 @@ fn recycled_pages_keep_every_write_192k() {
 /// word in memory and in the store is its writer's last value.
 #[test]
 fn concurrent_writers_lose_nothing_with_recycling() {
+    concurrent_writers(false);
+}
+
+/// The same with faults served on the faulting thread: the writers fill and reclaim through the
+/// pool themselves.
+#[test]
+fn concurrent_writers_lose_nothing_with_recycling_and_signal_faults() {
+    concurrent_writers(true);
+}
+
+fn concurrent_writers(signals: bool) {
     const THREADS: usize = 4;
     const PASSES: u64 = 3;
     let page = 64 * KIB;
     let buffer = 4 * MIB;
     let len = 8 * buffer;
     let store = Arc::new(MemStore::new(len));
-    let umap = engine(buffer, page, 2);
+    let umap = engine_with(buffer, page, 2, signals);
     let region = umap
         .map_shared(store.clone(), MapOptions::new().writable(true))
         .unwrap();
@@ -190,6 +223,7 @@ fn concurrent_writers_lose_nothing_with_recycling() {
         stats.recycled_bytes > 0,
         "the pool was never used: {stats:?}"
     );
+    assert_eq!(stats.signal_faults > 0, signals, "{stats:?}");
 }
 
 fn encode(word: usize, pass: u64) -> u64 {

@@ -6,7 +6,8 @@
 //! through a filler); system calls on missing pages (`EFAULT`, the documented price); a
 //! poisoned page (a fatal `SIGBUS`, as under mmap); bus errors that are not the engine's (to
 //! the handler installed before, or fatal); engines of both kinds in one process, and engines
-//! coming and going (their slots are reused). Signals are checked in child processes.
+//! coming and going (their slots are reused). Signals are checked in child processes. Page
+//! recycling with signal faults is in tests/recycle.rs.
 
 mod common;
 
@@ -16,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::Rng;
-use umap::{Error, FileStore, MapOptions, MemStore, Region, Umap};
+use umap::{FileStore, MapOptions, MemStore, Region, Umap};
 use umap_store::fault::{Fault, FaultyStore, Op};
 
 const KIB: usize = 1024;
@@ -373,24 +374,4 @@ fn engines_of_both_kinds_share_a_process_and_come_and_go() {
         "{stats:?}"
     );
     a.unmap().unwrap();
-}
-
-/// The two options that cannot go together are refused, naming both.
-#[test]
-fn signal_faults_with_page_recycling_is_refused() {
-    let err = Umap::builder()
-        .signal_faults(true)
-        .recycle_pages(true)
-        .start()
-        .unwrap_err();
-    assert!(
-        matches!(
-            &err,
-            Error::InvalidArgument {
-                name: "signal_faults",
-                ..
-            }
-        ) && err.to_string().contains("recycle_pages"),
-        "{err}"
-    );
 }

@@ -68,7 +68,10 @@ pub struct Config {
     ///   allocator's lock (no heap placed inside a region), and must not block `SIGBUS`;
     /// - the program must not replace the `SIGBUS` handler while such an engine runs (one
     ///   installed before is kept and gets every `SIGBUS` the engine does not serve);
-    /// - it cannot be combined with [`recycle_pages`](Config::recycle_pages).
+    /// - x86-64 only (the handler tells writes from reads by the CPU's error code).
+    ///
+    /// It combines with [`recycle_pages`](Config::recycle_pages): the page pool raises no
+    /// fault of its own (its pages are never write-protected), so nothing changes for it.
     pub signal_faults: bool,
     /// Print [`Stats`](crate::Stats) to stderr at this interval (`None`: never).
     pub monitor_interval: Option<Duration>,
@@ -183,14 +186,6 @@ impl Config {
             ));
         }
         validate_read_ahead(self.read_ahead)?;
-        if self.signal_faults && self.recycle_pages {
-            return Err(Error::invalid(
-                "signal_faults",
-                true,
-                "cannot be combined with recycle_pages (the page pool's own faults would be \
-                 signals too); turn one of them off",
-            ));
-        }
         if self.monitor_interval == Some(Duration::ZERO) {
             return Err(Error::invalid(
                 "monitor_interval",

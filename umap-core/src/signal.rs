@@ -27,7 +27,7 @@
 //! never uses an engine's state after it is freed.
 
 use std::ffi::c_void;
-use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicPtr, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -65,6 +65,11 @@ static SLOTS: [Slot; MAX_ENGINES] = [const {
 /// The `SIGBUS` action in place before this module's handler, for the signals it does not
 /// serve.
 static PREVIOUS: OnceLock<libc::sigaction> = OnceLock::new();
+
+/// The process whose engines the slots hold. A forked child inherits the handler and a copy of
+/// the slots, but none of the engines' threads, and its copies of their locks may be held
+/// forever: the handler serves nothing in another process.
+static OWNER: AtomicI32 = AtomicI32::new(0);
 
 /// Scratch buffers and reclaim lists for the threads that serve faults in place, one per
 /// concurrent fault (a thread takes any free one).
@@ -125,6 +130,8 @@ pub(crate) fn register(shared: &Arc<Shared>) -> Result<Registration> {
         ));
     }
     install_handler()?;
+    // SAFETY: getpid(2) cannot fail.
+    OWNER.store(unsafe { libc::getpid() }, Ordering::SeqCst);
     let ptr = Arc::as_ptr(shared).cast_mut();
     for (index, slot) in SLOTS.iter().enumerate() {
         if slot
@@ -244,6 +251,10 @@ fn access_kind(context: *mut c_void) -> (bool, bool) {
 unsafe fn serve(info: &libc::siginfo_t, context: *mut c_void) -> bool {
     if info.si_code != libc::BUS_ADRERR {
         return false; // a poisoned page (BUS_MCEERR_AR) or another kind of bus error
+    }
+    // SAFETY: getpid(2) cannot fail.
+    if unsafe { libc::getpid() } != OWNER.load(Ordering::Relaxed) {
+        return false; // a forked child: the engines are the parent's
     }
     // SAFETY: a SIGBUS raised by a fault carries its address.
     let addr = unsafe { info.si_addr() } as usize;
