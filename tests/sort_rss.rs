@@ -43,6 +43,13 @@ fn sort_rss_child() {
 // The child is reaped with `wait4` (for its resource usage), not `Child::wait`.
 #[allow(clippy::zombie_processes)]
 fn run_sort(args: &str) -> (u64, String) {
+    run_sort_with(args, &[])
+}
+
+/// [`run_sort`] with `env` set for the child (the example's engine reads the `UMAP_*`
+/// variables).
+#[allow(clippy::zombie_processes)]
+fn run_sort_with(args: &str, env: &[(&str, &str)]) -> (u64, String) {
     let child = Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
@@ -51,6 +58,7 @@ fn run_sort(args: &str) -> (u64, String) {
             "--test-threads=1",
         ])
         .env(CHILD_ENV, args)
+        .envs(env.iter().copied())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -156,5 +164,37 @@ fn sort_peak_rss_stays_near_the_buffer() {
         "with a buffer larger than the data the whole data should be resident at the end of \
          the sort, yet the peak RSS was {:.1} MiB: the measure does not see the mapping\n{output}",
         peak as f64 / MIB as f64
+    );
+}
+
+/// Faults served on the faulting thread (`UMAP_SIGNAL_FAULTS=1`) keep the resident set where
+/// fillers keep it: the handlers' scratch buffers (up to a 1 MiB run each) are only as many as
+/// the faults served at once. 4 KiB pages, so every fault reads a 1 MiB read-ahead run.
+#[test]
+fn signal_faults_keep_the_peak_rss_of_fillers() {
+    let args = format!(
+        "--size {DATA} --buffer {BUFFER} --page-size 4K --threads 2 --fillers 2 --evictors 1"
+    );
+    let (fillers, _) = run_sort_with(&args, &[("UMAP_SIGNAL_FAULTS", "0")]);
+    let (signals, output) = run_sort_with(&args, &[("UMAP_SIGNAL_FAULTS", "1")]);
+    eprintln!(
+        "peak RSS: fillers {:.1} MiB, signal faults {:.1} MiB",
+        fillers as f64 / MIB as f64,
+        signals as f64 / MIB as f64
+    );
+    assert!(
+        signals < fillers + 6 * MIB,
+        "with signal faults the sort peaked at {:.1} MiB resident, {:.1} MiB with fillers\n{output}",
+        signals as f64 / MIB as f64,
+        fillers as f64 / MIB as f64
+    );
+    let served: u64 = output
+        .lines()
+        .find_map(|l| l.strip_prefix("signal faults"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(
+        output.contains("all checks passed") && served > 0,
+        "the sort did not report its checks, or served no fault in the handler\n{output}"
     );
 }

@@ -99,13 +99,14 @@ impl InPlaceSlots {
         }
     }
 
-    /// Runs `f` with a free slot, starting the search at `hint`; waits while all are taken.
-    fn with<R>(&self, hint: usize, f: impl FnOnce(&mut Parts) -> R) -> R {
-        let n = self.slots.len();
+    /// Runs `f` with the first free slot; waits while all are taken. Searching from the first
+    /// keeps the slots in use (and their scratch buffers, up to a 1 MiB run each) as few as
+    /// the faults served at once, so the memory beyond the buffer stays small.
+    fn with<R>(&self, f: impl FnOnce(&mut Parts) -> R) -> R {
         let mut backoff = Backoff::new();
         loop {
-            for i in 0..n {
-                if let Some(mut parts) = self.slots[(hint + i) % n].try_lock() {
+            for slot in self.slots.iter() {
+                if let Some(mut parts) = slot.try_lock() {
                     return f(&mut parts);
                 }
             }
@@ -302,7 +303,7 @@ fn serve_in(shared: &Shared, addr: usize, context: *mut c_void) -> Option<bool> 
         },
         read_at: Instant::now(),
     };
-    let outcome = slots.with(addr / crate::sys::page_size(), |parts| {
+    let outcome = slots.with(|parts| {
         let mut filler = Filler::in_place(
             shared,
             parts.scratch.take(),
