@@ -13,11 +13,17 @@ const MIB: usize = 1024 * 1024;
 const SEED: u64 = 0x9195;
 
 fn engine(buffer: usize, page_size: usize) -> Umap {
+    engine_with(buffer, page_size, false)
+}
+
+/// The same, faults served on the faulting thread if `signals` (`Config::signal_faults`).
+fn engine_with(buffer: usize, page_size: usize, signals: bool) -> Umap {
     Umap::builder()
         .buffer_size(buffer)
         .page_size(page_size)
         .fillers(2)
         .evictors(1)
+        .signal_faults(signals)
         .start()
         .unwrap_or_else(|e| panic!("the engine needs userfaultfd: {e}"))
 }
@@ -41,8 +47,19 @@ fn scan(region: &Region, start: usize, end: usize) {
 
 #[test]
 fn pinned_pages_stay_resident_while_threads_page_through_the_rest() {
+    pinned_pages_stay_resident(false);
+}
+
+/// The same with faults served on the faulting thread: the handlers' reclaim skips pinned
+/// pages as the fillers' does.
+#[test]
+fn pinned_pages_stay_resident_with_signal_faults() {
+    pinned_pages_stay_resident(true);
+}
+
+fn pinned_pages_stay_resident(signals: bool) {
     for page_size in [4 * KIB, 64 * KIB] {
-        let umap = engine(4 * MIB, page_size);
+        let umap = engine_with(4 * MIB, page_size, signals);
         let region = Arc::new(
             umap.map(
                 MemStore::from_vec(pattern(SEED, 0, 32 * MIB)),
@@ -91,6 +108,7 @@ fn pinned_pages_stay_resident_while_threads_page_through_the_rest() {
             "the pinned range faulted"
         );
         assert!(umap.stats().resident_bytes <= 4 * MIB as u64);
+        assert_eq!(umap.stats().signal_faults > 0, signals, "{}", umap.stats());
     }
 }
 
