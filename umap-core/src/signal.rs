@@ -53,23 +53,23 @@ const CLOSING_WAIT: Duration = Duration::from_micros(100);
 struct Slot {
     engine: AtomicPtr<Shared>,
     readers: AtomicUsize,
+    /// The process that registered the engine. A forked child inherits the handler and a copy
+    /// of the slots, but none of the engines' threads, and its copies of their locks may be
+    /// held forever: the handler serves no engine of another process.
+    pid: AtomicI32,
 }
 
 static SLOTS: [Slot; MAX_ENGINES] = [const {
     Slot {
         engine: AtomicPtr::new(std::ptr::null_mut()),
         readers: AtomicUsize::new(0),
+        pid: AtomicI32::new(0),
     }
 }; MAX_ENGINES];
 
 /// The `SIGBUS` action in place before this module's handler, for the signals it does not
 /// serve.
 static PREVIOUS: OnceLock<libc::sigaction> = OnceLock::new();
-
-/// The process whose engines the slots hold. A forked child inherits the handler and a copy of
-/// the slots, but none of the engines' threads, and its copies of their locks may be held
-/// forever: the handler serves nothing in another process.
-static OWNER: AtomicI32 = AtomicI32::new(0);
 
 /// Scratch buffers and reclaim lists for the threads that serve faults in place, one per
 /// concurrent fault (a thread takes any free one).
@@ -132,7 +132,7 @@ pub(crate) fn register(shared: &Arc<Shared>) -> Result<Registration> {
     }
     install_handler()?;
     // SAFETY: getpid(2) cannot fail.
-    OWNER.store(unsafe { libc::getpid() }, Ordering::SeqCst);
+    let pid = unsafe { libc::getpid() };
     let ptr = Arc::as_ptr(shared).cast_mut();
     for (index, slot) in SLOTS.iter().enumerate() {
         if slot
@@ -145,6 +145,8 @@ pub(crate) fn register(shared: &Arc<Shared>) -> Result<Registration> {
             )
             .is_ok()
         {
+            // Until this store a handler skips the slot (the engine has no region yet).
+            slot.pid.store(pid, Ordering::SeqCst);
             return Ok(Registration { index });
         }
     }
@@ -253,15 +255,13 @@ unsafe fn serve(info: &libc::siginfo_t, context: *mut c_void) -> bool {
     if info.si_code != libc::BUS_ADRERR {
         return false; // a poisoned page (BUS_MCEERR_AR) or another kind of bus error
     }
-    // SAFETY: getpid(2) cannot fail.
-    if unsafe { libc::getpid() } != OWNER.load(Ordering::Relaxed) {
-        return false; // a forked child: the engines are the parent's
-    }
     // SAFETY: a SIGBUS raised by a fault carries its address.
     let addr = unsafe { info.si_addr() } as usize;
+    // SAFETY: getpid(2) cannot fail.
+    let pid = unsafe { libc::getpid() };
     for slot in &SLOTS {
-        if slot.engine.load(Ordering::Relaxed).is_null() {
-            continue;
+        if slot.engine.load(Ordering::Relaxed).is_null() || slot.pid.load(Ordering::SeqCst) != pid {
+            continue; // free, or an engine of the parent of this forked process
         }
         slot.readers.fetch_add(1, Ordering::SeqCst);
         let engine = slot.engine.load(Ordering::SeqCst);
