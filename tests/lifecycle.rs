@@ -389,6 +389,63 @@ fn unmap_wakes_threads_faulting_meanwhile() {
     assert_eq!(status.signal(), Some(libc::SIGSEGV), "{status:?}\n{output}");
 }
 
+const UNMAP_SIGNAL_CHILD_ENV: &str = "UMAP_TEST_UNMAP_SIGNAL_CHILD";
+
+/// Runs in a child process (see `a_signal_fault_on_a_region_being_unmapped_ends_in_sigsegv`).
+/// Does nothing when run as an ordinary test.
+#[test]
+fn unmap_signal_child() {
+    if std::env::var_os(UNMAP_SIGNAL_CHILD_ENV).is_none() {
+        return;
+    }
+    let ps = 4 * KIB;
+    let store = GatedStore::new(common::pattern(5, 0, 64 * ps), Vec::new());
+    let umap = Umap::builder()
+        .buffer_size(MIB)
+        .page_size(ps)
+        .fillers(1)
+        .signal_faults(true)
+        .start()
+        .unwrap_or_else(|e| panic!("the engine needs userfaultfd with SIGBUS: {e}"));
+    let region = umap.map_shared(store.clone(), MapOptions::new()).unwrap();
+    let addr = region.as_ptr() as usize;
+    std::thread::spawn(move || {
+        // SAFETY: reads the live region; its handler's store read of page 0 is stuck, inside
+        // the region's gate.
+        unsafe { std::ptr::read_volatile(addr as *const u8) }
+    });
+    while store.gated_readers.load(Ordering::SeqCst) == 0 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // The unmap closes the gate and waits for the stuck fill.
+    let unmapper = std::thread::spawn(move || region.unmap());
+    std::thread::sleep(Duration::from_millis(50));
+    std::thread::spawn(move || {
+        // SAFETY: reads the region while it is being unmapped: its handler finds the gate
+        // closed and lets the access retry until the memory is gone (SIGSEGV), never zeros.
+        let v = unsafe { std::ptr::read_volatile((addr + ps + 8) as *const u8) };
+        println!("UNEXPECTED: read {v} from a region being unmapped");
+        std::process::exit(3);
+    });
+    std::thread::sleep(Duration::from_millis(50));
+    store.release();
+    unmapper.join().unwrap().unwrap();
+    std::thread::sleep(Duration::from_secs(20));
+    println!("UNEXPECTED: the faulting thread neither crashed nor returned");
+    std::process::exit(4);
+}
+
+/// With faults served on the faulting thread, a fault on a region whose unmap has begun (its
+/// gate closed, waiting for a fill) neither deadlocks the unmap nor reads zeros: the handler
+/// lets the access retry until the region is gone, and then it faults like on any unmapped
+/// memory.
+#[test]
+fn a_signal_fault_on_a_region_being_unmapped_ends_in_sigsegv() {
+    use std::os::unix::process::ExitStatusExt;
+    let (status, output) = run_child("unmap_signal_child", UNMAP_SIGNAL_CHILD_ENV);
+    assert_eq!(status.signal(), Some(libc::SIGSEGV), "{status:?}\n{output}");
+}
+
 /// Runs in a child process (see `a_failed_store_read_raises_sigbus`): touches a page whose
 /// store read fails. Does nothing when run as an ordinary test.
 #[test]
