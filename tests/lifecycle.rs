@@ -329,29 +329,30 @@ impl Store for FailingStore {
 const CHILD_ENV: &str = "UMAP_TEST_READ_ERROR_CHILD";
 const UNMAP_CHILD_ENV: &str = "UMAP_TEST_UNMAP_CHILD";
 
-/// Runs `test` of this binary in a child process with `env` set; returns its exit status
-/// and output (killed after 60 s: a hang is a failure, not a stuck CI run).
-fn run_child(test: &str, env: &str) -> (std::process::ExitStatus, String) {
-    common::run_command(
-        std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", test, "--nocapture", "--test-threads=1"])
-            .env(env, "1"),
-        &format!("child {test}"),
-        Duration::from_secs(60),
-    )
-}
-
-/// Runs in a child process (see `unmap_wakes_threads_faulting_meanwhile`). Does nothing when
-/// run as an ordinary test.
+/// Runs in a child process (see the two tests below; the variable's value, `fillers` or
+/// `signals`, says how faults are served). Does nothing when run as an ordinary test.
+///
+/// One thread faults on page 0, whose store read is stuck. Another faults on page 1: with one
+/// filler, before the unmap, so its fault stays queued behind the stuck read; with signal
+/// faults (served at once otherwise), after the unmap has closed the region's gate. Then the
+/// stuck read is released and the unmap finishes: the second thread must fault on unmapped
+/// memory (SIGSEGV), neither return nor hang.
 #[test]
 fn unmap_child() {
-    if std::env::var_os(UNMAP_CHILD_ENV).is_none() {
+    let Some(mode) = std::env::var_os(UNMAP_CHILD_ENV) else {
         return;
-    }
+    };
+    let signals = mode == "signals";
     let ps = 4 * KIB;
     let store = GatedStore::new(common::pattern(4, 0, 64 * ps), Vec::new());
-    // One filler: while it is stuck reading page 0, the fault on page 1 stays queued.
-    let umap = engine(MIB, 1);
+    // One filler: while it is stuck reading page 0, a queued fault on page 1 waits.
+    let umap = Umap::builder()
+        .buffer_size(MIB)
+        .page_size(ps)
+        .fillers(1)
+        .signal_faults(signals)
+        .start()
+        .unwrap_or_else(|e| panic!("the engine needs userfaultfd: {e}"));
     let region = umap.map_shared(store.clone(), MapOptions::new()).unwrap();
     let addr = region.as_ptr() as usize;
     std::thread::spawn(move || {
@@ -361,19 +362,27 @@ fn unmap_child() {
     while store.gated_readers.load(Ordering::SeqCst) == 0 {
         std::thread::sleep(Duration::from_millis(1));
     }
-    std::thread::spawn(move || {
-        // SAFETY: reads the region; after the unmap below this must fault (SIGSEGV), never
-        // return zeros.
-        let v = unsafe { std::ptr::read_volatile((addr + ps + 8) as *const u8) };
-        println!("UNEXPECTED: read {v} from an unmapped region");
-        std::process::exit(3);
-    });
-    std::thread::sleep(Duration::from_millis(50));
+    let second_fault = move || {
+        std::thread::spawn(move || {
+            // SAFETY: reads the region; once it is unmapped this must fault (SIGSEGV), never
+            // return zeros.
+            let v = unsafe { std::ptr::read_volatile((addr + ps + 8) as *const u8) };
+            println!("UNEXPECTED: read {v} from an unmapped region");
+            std::process::exit(3);
+        });
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    if !signals {
+        second_fault();
+    }
+    // The unmap closes the gate and waits for the stuck fill.
     let unmapper = std::thread::spawn(move || region.unmap());
     std::thread::sleep(Duration::from_millis(50));
+    if signals {
+        second_fault();
+    }
     store.release();
     unmapper.join().unwrap().unwrap();
-    // The thread faulting on page 1 is woken and faults again on unmapped memory.
     std::thread::sleep(Duration::from_secs(20));
     println!("UNEXPECTED: the faulting thread neither crashed nor returned");
     std::process::exit(4);
@@ -385,54 +394,8 @@ fn unmap_child() {
 #[test]
 fn unmap_wakes_threads_faulting_meanwhile() {
     use std::os::unix::process::ExitStatusExt;
-    let (status, output) = run_child("unmap_child", UNMAP_CHILD_ENV);
+    let (status, output) = common::run_test_child("unmap_child", &[(UNMAP_CHILD_ENV, "fillers")]);
     assert_eq!(status.signal(), Some(libc::SIGSEGV), "{status:?}\n{output}");
-}
-
-const UNMAP_SIGNAL_CHILD_ENV: &str = "UMAP_TEST_UNMAP_SIGNAL_CHILD";
-
-/// Runs in a child process (see `a_signal_fault_on_a_region_being_unmapped_ends_in_sigsegv`).
-/// Does nothing when run as an ordinary test.
-#[test]
-fn unmap_signal_child() {
-    if std::env::var_os(UNMAP_SIGNAL_CHILD_ENV).is_none() {
-        return;
-    }
-    let ps = 4 * KIB;
-    let store = GatedStore::new(common::pattern(5, 0, 64 * ps), Vec::new());
-    let umap = Umap::builder()
-        .buffer_size(MIB)
-        .page_size(ps)
-        .fillers(1)
-        .signal_faults(true)
-        .start()
-        .unwrap_or_else(|e| panic!("the engine needs userfaultfd with SIGBUS: {e}"));
-    let region = umap.map_shared(store.clone(), MapOptions::new()).unwrap();
-    let addr = region.as_ptr() as usize;
-    std::thread::spawn(move || {
-        // SAFETY: reads the live region; its handler's store read of page 0 is stuck, inside
-        // the region's gate.
-        unsafe { std::ptr::read_volatile(addr as *const u8) }
-    });
-    while store.gated_readers.load(Ordering::SeqCst) == 0 {
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    // The unmap closes the gate and waits for the stuck fill.
-    let unmapper = std::thread::spawn(move || region.unmap());
-    std::thread::sleep(Duration::from_millis(50));
-    std::thread::spawn(move || {
-        // SAFETY: reads the region while it is being unmapped: its handler finds the gate
-        // closed and lets the access retry until the memory is gone (SIGSEGV), never zeros.
-        let v = unsafe { std::ptr::read_volatile((addr + ps + 8) as *const u8) };
-        println!("UNEXPECTED: read {v} from a region being unmapped");
-        std::process::exit(3);
-    });
-    std::thread::sleep(Duration::from_millis(50));
-    store.release();
-    unmapper.join().unwrap().unwrap();
-    std::thread::sleep(Duration::from_secs(20));
-    println!("UNEXPECTED: the faulting thread neither crashed nor returned");
-    std::process::exit(4);
 }
 
 /// With faults served on the faulting thread, a fault on a region whose unmap has begun (its
@@ -442,7 +405,7 @@ fn unmap_signal_child() {
 #[test]
 fn a_signal_fault_on_a_region_being_unmapped_ends_in_sigsegv() {
     use std::os::unix::process::ExitStatusExt;
-    let (status, output) = run_child("unmap_signal_child", UNMAP_SIGNAL_CHILD_ENV);
+    let (status, output) = common::run_test_child("unmap_child", &[(UNMAP_CHILD_ENV, "signals")]);
     assert_eq!(status.signal(), Some(libc::SIGSEGV), "{status:?}\n{output}");
 }
 
@@ -465,22 +428,6 @@ fn read_error_child() {
 #[test]
 fn a_failed_store_read_raises_sigbus() {
     use std::os::unix::process::ExitStatusExt;
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "read_error_child",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD_ENV, "1")
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.signal(),
-        Some(libc::SIGBUS),
-        "child: {:?}\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (status, output) = common::run_test_child("read_error_child", &[(CHILD_ENV, "1")]);
+    assert_eq!(status.signal(), Some(libc::SIGBUS), "{status:?}\n{output}");
 }

@@ -33,17 +33,6 @@ fn faulty(len: usize, seed: u64) -> Arc<FaultyStore<MemStore>> {
     ))
 }
 
-/// Runs `test` of this binary in a child process with `env` set to `value`; returns its
-/// status and output. Killed after 60 s: a hang is a failure.
-fn run_child(exe: &std::path::Path, test: &str, env: &str, value: &str) -> (ExitStatus, String) {
-    run_command(
-        Command::new(exe)
-            .args(["--exact", test, "--nocapture", "--test-threads=1"])
-            .env(env, value),
-        test,
-    )
-}
-
 fn run_command(cmd: &mut Command, what: &str) -> (ExitStatus, String) {
     common::run_command(cmd, &format!("child {what}"), Duration::from_secs(60))
 }
@@ -434,8 +423,7 @@ fn read_error_child() {
 /// errno) and counted; a system call reading it gets EFAULT, a load gets SIGBUS.
 #[test]
 fn a_permanent_read_error_is_recorded_and_raises_sigbus() {
-    let exe = std::env::current_exe().unwrap();
-    let (status, out) = run_child(&exe, "read_error_child", READ_ERROR_CHILD, "1");
+    let (status, out) = common::run_test_child("read_error_child", &[(READ_ERROR_CHILD, "1")]);
     assert_eq!(status.signal(), Some(libc::SIGBUS), "{status:?}\n{out}");
     assert!(
         out.contains("RECORDED Read error at region offset 12288"),

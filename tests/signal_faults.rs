@@ -12,9 +12,7 @@
 mod common;
 
 use std::os::unix::process::ExitStatusExt;
-use std::process::{Command, ExitStatus};
 use std::sync::Arc;
-use std::time::Duration;
 
 use common::Rng;
 use umap::{FileStore, MapOptions, MemStore, Region, Umap};
@@ -30,19 +28,6 @@ fn signal_engine(buffer: usize, page: usize) -> Umap {
         .signal_faults(true)
         .start()
         .unwrap_or_else(|e| panic!("the engine needs userfaultfd with UFFD_FEATURE_SIGBUS: {e}"))
-}
-
-/// Runs `test` of this binary in a child process with `env` set; killed after 60 s (a hang is
-/// a failure).
-fn run_child(test: &str, env: &str) -> (ExitStatus, String) {
-    let exe = std::env::current_exe().unwrap();
-    common::run_command(
-        Command::new(exe)
-            .args(["--exact", test, "--nocapture", "--test-threads=1"])
-            .env(env, "1"),
-        &format!("child {test}"),
-        Duration::from_secs(60),
-    )
 }
 
 /// `threads` threads each own the pages `p` with `p % threads == t` of a file-backed region
@@ -217,7 +202,7 @@ fn poison_child() {
 /// endless retry).
 #[test]
 fn a_page_whose_read_fails_raises_a_fatal_sigbus() {
-    let (status, out) = run_child("poison_child", POISON_CHILD);
+    let (status, out) = common::run_test_child("poison_child", &[(POISON_CHILD, "1")]);
     assert_eq!(status.signal(), Some(libc::SIGBUS), "{status:?}\n{out}");
     assert!(out.contains("READ THE GOOD PAGES"), "{out}");
 }
@@ -298,19 +283,9 @@ fn foreign_child() {
 /// A bus error that is not the engine's goes to the handler the program installed before.
 #[test]
 fn a_bus_error_outside_any_region_reaches_the_handler_installed_before() {
-    let exe = std::env::current_exe().unwrap();
-    let (status, out) = common::run_command(
-        Command::new(exe)
-            .args([
-                "--exact",
-                "foreign_child",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(FOREIGN_CHILD, "1")
-            .env(FOREIGN_WITH_HANDLER, "1"),
-        "child foreign_child with a handler",
-        Duration::from_secs(60),
+    let (status, out) = common::run_test_child(
+        "foreign_child",
+        &[(FOREIGN_CHILD, "1"), (FOREIGN_WITH_HANDLER, "1")],
     );
     assert_eq!(status.code(), Some(OWN_HANDLER_EXIT), "{status:?}\n{out}");
     assert!(
@@ -322,7 +297,7 @@ fn a_bus_error_outside_any_region_reaches_the_handler_installed_before() {
 /// Without a handler of the program's, such a bus error is fatal, as without umap.
 #[test]
 fn a_bus_error_outside_any_region_is_fatal_without_a_handler() {
-    let (status, out) = run_child("foreign_child", FOREIGN_CHILD);
+    let (status, out) = common::run_test_child("foreign_child", &[(FOREIGN_CHILD, "1")]);
     assert_eq!(status.signal(), Some(libc::SIGBUS), "{status:?}\n{out}");
     assert!(out.contains("REGION READ"), "{out}");
 }

@@ -6,7 +6,7 @@
 mod process;
 
 #[allow(unused_imports)] // each test binary uses its own subset.
-pub use process::run_command;
+pub use process::{run_command, run_test_child};
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

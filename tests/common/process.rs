@@ -73,3 +73,17 @@ pub fn run_command(cmd: &mut Command, what: &str, limit: Duration) -> (ExitStatu
     let text = finished.text();
     (finished.status, text)
 }
+
+/// Runs the test `test` of the current test binary in a child process (`--exact`, one
+/// thread) with `env` set, killed after 60 s: for tests that must crash, exit, or install
+/// process-wide state. Returns its exit status and both outputs as one text.
+pub fn run_test_child(test: &str, env: &[(&str, &str)]) -> (ExitStatus, String) {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    run_command(
+        Command::new(exe)
+            .args(["--exact", test, "--nocapture", "--test-threads=1"])
+            .envs(env.iter().copied()),
+        &format!("child {test}"),
+        Duration::from_secs(60),
+    )
+}
