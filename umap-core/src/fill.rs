@@ -67,13 +67,12 @@ impl Filler<'_> {
     /// window after it (before it, for a descending stream) if the fault continues a
     /// sequential stream.
     pub(crate) fn fill_fault(&mut self, region: &Arc<RegionShared>, page: usize, write: bool) {
-        let shared = self.shared;
         let ps = region.page_size;
         if !self.reserve(region, ps, page) {
             // The region is being unmapped, or the buffer stayed full of pages that cannot be
             // evicted: the thread faults again (and, unmapped, crashes; stalled, waits again).
             region.pages.finish_fill(page, ABSENT);
-            shared.wake(region.page_addr(page), ps);
+            self.wake(region.page_addr(page), ps);
             return;
         }
         let (mut window, stream) = region.read_ahead_window(page);
@@ -384,7 +383,7 @@ impl Filler<'_> {
                 CLEAN
             };
             if region.pages.finish_fill(page, to) {
-                shared.wake(region.page_addr(page), ps);
+                self.wake(region.page_addr(page), ps);
             }
         }
         let clean = run.len() - usize::from(first_write);
@@ -414,7 +413,7 @@ impl Filler<'_> {
         for page in pages {
             region.pages.finish_fill(page, ABSENT);
             self.shared.buffer.release(ps);
-            self.shared.wake(region.page_addr(page), ps);
+            self.wake(region.page_addr(page), ps);
         }
     }
 
@@ -450,7 +449,7 @@ impl Filler<'_> {
             Ok(()) => POISONED,
             Err(pe) => {
                 log::error!("cannot poison page at {addr:#x}: {pe}; it will be retried");
-                shared.wake(addr, ps);
+                self.wake(addr, ps);
                 ABSENT
             }
         };
@@ -484,7 +483,7 @@ impl Filler<'_> {
                     // A system page is already present (another path installed it): skip it
                     // and copy the rest.
                     done += e.done();
-                    self.shared.wake(addr + done, sys_page);
+                    self.wake(addr + done, sys_page);
                     done += sys_page;
                 }
                 Err(e) => return Err(e),

@@ -76,6 +76,17 @@ pub(crate) struct Access {
 }
 
 impl Access {
+    /// The statistics counter of a fault of this kind (write-protect, write or read).
+    pub(crate) fn counter(self) -> fn(&Counters) -> &AtomicU64 {
+        if self.write_protect {
+            |c| &c.wp_faults
+        } else if self.write {
+            |c| &c.write_faults
+        } else {
+            |c| &c.read_faults
+        }
+    }
+
     /// Both faults' needs at once (two events on one page are served as one).
     fn merge(self, other: Access) -> Access {
         Access {
@@ -362,14 +373,7 @@ impl<'a> Filler<'a> {
                     }
                 },
             };
-            let kind: fn(&Counters) -> &AtomicU64 = if pf.write_protect {
-                |c| &c.wp_faults
-            } else if pf.write {
-                |c| &c.write_faults
-            } else {
-                |c| &c.read_faults
-            };
-            bump_both(&shared.counters, &region.counters, kind, 1);
+            bump_both(&shared.counters, &region.counters, access.counter(), 1);
             let page = region.page_of(pf.address);
             if let Some(job) = jobs
                 .iter_mut()
@@ -504,8 +508,8 @@ impl<'a> Filler<'a> {
     }
 
     /// Wakes threads blocked in the kernel on `[addr, addr + len)`; none are, for an in-place
-    /// filler.
-    fn wake(&self, addr: usize, len: usize) {
+    /// filler (every wake of a filler's own fault path goes through here).
+    pub(crate) fn wake(&self, addr: usize, len: usize) {
         if !self.in_place {
             self.shared.wake(addr, len);
         }
@@ -533,7 +537,7 @@ impl<'a> Filler<'a> {
             }
         };
         if region.pages.release(page, UNPROTECTING, to) || to != DIRTY {
-            shared.wake(addr, ps);
+            self.wake(addr, ps);
         }
     }
 }

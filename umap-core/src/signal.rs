@@ -284,23 +284,16 @@ fn serve_in(shared: &Shared, addr: usize, context: *mut c_void) -> Option<bool> 
     let region = shared.registry.lookup(addr)?;
     let slots = shared.in_place.as_ref()?;
     let (write, present) = access_kind(context);
-    let write_protect = write && present;
-    let kind: fn(&crate::stats::Counters) -> &std::sync::atomic::AtomicU64 = if write_protect {
-        |c| &c.wp_faults
-    } else if write {
-        |c| &c.write_faults
-    } else {
-        |c| &c.read_faults
+    let access = Access {
+        write,
+        write_protect: write && present,
     };
-    bump_both(&shared.counters, &region.counters, kind, 1);
+    bump_both(&shared.counters, &region.counters, access.counter(), 1);
     bump_both(&shared.counters, &region.counters, |c| &c.signal_faults, 1);
     let job = Job {
         page: region.page_of(addr),
         region,
-        access: Access {
-            write,
-            write_protect,
-        },
+        access,
         read_at: Instant::now(),
     };
     let outcome = slots.with(|parts| {
@@ -310,24 +303,21 @@ fn serve_in(shared: &Shared, addr: usize, context: *mut c_void) -> Option<bool> 
             std::mem::take(&mut parts.reclaim),
         );
         let mut backoff = Backoff::new();
-        let outcome = loop {
+        let served = loop {
             match filler.serve(&job) {
                 Outcome::Busy => backoff.wait(),
-                other => break other,
+                Outcome::Done => break true,
+                Outcome::Closing => {
+                    std::thread::sleep(CLOSING_WAIT);
+                    break true;
+                }
+                Outcome::Poisoned => break false,
             }
         };
         (parts.scratch, parts.reclaim) = filler.into_parts();
-        outcome
+        served
     });
-    Some(match outcome {
-        Outcome::Done => true,
-        Outcome::Closing => {
-            std::thread::sleep(CLOSING_WAIT);
-            true
-        }
-        Outcome::Poisoned => false,
-        Outcome::Busy => unreachable!("waited for above"),
-    })
+    Some(outcome)
 }
 
 /// Passes a signal this module does not serve to the action installed before it, or to the
