@@ -213,11 +213,8 @@ impl Pool {
         let mut slot: Option<Slot> = None;
         let mut moved = 0;
         for (i, &(addr, len)) in runs.iter().enumerate() {
-            if slot
-                .as_ref()
-                .is_some_and(|s| s.filled + len > self.slot_bytes)
-            {
-                self.free.lock().push(slot.take().expect("checked"));
+            if let Some(full) = slot.take_if(|s| s.filled + len > self.slot_bytes) {
+                self.free.lock().push(full);
             }
             if slot.is_none() {
                 let mut free = self.free.lock();
