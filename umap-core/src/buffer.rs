@@ -30,6 +30,22 @@ use crate::region::RegionShared;
 /// How long a freshly filled page is protected from eviction.
 pub(crate) const MIN_RESIDENCY: Duration = Duration::from_micros(500);
 
+/// Units of [`stamp_of`]: 16 µs, so a `u32` wraps after about 19 hours.
+const STAMP_UNIT_NANOS: u128 = 16_000;
+
+/// `at` as a page stamp: 16 µs units since the first stamp taken in this process, wrapping.
+/// Stamps are compared for equality and subtracted with wrap-around (ages under 19 hours).
+pub(crate) fn stamp_of(at: Instant) -> u32 {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    (at.saturating_duration_since(epoch).as_nanos() / STAMP_UNIT_NANOS) as u32
+}
+
+/// How long ago, at `now`, a page stamped `stamp` was queued.
+pub(crate) fn age_of(stamp: u32, now: u32) -> Duration {
+    Duration::from_nanos(u64::from(now.wrapping_sub(stamp)) * STAMP_UNIT_NANOS as u64)
+}
+
 /// A resident page in the eviction queue.
 #[derive(Debug, Clone)]
 pub(crate) struct PageRef {
@@ -37,6 +53,27 @@ pub(crate) struct PageRef {
     pub(crate) page: usize,
     /// When the fill completed.
     pub(crate) filled_at: Instant,
+}
+
+impl PageRef {
+    /// An entry for `page` of `region`, filled (or queued again) at `filled_at`, which
+    /// becomes the page's current entry: older entries of the page are stale from now on
+    /// (see [`PageRef::is_current`]). Every entry pushed on the queue is made here.
+    pub(crate) fn new(region: Arc<RegionShared>, page: usize, filled_at: Instant) -> PageRef {
+        region.pages.set_stamp(page, stamp_of(filled_at));
+        PageRef {
+            region,
+            page,
+            filled_at,
+        }
+    }
+
+    /// Whether this is the page's latest entry. A stale one (the page was evicted out of
+    /// turn and filled again, or queued again, since) is skipped: the newer entry stands
+    /// for the page, in its place in the queue.
+    pub(crate) fn is_current(&self) -> bool {
+        self.region.pages.stamp(self.page) == stamp_of(self.filled_at)
+    }
 }
 
 /// See the module documentation.
@@ -191,6 +228,8 @@ impl Buffer {
 
     /// Takes the oldest queued pages, up to `max_pages` of them or until their sizes add up
     /// to `bytes`, whichever comes first, but none filled less than [`MIN_RESIDENCY`] ago.
+    /// Stale entries on the way (see [`PageRef::is_current`], and those of pages no longer
+    /// resident) are dropped.
     /// Returns how long until the next queued page may be taken, if a young page stopped it.
     pub(crate) fn pop_oldest(
         &self,
@@ -203,6 +242,15 @@ impl Buffer {
         let mut taken = 0;
         while taken < bytes && out.len() < max_pages {
             let Some(oldest) = q.front() else { break };
+            if !oldest.is_current()
+                || !crate::page_table::is_resident(oldest.region.pages.state(oldest.page))
+            {
+                // Stale: the page was evicted out of turn (clustering, `Advice::DontNeed`),
+                // and maybe filled again or queued again since (its newer entry stands for
+                // it). Not counted, so that a batch is made of pages to evict.
+                q.pop_front();
+                continue;
+            }
             let age = now.saturating_duration_since(oldest.filled_at);
             if age < MIN_RESIDENCY {
                 return Some(MIN_RESIDENCY - age);
@@ -356,16 +404,8 @@ mod tests {
         let (small, big) = (region(4096), region(1 << 20));
         let old = Instant::now() - MIN_RESIDENCY;
         for page in 0..4 {
-            b.push(PageRef {
-                region: big.clone(),
-                page,
-                filled_at: old,
-            });
-            b.push(PageRef {
-                region: small.clone(),
-                page,
-                filled_at: old,
-            });
+            b.push(PageRef::new(big.clone(), page, old));
+            b.push(PageRef::new(small.clone(), page, old));
         }
         let mut out = Vec::new();
         // One big page covers 8 KiB: the oldest entry alone.
@@ -389,16 +429,8 @@ mod tests {
     fn young_pages_are_not_taken() {
         let b = Buffer::new(1 << 30, 90, 70);
         let r = region(4096);
-        b.push(PageRef {
-            region: r.clone(),
-            page: 0,
-            filled_at: Instant::now() - MIN_RESIDENCY,
-        });
-        b.push(PageRef {
-            region: r.clone(),
-            page: 1,
-            filled_at: Instant::now(),
-        });
+        b.push(PageRef::new(r.clone(), 0, Instant::now() - MIN_RESIDENCY));
+        b.push(PageRef::new(r.clone(), 1, Instant::now()));
         let mut out = Vec::new();
         let wait = b.pop_oldest(usize::MAX, 64, &mut out);
         assert_eq!(out.len(), 1, "the old page only");

@@ -156,11 +156,7 @@ impl Shared {
         self.buffer.push_run(
             (0..region.pages.len())
                 .filter(|&page| crate::page_table::is_resident(region.pages.state(page)))
-                .map(|page| crate::buffer::PageRef {
-                    region: region.clone(),
-                    page,
-                    filled_at: now,
-                }),
+                .map(|page| crate::buffer::PageRef::new(region.clone(), page, now)),
         );
     }
 }

@@ -376,12 +376,16 @@ impl Filler<'_> {
             FillCounts::new(cause, run.len(), run_data).add(shared, region, 1);
         }
         let filled_at = Instant::now();
+        let stamp = crate::buffer::stamp_of(filled_at);
         for page in run.clone() {
             let to = if all_dirty || (page == own && first_write) {
                 DIRTY
             } else {
                 CLEAN
             };
+            // Before the page is resident: an evictor that finds it resident finds the queue
+            // entries it had before as stale (its entry is queued below).
+            region.pages.set_stamp(page, stamp);
             if region.pages.finish_fill(page, to) {
                 self.wake(region.page_addr(page), ps);
             }
@@ -390,11 +394,7 @@ impl Filler<'_> {
         // Queued in the order the reader reaches them, from the faulting page away (downwards
         // for a descending stream's run, which ends at its faulting page), so eviction, oldest
         // first, takes the pages the reader is done with before those it has yet to read.
-        let page_ref = |page| PageRef {
-            region: region.clone(),
-            page,
-            filled_at,
-        };
+        let page_ref = |page| PageRef::new(region.clone(), page, filled_at);
         if own > run.start {
             shared.buffer.push_run(run.rev().map(page_ref));
         } else {

@@ -25,7 +25,7 @@
 //! - Threads that touch region memory (fill, unprotect, write back, evict) do so inside the
 //!   region's gate, so the memory outlives every transition.
 
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 
 /// The page is not resident; the next access faults.
 pub(crate) const ABSENT: u8 = 0;
@@ -58,6 +58,10 @@ pub(crate) fn is_resident(state: u8) -> bool {
 #[derive(Debug)]
 pub(crate) struct PageTable {
     states: Box<[AtomicU8]>,
+    /// When each page was last queued for eviction ([`crate::buffer::stamp_of`] of its fill
+    /// time): tells a page's current queue entry from stale ones, and its age to eviction
+    /// clustering. A hint for the eviction policy only; no page's safety depends on it.
+    stamps: Box<[AtomicU32]>,
 }
 
 impl PageTable {
@@ -65,6 +69,7 @@ impl PageTable {
     pub(crate) fn new(pages: usize) -> PageTable {
         PageTable {
             states: (0..pages).map(|_| AtomicU8::new(ABSENT)).collect(),
+            stamps: (0..pages).map(|_| AtomicU32::new(0)).collect(),
         }
     }
 
@@ -77,6 +82,18 @@ impl PageTable {
     #[inline]
     pub(crate) fn state(&self, page: usize) -> u8 {
         self.states[page].load(Ordering::Acquire) & STATE_MASK
+    }
+
+    /// The stamp of `page`'s latest eviction queue entry.
+    #[inline]
+    pub(crate) fn stamp(&self, page: usize) -> u32 {
+        self.stamps[page].load(Ordering::Relaxed)
+    }
+
+    /// Records the stamp of a queue entry made for `page` (see [`crate::buffer::PageRef::new`]).
+    #[inline]
+    pub(crate) fn set_stamp(&self, page: usize, stamp: u32) {
+        self.stamps[page].store(stamp, Ordering::Relaxed);
     }
 
     /// `from` → `to`, if the page is in the stable state `from` (no waiters bit can be set on

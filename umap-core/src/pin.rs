@@ -224,11 +224,7 @@ pub(crate) fn unpin(shared: &Shared, region: &Arc<RegionShared>, pages: Range<us
     shared.buffer.push_run(
         pages
             .filter(|&p| is_resident(region.pages.state(p)))
-            .map(|page| PageRef {
-                region: region.clone(),
-                page,
-                filled_at: now,
-            }),
+            .map(|page| PageRef::new(region.clone(), page, now)),
     );
 }
 

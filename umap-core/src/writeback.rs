@@ -40,6 +40,27 @@ pub(crate) fn write_back(
     shared: &Shared,
     region: &RegionShared,
     pages: &[usize],
+    done: impl FnMut(&[usize], Result<()>),
+) {
+    write_back_runs(shared, region, pages, true, done);
+}
+
+/// [`write_back`] of pages the caller has write-protected already (with the TLBs flushed,
+/// after it claimed them): the protection step is skipped.
+pub(crate) fn write_back_protected(
+    shared: &Shared,
+    region: &RegionShared,
+    pages: &[usize],
+    done: impl FnMut(&[usize], Result<()>),
+) {
+    write_back_runs(shared, region, pages, false, done);
+}
+
+fn write_back_runs(
+    shared: &Shared,
+    region: &RegionShared,
+    pages: &[usize],
+    protect: bool,
     mut done: impl FnMut(&[usize], Result<()>),
 ) {
     let mut start = 0;
@@ -49,7 +70,7 @@ pub(crate) fn write_back(
             end += 1;
         }
         let run = &pages[start..end];
-        let result = write_run(shared, region, run);
+        let result = write_run(shared, region, run, protect);
         if result.is_err() {
             restore_dirty(shared, region, run);
         }
@@ -58,17 +79,21 @@ pub(crate) fn write_back(
     }
 }
 
-/// Write-protects the run, then writes its bytes to the store.
-fn write_run(shared: &Shared, region: &RegionShared, run: &[usize]) -> Result<()> {
+/// Write-protects the run (unless `protect` is false: the caller did), then writes its
+/// bytes to the store.
+fn write_run(shared: &Shared, region: &RegionShared, run: &[usize], protect: bool) -> Result<()> {
     let (first, last) = (run[0], run[run.len() - 1]);
     let addr = region.page_addr(first);
     let span = (last + 1 - first) * region.page_size;
-    shared.uffd.writeprotect_retrying(addr, span, true)?;
+    if protect {
+        shared.uffd.writeprotect_retrying(addr, span, true)?;
+    }
     // Bytes past the region's length are the zero tail of the last page: never written.
     let data_len = (last - first) * region.page_size + region.page_data_len(last);
     // SAFETY: the run's pages are resident (owned in WriteBack, so nobody drops them), lie in
     // the region's range which the caller's gate keeps mapped, and are write-protected since
-    // the call above returned (with the TLBs flushed), so nothing changes these bytes while
+    // the call above returned, or the caller's (with the TLBs flushed), so nothing changes
+    // these bytes while
     // the store reads them, like the kernel reading an mmap'd buffer for write(2).
     let bytes = unsafe { std::slice::from_raw_parts(addr as *const u8, data_len) };
     let offset = region.page_store_offset(first);
