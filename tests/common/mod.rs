@@ -236,6 +236,25 @@ pub fn faults_settle(umap: &umap::Umap) {
     settles_to("fault events not yet served", 0, unsettled);
 }
 
+/// Ends the test process with a message if it is still running after `limit` (a hang, where
+/// the code under test loops or deadlocks), unless the returned guard was dropped first.
+#[must_use = "the watchdog is disarmed when the guard is dropped"]
+pub fn watchdog(what: &'static str, limit: Duration) -> Watchdog {
+    let (disarm, disarmed) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = disarmed.recv_timeout(limit) {
+            eprintln!("{what}: still running after {limit:?}: a hang; aborting");
+            std::process::abort();
+        }
+    });
+    Watchdog { _disarm: disarm }
+}
+
+/// See [`watchdog`].
+pub struct Watchdog {
+    _disarm: std::sync::mpsc::Sender<()>,
+}
+
 /// Open file descriptors and threads of this process.
 pub fn fds_and_threads() -> (usize, usize) {
     let fds = std::fs::read_dir("/proc/self/fd").unwrap().count();

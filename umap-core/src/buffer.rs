@@ -33,11 +33,15 @@ pub(crate) const MIN_RESIDENCY: Duration = Duration::from_micros(500);
 /// Units of [`stamp_of`]: 16 µs, so a `u32` wraps after about 19 hours.
 const STAMP_UNIT_NANOS: u128 = 16_000;
 
-/// `at` as a page stamp: 16 µs units since the first stamp taken in this process, wrapping.
-/// Stamps are compared for equality and subtracted with wrap-around (ages under 19 hours).
+/// `at` as a page stamp: 16 µs units since an hour before the first stamp taken in this
+/// process (so that instants a little older than that stamp still differ), wrapping. Stamps
+/// are compared for equality and subtracted with wrap-around (ages under 19 hours).
 pub(crate) fn stamp_of(at: Instant) -> u32 {
     static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    let epoch = *EPOCH.get_or_init(Instant::now);
+    let epoch = *EPOCH.get_or_init(|| {
+        let now = Instant::now();
+        now.checked_sub(Duration::from_secs(3600)).unwrap_or(now)
+    });
     (at.saturating_duration_since(epoch).as_nanos() / STAMP_UNIT_NANOS) as u32
 }
 
@@ -375,7 +379,17 @@ mod tests {
         assert_eq!(b.pinned(), 0);
     }
 
+    /// A region of 8 pages, all resident (`Clean`).
     fn region(page_size: usize) -> Arc<RegionShared> {
+        let r = absent_region(page_size);
+        for p in 0..8 {
+            assert!(r.pages.claim_fill(p));
+            r.pages.finish_fill(p, crate::page_table::CLEAN);
+        }
+        r
+    }
+
+    fn absent_region(page_size: usize) -> Arc<RegionShared> {
         Arc::new(RegionShared {
             base: 0x1000_0000,
             len: page_size * 8,
@@ -440,6 +454,37 @@ mod tests {
         std::thread::sleep(MIN_RESIDENCY);
         assert_eq!(b.pop_oldest(usize::MAX, 64, &mut out), None);
         assert_eq!(out.len(), 1, "aged now");
+    }
+
+    #[test]
+    fn stale_entries_are_dropped_and_not_counted() {
+        let b = Buffer::new(1 << 30, 90, 70);
+        let r = region(4096);
+        let old = Instant::now() - MIN_RESIDENCY * 4;
+        // Page 0 queued, then queued again later: the first entry is stale.
+        b.push(PageRef::new(r.clone(), 0, old));
+        b.push(PageRef::new(r.clone(), 1, old));
+        b.push(PageRef::new(r.clone(), 0, old + MIN_RESIDENCY));
+        // Page 2 queued, then evicted out of turn: absent, so its entry is stale too.
+        b.push(PageRef::new(r.clone(), 2, old));
+        assert!(r.pages.begin_evict(2));
+        r.pages.finish_evict(2);
+        b.push(PageRef::new(r.clone(), 3, old));
+        let mut out = Vec::new();
+        // Two pages' worth: the stale entries of pages 0 and 2 do not count.
+        b.pop_oldest(2 * 4096, 64, &mut out);
+        let pages: Vec<usize> = out.iter().map(|p| p.page).collect();
+        assert_eq!(pages, [1, 0]);
+        assert!(out.iter().all(PageRef::is_current));
+        out.clear();
+        b.pop_oldest(usize::MAX, 64, &mut out);
+        let pages: Vec<usize> = out.iter().map(|p| p.page).collect();
+        assert_eq!(pages, [3], "page 2's entry was dropped");
+        // Stamps are 16 µs apart at least: an entry and a refill's entry differ.
+        assert_ne!(stamp_of(old), stamp_of(old + Duration::from_micros(16)));
+        let age = age_of(stamp_of(old), stamp_of(old + Duration::from_millis(3)));
+        assert!(age.abs_diff(Duration::from_millis(3)) <= Duration::from_micros(16), "{age:?}");
+        assert_eq!(age_of(u32::MAX, 1), Duration::from_micros(32), "wraps");
     }
 
     #[test]
