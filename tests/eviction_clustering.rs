@@ -34,7 +34,9 @@ fn engine(signal_faults: bool) -> Umap {
         .evictors(1)
         .signal_faults(signal_faults)
         .start()
-        .unwrap_or_else(|e| panic!("the engine needs userfaultfd (with SIGBUS for signal faults): {e}"))
+        .unwrap_or_else(|e| {
+            panic!("the engine needs userfaultfd (with SIGBUS for signal faults): {e}")
+        })
 }
 
 /// Two writers own alternate pages (`p % 2`) apart from page 1 of each window, which a hot
@@ -108,7 +110,12 @@ fn scattered_writes_with_hot_pages(signal_faults: bool, seed: u64) {
         }
         let seq = models[p % 2][p];
         let want = if seq == 0 { (0, 0) } else { (seq, p as u64) };
-        assert_eq!((word(p, 0), word(p, 1)), want, "page {p} (writer {})", p % 2);
+        assert_eq!(
+            (word(p, 0), word(p, 1)),
+            want,
+            "page {p} (writer {})",
+            p % 2
+        );
     }
     assert!(
         stats.clustered_evictions > 1000 && stats.clustered_evictions < stats.dirty_evictions,

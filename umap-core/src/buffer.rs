@@ -483,7 +483,10 @@ mod tests {
         // Stamps are 16 µs apart at least: an entry and a refill's entry differ.
         assert_ne!(stamp_of(old), stamp_of(old + Duration::from_micros(16)));
         let age = age_of(stamp_of(old), stamp_of(old + Duration::from_millis(3)));
-        assert!(age.abs_diff(Duration::from_millis(3)) <= Duration::from_micros(16), "{age:?}");
+        assert!(
+            age.abs_diff(Duration::from_millis(3)) <= Duration::from_micros(16),
+            "{age:?}"
+        );
         assert_eq!(age_of(u32::MAX, 1), Duration::from_micros(32), "wraps");
     }
 

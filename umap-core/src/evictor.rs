@@ -121,12 +121,21 @@ pub(crate) fn evict_batch(
         cluster.add_neighbours(shared, &region, &mut dirty);
         pin::give_back_pinned(shared, &region, &mut drop_list, &mut dirty);
         let protected = protect_windows(shared, &region, &dirty);
-        write_back_for_eviction(shared, &region, &dirty, protected, &mut drop_list, |run, _| {
-            // Logged and counted; the run is dirty and resident again. Retry later.
-            for &p in run {
-                shared.buffer.push(PageRef::new(region.clone(), p, Instant::now()));
-            }
-        });
+        write_back_for_eviction(
+            shared,
+            &region,
+            &dirty,
+            protected,
+            &mut drop_list,
+            |run, _| {
+                // Logged and counted; the run is dirty and resident again. Retry later.
+                for &p in run {
+                    shared
+                        .buffer
+                        .push(PageRef::new(region.clone(), p, Instant::now()));
+                }
+            },
+        );
         freed += drop_pages(shared, &region, &drop_list, true);
         i = j;
     }

@@ -17,7 +17,9 @@
 //!   (`WriteBack` → `Evicting`) without letting go.
 //! - A resident page is writable only in state `Dirty` (and transiently while its owner
 //!   unprotects it, in `Unprotecting`). `Clean` pages of writable regions are write-protected,
-//!   so the first write after a fill or a write-back arrives as a fault.
+//!   so the first write after a fill or a write-back arrives as a fault. A `Dirty` page may
+//!   be write-protected too (an evictor's clustered write-protect spans it): a write to it
+//!   faults and is answered by unprotecting it.
 //! - A fault event for a page in a transitional state is *parked*: the `WAITERS` bit is set and
 //!   the owner, when it leaves the state, wakes the faulting threads (they retry and fault
 //!   afresh if they still must). Missing-page events for a `Filling` page need no parking: the
