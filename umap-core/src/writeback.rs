@@ -17,6 +17,7 @@ use std::time::Duration;
 use crate::backoff::Backoff;
 use crate::engine::Shared;
 use crate::error::{Error, Result};
+use crate::evictor::CLUSTER_BYTES;
 use crate::page_table::{CLEAN, DIRTY, FILLING, UNPROTECTING, WRITEBACK};
 use crate::region::RegionShared;
 use crate::report::ErrorKind;
@@ -188,7 +189,7 @@ pub(crate) fn flush_pages(
         ) {
             busy.push(p);
         }
-        flush.write_run();
+        flush.gap(p);
     }
     flush.write_run();
     for p in busy {
@@ -224,7 +225,10 @@ pub(crate) fn flush_pages(
     })
 }
 
-/// A flush in progress: the run of adjacent pages it owns in `WriteBack`, and the first error.
+/// A flush in progress: the pages it owns in `WriteBack` and has yet to write (adjacent, or
+/// in one [`CLUSTER_BYTES`] window of address space, so that one write-protect call covers
+/// them: see `evictor::protect_windows` for why that is safe for the pages between them),
+/// and the first error.
 struct Flush<'a> {
     shared: &'a Shared,
     region: &'a RegionShared,
@@ -234,23 +238,54 @@ struct Flush<'a> {
 }
 
 impl Flush<'_> {
-    /// Adds `page` (owned in `WriteBack`, adjacent to the run) and writes the run when full.
+    fn window(&self, page: usize) -> usize {
+        self.region.page_addr(page) / CLUSTER_BYTES
+    }
+
+    /// Adds `page` (owned in `WriteBack`, above the pending pages), first writing the pending
+    /// pages if they are full or `page` is neither next to them nor in their window.
     fn push(&mut self, page: usize) {
-        debug_assert!(self.run.last().is_none_or(|&last| last + 1 == page));
+        if let Some(&last) = self.run.last() {
+            debug_assert!(last < page);
+            if self.run.len() >= self.max_run
+                || (last + 1 != page && self.window(last) != self.window(page))
+            {
+                self.write_run();
+            }
+        }
         self.run.push(page);
-        if self.run.len() == self.max_run {
+    }
+
+    /// `page`, above the pending pages, is not dirty: writes them if it leaves their window.
+    fn gap(&mut self, page: usize) {
+        if self
+            .run
+            .last()
+            .is_some_and(|&last| self.window(last) != self.window(page))
+        {
             self.write_run();
         }
     }
 
-    /// Writes the run back and leaves its pages `Clean` (or `Dirty`, on error).
+    /// Writes the pending pages back (write-protected with one call, from the first to the
+    /// last) and leaves them `Clean` (or `Dirty`, on error).
     fn write_run(&mut self) {
         if self.run.is_empty() {
             return;
         }
         let (shared, region) = (self.shared, self.region);
+        let (first, last) = (self.run[0], self.run[self.run.len() - 1]);
+        let addr = region.page_addr(first);
+        let span = (last + 1 - first) * region.page_size;
+        let protected = match shared.uffd.writeprotect_retrying(addr, span, true) {
+            Ok(()) => true,
+            Err(e) => {
+                log::warn!("cannot write-protect {span} bytes at {addr:#x} for a flush: {e}");
+                false
+            }
+        };
         let first_error = &mut self.first_error;
-        write_back(shared, region, &self.run, |written, result| match result {
+        let done = |written: &[usize], result: Result<()>| match result {
             Ok(()) => {
                 for &p in written {
                     if region.pages.release(p, WRITEBACK, CLEAN) {
@@ -261,7 +296,9 @@ impl Flush<'_> {
             Err(e) => {
                 first_error.get_or_insert(e);
             }
-        });
+        };
+        // Without the one call, each run of adjacent pages is protected on its own.
+        write_back_runs(shared, region, &self.run, !protected, done);
         self.run.clear();
     }
 }
