@@ -35,7 +35,8 @@ pub(crate) const BATCH: usize = 64;
 /// through a memory store went to the per-page protects' TLB shootdowns.
 pub(crate) const CLUSTER_BYTES: usize = 2 << 20;
 
-/// At most this many dirty pages per page of a batch's cap are added to it by clustering.
+/// At most this many dirty pages per page taken from the queue are added to a batch by
+/// clustering.
 const CLUSTER_EXTRA_PER_PAGE: usize = 4;
 
 /// The evictor thread's loop.
@@ -84,7 +85,9 @@ pub(crate) fn evict_batch(
     let oldest_age = batch[0].filled_at.elapsed();
     let mut cluster = Cluster {
         min_age: (oldest_age / 2).max(MIN_RESIDENCY),
-        budget: max_pages.saturating_mul(CLUSTER_EXTRA_PER_PAGE),
+        // Per page taken: a fault that reclaims one page for itself writes back a few more,
+        // not a whole evictor's batch.
+        budget: batch.len().saturating_mul(CLUSTER_EXTRA_PER_PAGE),
     };
     // Sorting groups pages of a region into address order, so runs of adjacent pages are
     // written with one store call and dropped with one range.
