@@ -67,7 +67,8 @@ pub(crate) struct Pool {
     free: Mutex<Vec<Slot>>,
     /// Set when a dirty fill found the pool short of pages; evictions move pages into the
     /// pool only then, so a pool nobody takes from does not fill up for nothing. Cleared when
-    /// the pool is trimmed for room.
+    /// a trim for room frees pool pages (a trim of an empty pool leaves it set: the fills
+    /// that found the pool short still want pages).
     hungry: AtomicBool,
 }
 
@@ -268,9 +269,9 @@ impl Pool {
     }
 
     /// Drops present pool pages, about `bytes` worth, to make room in a full buffer; returns
-    /// how many bytes it freed. Evictions stop feeding the pool until a fill asks for pages.
+    /// how many bytes it freed. If it freed any, evictions stop feeding the pool until a fill
+    /// asks for pages again.
     pub(crate) fn trim(&self, buffer: &Buffer, bytes: usize) -> usize {
-        self.hungry.store(false, Ordering::Relaxed);
         let mut freed = 0;
         while freed < bytes {
             let slot = {
@@ -294,6 +295,11 @@ impl Pool {
             buffer.unpool(n);
             buffer.release(n);
             self.free.lock().push(slot);
+        }
+        // Only a trim that gave room back says the pool was holding pages nobody took: an
+        // empty pool freed nothing, and the fills that made it hungry still want pages.
+        if freed > 0 {
+            self.hungry.store(false, Ordering::Relaxed);
         }
         freed
     }
@@ -485,11 +491,43 @@ mod tests {
             PAGE / sys::page_size()
         );
 
-        // Trimming drops pool pages and gives their room back.
+        // Trimming drops pool pages and gives their room back; only a trim that freed some
+        // stops the pool taking pages (see also the trim test below).
         let before = buffer.pooled();
         let freed = pool.trim(&buffer, PAGE);
         assert_eq!(buffer.pooled(), before - freed);
-        assert!(!pool.wants_pages(), "a trimmed pool stops taking pages");
+        assert_eq!(pool.wants_pages(), freed == 0);
+    }
+
+    /// Trimming an empty pool frees nothing and leaves it hungry; a trim that frees pages
+    /// stops it taking more.
+    #[test]
+    fn only_a_trim_that_frees_pages_stops_the_pool_taking_pages() {
+        let uffd = uffd();
+        let counters = Counters::default();
+        let pool = Pool::new(&uffd, 2 * PAGE).unwrap().expect("a pool");
+        let buffer = Buffer::new(4 * PAGE, 90, 50);
+        assert!(pool.wants_pages(), "a new pool wants pages");
+        assert_eq!(pool.trim(&buffer, PAGE), 0, "nothing to trim");
+        assert!(pool.wants_pages(), "a trim that freed nothing leaves it hungry");
+
+        let region = region(&uffd, 1);
+        assert!(buffer.try_reserve(PAGE).is_some());
+        let mut rest = Vec::new();
+        // SAFETY: the test owns the page; it reads as missing afterwards.
+        unsafe {
+            pool.stash(
+                &uffd,
+                &buffer,
+                &counters,
+                &[(region.addr(), PAGE)],
+                &mut rest,
+            )
+        };
+        assert!(rest.is_empty());
+        assert_eq!(pool.trim(&buffer, PAGE), PAGE);
+        assert!(!pool.wants_pages(), "a trim that freed pages stops it");
+        assert_eq!((buffer.pooled(), buffer.resident()), (0, 0));
     }
 
     /// A fill larger than the pool's present pages reads into missing pool pages: the kernel
