@@ -213,11 +213,15 @@ impl Pool {
     ) {
         let mut slot: Option<Slot> = None;
         let mut moved = 0;
-        for (i, &(addr, len)) in runs.iter().enumerate() {
+        // The shortest run that found no slot with room: runs as long or longer are given
+        // back without searching the free list again (slots other threads put back meanwhile
+        // are missed, which only drops what could have been pooled).
+        let mut no_room_for = usize::MAX;
+        for &(addr, len) in runs {
             if let Some(full) = slot.take_if(|s| s.filled + len > self.slot_bytes) {
                 self.free.lock().push(full);
             }
-            if slot.is_none() {
+            if slot.is_none() && len < no_room_for {
                 let mut free = self.free.lock();
                 // The fullest slot that still has room, to keep the pool's pages together.
                 let pick = (0..free.len())
@@ -226,9 +230,11 @@ impl Pool {
                 slot = pick.map(|k| free.swap_remove(k));
             }
             let Some(s) = slot.as_mut() else {
-                // The pool is full: drop the rest.
-                rest.extend_from_slice(&runs[i..]);
-                break;
+                // No slot has room for this run: it is dropped, but a shorter run after it
+                // may still fit one.
+                no_room_for = no_room_for.min(len);
+                rest.push((addr, len));
+                continue;
             };
             let dst = self.slot_addr(s) + s.filled;
             // SAFETY: `dst..dst + len` is missing pool memory in a slot this thread holds;
@@ -499,6 +505,65 @@ mod tests {
         assert_eq!(pool.wants_pages(), freed == 0);
     }
 
+    /// A run that fits no slot is given back, and a shorter run after it still goes into a
+    /// slot with room for it.
+    #[test]
+    fn a_run_that_fits_no_slot_does_not_stop_shorter_runs_after_it() {
+        let uffd = uffd();
+        let counters = Counters::default();
+        // Four slots of two pages.
+        let pool = Pool::new(&uffd, 8 * PAGE).unwrap().expect("a pool");
+        assert_eq!(pool.slot_bytes(), 2 * PAGE);
+        let region = region(&uffd, 10);
+        let buffer = Buffer::new(10 * PAGE, 90, 50);
+        assert!(buffer.try_reserve(10 * PAGE).is_some());
+        let at = |p: usize| region.addr() + p * PAGE;
+        let mut rest = Vec::new();
+        // Three slots full, the fourth half full.
+        let runs = [
+            (at(0), 2 * PAGE),
+            (at(2), 2 * PAGE),
+            (at(4), 2 * PAGE),
+            (at(6), PAGE),
+        ];
+        // SAFETY: the test owns the region's pages; they read as missing afterwards.
+        unsafe { pool.stash(&uffd, &buffer, &counters, &runs, &mut rest) };
+        assert!(rest.is_empty());
+        assert_eq!(buffer.pooled(), 7 * PAGE);
+        // Two pages fit no slot; the one page after them fits the half-full slot.
+        let runs = [(at(8), 2 * PAGE), (at(7), PAGE)];
+        // SAFETY: as above.
+        unsafe { pool.stash(&uffd, &buffer, &counters, &runs, &mut rest) };
+        assert_eq!(
+            rest,
+            vec![(at(8), 2 * PAGE)],
+            "only the long run is given back"
+        );
+        assert_eq!(buffer.pooled(), 8 * PAGE);
+        assert_eq!(sys::resident_pages(at(7), PAGE).unwrap(), 0, "page 7 moved");
+        assert_eq!(
+            sys::resident_pages(at(8), 2 * PAGE).unwrap(),
+            2 * PAGE / sys::page_size(),
+            "pages 8 and 9 stay for the caller to drop"
+        );
+        // Page 7 is the second page of page 6's slot: its present pages are a prefix.
+        let full: Vec<usize> = pool.free.lock().iter().map(|s| s.filled).collect();
+        assert_eq!(full, vec![2 * PAGE; 4]);
+        assert_eq!(
+            sys::resident_pages(pool.mapping.addr(), 8 * PAGE).unwrap(),
+            8 * PAGE / sys::page_size()
+        );
+        // Each slot holds the bytes of two adjacent region pages, in order.
+        for k in 0..4 {
+            let base = pool.mapping.addr() + k * 2 * PAGE;
+            // SAFETY: no thread holds a slot; their pages are present.
+            let first = unsafe { *(base as *const u8) };
+            // SAFETY: as above.
+            let second = unsafe { *((base + PAGE) as *const u8) };
+            assert_eq!(second, first + 1, "slot {k}");
+        }
+    }
+
     /// Trimming an empty pool frees nothing and leaves it hungry; a trim that frees pages
     /// stops it taking more.
     #[test]
@@ -509,7 +574,10 @@ mod tests {
         let buffer = Buffer::new(4 * PAGE, 90, 50);
         assert!(pool.wants_pages(), "a new pool wants pages");
         assert_eq!(pool.trim(&buffer, PAGE), 0, "nothing to trim");
-        assert!(pool.wants_pages(), "a trim that freed nothing leaves it hungry");
+        assert!(
+            pool.wants_pages(),
+            "a trim that freed nothing leaves it hungry"
+        );
 
         let region = region(&uffd, 1);
         assert!(buffer.try_reserve(PAGE).is_some());
