@@ -20,7 +20,9 @@
 //!   end, fills take from the end).
 //!   A slot is owned by one thread at a time (taken out of the free list, put back after).
 //!   If the bookkeeping were wrong, nothing is lost: a move onto a present page fails with
-//!   `EEXIST` (the caller drops the page instead) and a read into a missing page allocates it.
+//!   `EEXIST` (the caller drops the page instead, and the slot, whose contents are unknown
+//!   then, is emptied with `MADV_DONTNEED` and counted empty) and a read into a missing page
+//!   allocates it.
 //! - Present pool bytes are counted in the buffer (`Buffer::pooled`): they count toward the
 //!   buffer's capacity (so resident memory stays within it) but not toward the watermarks
 //!   (so evicting into the pool frees room for the evictors' purpose). A fill that finds the
@@ -241,6 +243,16 @@ impl Pool {
             // the source pages are the caller's (see this function's contract).
             let mut done = match unsafe { move_all(uffd, dst, addr, len) } {
                 Ok(()) => len,
+                Err(e) if e.errno() == Some(libc::EEXIST) => {
+                    // A present page where the slot's bookkeeping said missing: what else the
+                    // slot holds is unknown, so it is emptied before anyone reuses it. The
+                    // whole run is given back: its pages moved before the conflict went with
+                    // the slot, and the caller's drop of them (missing now) is harmless.
+                    log::warn!("moving an evicted page into the pool found one present: {e}");
+                    self.reset(buffer, s);
+                    rest.push((addr, len));
+                    continue;
+                }
                 Err(e) => {
                     if e.errno() != Some(libc::EBUSY) {
                         log::debug!("moving an evicted page into the pool failed: {e}");
@@ -272,6 +284,17 @@ impl Pool {
         }
         bump(&counters.pooled_bytes, moved as u64);
         raise(&counters.pool_peak_bytes, buffer.pooled() as u64);
+    }
+
+    /// Empties a slot this thread holds whose bookkeeping proved wrong (a move into it found a
+    /// present page, `EEXIST`): every page of it is dropped, and the `filled` bytes it was
+    /// counted for leave the pool and the buffer. Pages present past `filled` were never
+    /// counted, so the buffer's accounting stays exact.
+    fn reset(&self, buffer: &Buffer, slot: &mut Slot) {
+        self.discard(self.slot_addr(slot), self.slot_bytes);
+        buffer.unpool(slot.filled);
+        buffer.release(slot.filled);
+        slot.filled = 0;
     }
 
     /// Drops present pool pages, about `bytes` worth, to make room in a full buffer; returns
@@ -473,13 +496,16 @@ mod tests {
         );
 
         // Moving onto a present pool page (bookkeeping gone wrong) fails and gives the run
-        // back instead of losing it.
+        // back instead of losing it (see also the `EEXIST` test below).
         let slot = pool.take(PAGE).expect("the other slot");
         assert_eq!(slot.2, PAGE);
         pool.free.lock().push(Slot {
             index: slot.0.index,
             filled: 0, // wrong on purpose: its page is present
         });
+        // Counted as if the page had been dropped.
+        buffer.unpool(PAGE);
+        buffer.release(PAGE);
         let mut rest = Vec::new();
         // SAFETY: as above; page 3 is ours.
         unsafe {
@@ -496,6 +522,12 @@ mod tests {
             sys::resident_pages(region.addr() + 3 * PAGE, PAGE).unwrap(),
             PAGE / sys::page_size()
         );
+        assert_eq!(
+            sys::resident_pages(pool.mapping.addr(), 2 * PAGE).unwrap(),
+            0,
+            "the slot whose page was present is emptied"
+        );
+        assert_eq!(buffer.pooled(), 0);
 
         // Trimming drops pool pages and gives their room back; only a trim that freed some
         // stops the pool taking pages (see also the trim test below).
@@ -503,6 +535,71 @@ mod tests {
         let freed = pool.trim(&buffer, PAGE);
         assert_eq!(buffer.pooled(), before - freed);
         assert_eq!(pool.wants_pages(), freed == 0);
+    }
+
+    /// A move into a slot that finds a present page (`EEXIST`: its bookkeeping is wrong)
+    /// empties the whole slot, releasing exactly what it was counted for, and the run is
+    /// given back; the slot is usable again afterwards.
+    #[test]
+    fn a_slot_whose_move_found_a_present_page_is_emptied() {
+        let uffd = uffd();
+        let counters = Counters::default();
+        // Four slots of two pages.
+        let pool = Pool::new(&uffd, 8 * PAGE).unwrap().expect("a pool");
+        assert_eq!(pool.slot_bytes(), 2 * PAGE);
+        let region = region(&uffd, 3);
+        let buffer = Buffer::new(4 * PAGE, 90, 50);
+        assert!(buffer.try_reserve(3 * PAGE).is_some());
+        let at = |p: usize| region.addr() + p * PAGE;
+        let mut rest = Vec::new();
+        // SAFETY: the test owns the region's pages; they read as missing afterwards.
+        unsafe { pool.stash(&uffd, &buffer, &counters, &[(at(0), 2 * PAGE)], &mut rest) };
+        assert!(rest.is_empty());
+        assert_eq!(buffer.pooled(), 2 * PAGE);
+        // Bookkeeping gone wrong: the slot's second page counted as dropped but present.
+        {
+            let mut free = pool.free.lock();
+            let slot = free
+                .iter_mut()
+                .find(|s| s.filled > 0)
+                .expect("the full slot");
+            slot.filled = PAGE;
+        }
+        buffer.unpool(PAGE);
+        buffer.release(PAGE);
+        assert_eq!((buffer.pooled(), buffer.resident()), (PAGE, PAGE));
+
+        // Page 2 goes to the fullest slot with room, onto its present second page.
+        // SAFETY: as above.
+        unsafe { pool.stash(&uffd, &buffer, &counters, &[(at(2), PAGE)], &mut rest) };
+        assert_eq!(rest, vec![(at(2), PAGE)], "the run is given back");
+        assert_eq!(
+            sys::resident_pages(pool.mapping.addr(), 8 * PAGE).unwrap(),
+            0,
+            "the slot is emptied, the page it did not count included"
+        );
+        assert!(pool.free.lock().iter().all(|s| s.filled == 0));
+        assert_eq!(buffer.pooled(), 0, "its counted page left the pool");
+        assert_eq!(buffer.resident(), PAGE, "page 2, which the caller drops");
+        assert_eq!(
+            counters.pooled_bytes.load(Ordering::Relaxed),
+            2 * PAGE as u64
+        );
+
+        // The pool works again: page 2 goes in.
+        rest.clear();
+        // SAFETY: as above.
+        unsafe { pool.stash(&uffd, &buffer, &counters, &[(at(2), PAGE)], &mut rest) };
+        assert!(rest.is_empty());
+        assert_eq!((buffer.pooled(), buffer.resident()), (PAGE, 0));
+        assert_eq!(
+            sys::resident_pages(pool.mapping.addr(), 8 * PAGE).unwrap(),
+            PAGE / sys::page_size()
+        );
+        let (slot, addr, present) = pool.take(PAGE).expect("the slot with page 2");
+        assert_eq!((addr, present), (pool.slot_addr(&slot), PAGE));
+        // SAFETY: the slot is ours; its first page is present.
+        assert_eq!(unsafe { *(addr as *const u8) }, 3, "page 2's bytes");
     }
 
     /// A run that fits no slot is given back, and a shorter run after it still goes into a
