@@ -146,7 +146,9 @@ impl Pool {
     /// Gives back a slot taken by [`Pool::take`] for a fill of `bytes` read at `addr`, after
     /// the run's pages were moved out (or dropped): its present prefix ends at `addr` now.
     /// `present` pool bytes left the pool: the buffer no longer counts them as pooled (the
-    /// fill's own reservation covers the pages now in the region).
+    /// fill's own reservation covers the pages now in the region). `moved` is how many bytes
+    /// from `addr` were moved into the region (and stayed there): the present pool pages
+    /// among them, the first `present` bytes, are counted as recycled.
     pub(crate) fn put_back_after_fill(
         &self,
         buffer: &Buffer,
@@ -154,12 +156,15 @@ impl Pool {
         mut slot: Slot,
         addr: usize,
         present: usize,
+        moved: usize,
     ) {
         slot.filled = addr - self.slot_addr(&slot);
         buffer.unpool(present);
         buffer.release(present);
         self.free.lock().push(slot);
-        bump(&counters.recycled_bytes, present as u64);
+        // Pages past `present` were allocated by the store read, not taken from the pool; pool
+        // pages that were not moved (copied instead, or the install failed) were dropped.
+        bump(&counters.recycled_bytes, present.min(moved) as u64);
     }
 
     /// Gives back a slot taken by [`Pool::take`] for a fill of `bytes` at `addr` that did not
@@ -474,7 +479,7 @@ mod tests {
         bytes.fill(0x5a);
         // SAFETY: page 0 of the region is missing and ours; the slot is ours.
         unsafe { move_all_mode(&uffd, region.addr(), at, PAGE, false) }.unwrap();
-        pool.put_back_after_fill(&buffer, &counters, slot, at, present);
+        pool.put_back_after_fill(&buffer, &counters, slot, at, present, PAGE);
         assert_eq!(buffer.pooled(), PAGE);
         assert_eq!(
             buffer.resident(),
@@ -661,6 +666,48 @@ mod tests {
         }
     }
 
+    /// A fill whose move into the region fails (here onto a present page: `EEXIST`) counts
+    /// no recycled bytes, though the pool page it took leaves the pool.
+    #[test]
+    fn a_failed_move_into_the_region_recycles_nothing() {
+        let uffd = uffd();
+        let counters = Counters::default();
+        let pool = Pool::new(&uffd, 2 * PAGE).unwrap().expect("a pool");
+        let region = region(&uffd, 2);
+        let buffer = Buffer::new(4 * PAGE, 90, 50);
+        assert!(buffer.try_reserve(2 * PAGE).is_some());
+        let mut rest = Vec::new();
+        // SAFETY: the test owns page 1; it reads as missing afterwards.
+        unsafe {
+            pool.stash(
+                &uffd,
+                &buffer,
+                &counters,
+                &[(region.addr() + PAGE, PAGE)],
+                &mut rest,
+            )
+        };
+        assert!(rest.is_empty());
+        // A fill of PAGE (reserved) takes the pool page and moves it onto page 0, which is
+        // present: the move fails.
+        assert!(buffer.try_reserve(PAGE).is_some());
+        let (slot, at, present) = pool.take(PAGE).expect("a present slot");
+        assert_eq!(present, PAGE);
+        // SAFETY: the slot is ours; the move fails without touching page 0.
+        let e = unsafe { move_all_mode(&uffd, region.addr(), at, PAGE, false) }.unwrap_err();
+        assert_eq!((e.errno(), e.done()), (Some(libc::EEXIST), 0));
+        // As the filler does: the pool page is dropped (its bytes copied instead).
+        pool.discard(at, PAGE);
+        pool.put_back_after_fill(&buffer, &counters, slot, at, present, e.done());
+        assert_eq!(counters.recycled_bytes.load(Ordering::Relaxed), 0);
+        assert_eq!(buffer.pooled(), 0);
+        assert_eq!(
+            buffer.resident(),
+            2 * PAGE,
+            "page 0 and the fill's reservation"
+        );
+    }
+
     /// Trimming an empty pool frees nothing and leaves it hungry; a trim that frees pages
     /// stops it taking more.
     #[test]
@@ -731,8 +778,13 @@ mod tests {
         unsafe { uffd.register(dst.addr(), two, RegisterMode::MISSING_WP) }.unwrap();
         // SAFETY: `dst` is missing and ours; the slot is ours.
         unsafe { move_all_mode(&uffd, dst.addr(), at, two, false) }.unwrap();
-        pool.put_back_after_fill(&buffer, &counters, slot, at, present);
+        pool.put_back_after_fill(&buffer, &counters, slot, at, present, two);
         assert_eq!(buffer.pooled(), 0);
+        assert_eq!(
+            counters.recycled_bytes.load(Ordering::Relaxed),
+            PAGE as u64,
+            "only the page taken from the pool is recycled"
+        );
         // SAFETY: both pages are present now.
         let got = unsafe { std::slice::from_raw_parts(dst.addr() as *const u8, two) };
         assert!(got.iter().all(|&b| b == 7));
