@@ -311,8 +311,9 @@ impl Filler<'_> {
         let mut run = start..start + n;
         let installed = if let (Some(pool), Some((slot, at, present))) = (&shared.pool, pooled) {
             let installed = self.install_moved(addr, at, bytes);
-            pool.put_back_after_fill(&shared.buffer, &shared.counters, slot, at, present);
-            installed
+            let moved = *installed.as_ref().unwrap_or(&0);
+            pool.put_back_after_fill(&shared.buffer, &shared.counters, slot, at, present, moved);
+            installed.map(|_| ())
         } else if all_dirty {
             self.install(addr, src, bytes, protect_mode(false))
         } else if first_write && n > 1 {
@@ -495,19 +496,21 @@ impl Filler<'_> {
     /// Moves `len` bytes of pool pages at `src` (holding the run's bytes) to the missing pages
     /// at `addr`, writable, waking their waiters; whatever the kernel does not move (a page
     /// it cannot move) is copied instead, and the pool pages are dropped in either case.
+    /// Returns how many bytes from `addr` were moved (the rest were copied); on an error the
+    /// run is absent again, nothing of it moved in.
     fn install_moved(
         &self,
         addr: usize,
         src: usize,
         len: usize,
-    ) -> Result<(), crate::uffd::UffdError> {
+    ) -> Result<usize, crate::uffd::UffdError> {
         let uffd = &self.shared.uffd;
         // SAFETY: `addr..addr + len` are missing pages of a registered region kept mapped by
         // the caller's gate and owned by this thread (Filling); `src..src + len` are pool pages
         // in a slot this thread holds, registered on the same descriptor.
         let moved = unsafe { crate::pool::move_all_mode(uffd, addr, src, len, false) };
         let Err(e) = moved else {
-            return Ok(());
+            return Ok(len);
         };
         let done = e.done();
         log::debug!("moving a filled run into its region failed, copying it: {e}");
@@ -529,7 +532,7 @@ impl Filler<'_> {
                 log::error!("cannot drop {done} bytes at {addr:#x}: {e}");
             }
         }
-        copied
+        copied.map(|()| done)
     }
 
     /// Reserves `bytes` of the buffer for a fill of `region` from `page` on, reclaiming the

@@ -20,7 +20,9 @@
 //!   end, fills take from the end).
 //!   A slot is owned by one thread at a time (taken out of the free list, put back after).
 //!   If the bookkeeping were wrong, nothing is lost: a move onto a present page fails with
-//!   `EEXIST` (the caller drops the page instead) and a read into a missing page allocates it.
+//!   `EEXIST` (the caller drops the page instead, and the slot, whose contents are unknown
+//!   then, is emptied with `MADV_DONTNEED` and counted empty) and a read into a missing page
+//!   allocates it.
 //! - Present pool bytes are counted in the buffer (`Buffer::pooled`): they count toward the
 //!   buffer's capacity (so resident memory stays within it) but not toward the watermarks
 //!   (so evicting into the pool frees room for the evictors' purpose). A fill that finds the
@@ -67,7 +69,8 @@ pub(crate) struct Pool {
     free: Mutex<Vec<Slot>>,
     /// Set when a dirty fill found the pool short of pages; evictions move pages into the
     /// pool only then, so a pool nobody takes from does not fill up for nothing. Cleared when
-    /// the pool is trimmed for room.
+    /// a trim for room frees pool pages (a trim of an empty pool leaves it set: the fills
+    /// that found the pool short still want pages).
     hungry: AtomicBool,
 }
 
@@ -143,7 +146,9 @@ impl Pool {
     /// Gives back a slot taken by [`Pool::take`] for a fill of `bytes` read at `addr`, after
     /// the run's pages were moved out (or dropped): its present prefix ends at `addr` now.
     /// `present` pool bytes left the pool: the buffer no longer counts them as pooled (the
-    /// fill's own reservation covers the pages now in the region).
+    /// fill's own reservation covers the pages now in the region). `moved` is how many bytes
+    /// from `addr` were moved into the region (and stayed there): the present pool pages
+    /// among them, the first `present` bytes, are counted as recycled.
     pub(crate) fn put_back_after_fill(
         &self,
         buffer: &Buffer,
@@ -151,12 +156,15 @@ impl Pool {
         mut slot: Slot,
         addr: usize,
         present: usize,
+        moved: usize,
     ) {
         slot.filled = addr - self.slot_addr(&slot);
         buffer.unpool(present);
         buffer.release(present);
         self.free.lock().push(slot);
-        bump(&counters.recycled_bytes, present as u64);
+        // Pages past `present` were allocated by the store read, not taken from the pool; pool
+        // pages that were not moved (copied instead, or the install failed) were dropped.
+        bump(&counters.recycled_bytes, present.min(moved) as u64);
     }
 
     /// Gives back a slot taken by [`Pool::take`] for a fill of `bytes` at `addr` that did not
@@ -212,11 +220,15 @@ impl Pool {
     ) {
         let mut slot: Option<Slot> = None;
         let mut moved = 0;
-        for (i, &(addr, len)) in runs.iter().enumerate() {
+        // The shortest run that found no slot with room: runs as long or longer are given
+        // back without searching the free list again (slots other threads put back meanwhile
+        // are missed, which only drops what could have been pooled).
+        let mut no_room_for = usize::MAX;
+        for &(addr, len) in runs {
             if let Some(full) = slot.take_if(|s| s.filled + len > self.slot_bytes) {
                 self.free.lock().push(full);
             }
-            if slot.is_none() {
+            if slot.is_none() && len < no_room_for {
                 let mut free = self.free.lock();
                 // The fullest slot that still has room, to keep the pool's pages together.
                 let pick = (0..free.len())
@@ -225,15 +237,27 @@ impl Pool {
                 slot = pick.map(|k| free.swap_remove(k));
             }
             let Some(s) = slot.as_mut() else {
-                // The pool is full: drop the rest.
-                rest.extend_from_slice(&runs[i..]);
-                break;
+                // No slot has room for this run: it is dropped, but a shorter run after it
+                // may still fit one.
+                no_room_for = no_room_for.min(len);
+                rest.push((addr, len));
+                continue;
             };
             let dst = self.slot_addr(s) + s.filled;
             // SAFETY: `dst..dst + len` is missing pool memory in a slot this thread holds;
             // the source pages are the caller's (see this function's contract).
             let mut done = match unsafe { move_all(uffd, dst, addr, len) } {
                 Ok(()) => len,
+                Err(e) if e.errno() == Some(libc::EEXIST) => {
+                    // A present page where the slot's bookkeeping said missing: what else the
+                    // slot holds is unknown, so it is emptied before anyone reuses it. The
+                    // whole run is given back: its pages moved before the conflict went with
+                    // the slot, and the caller's drop of them (missing now) is harmless.
+                    log::warn!("moving an evicted page into the pool found one present: {e}");
+                    self.reset(buffer, s);
+                    rest.push((addr, len));
+                    continue;
+                }
                 Err(e) => {
                     if e.errno() != Some(libc::EBUSY) {
                         log::debug!("moving an evicted page into the pool failed: {e}");
@@ -267,10 +291,21 @@ impl Pool {
         raise(&counters.pool_peak_bytes, buffer.pooled() as u64);
     }
 
+    /// Empties a slot this thread holds whose bookkeeping proved wrong (a move into it found a
+    /// present page, `EEXIST`): every page of it is dropped, and the `filled` bytes it was
+    /// counted for leave the pool and the buffer. Pages present past `filled` were never
+    /// counted, so the buffer's accounting stays exact.
+    fn reset(&self, buffer: &Buffer, slot: &mut Slot) {
+        self.discard(self.slot_addr(slot), self.slot_bytes);
+        buffer.unpool(slot.filled);
+        buffer.release(slot.filled);
+        slot.filled = 0;
+    }
+
     /// Drops present pool pages, about `bytes` worth, to make room in a full buffer; returns
-    /// how many bytes it freed. Evictions stop feeding the pool until a fill asks for pages.
+    /// how many bytes it freed. If it freed any, evictions stop feeding the pool until a fill
+    /// asks for pages again.
     pub(crate) fn trim(&self, buffer: &Buffer, bytes: usize) -> usize {
-        self.hungry.store(false, Ordering::Relaxed);
         let mut freed = 0;
         while freed < bytes {
             let slot = {
@@ -294,6 +329,11 @@ impl Pool {
             buffer.unpool(n);
             buffer.release(n);
             self.free.lock().push(slot);
+        }
+        // Only a trim that gave room back says the pool was holding pages nobody took: an
+        // empty pool freed nothing, and the fills that made it hungry still want pages.
+        if freed > 0 {
+            self.hungry.store(false, Ordering::Relaxed);
         }
         freed
     }
@@ -439,7 +479,7 @@ mod tests {
         bytes.fill(0x5a);
         // SAFETY: page 0 of the region is missing and ours; the slot is ours.
         unsafe { move_all_mode(&uffd, region.addr(), at, PAGE, false) }.unwrap();
-        pool.put_back_after_fill(&buffer, &counters, slot, at, present);
+        pool.put_back_after_fill(&buffer, &counters, slot, at, present, PAGE);
         assert_eq!(buffer.pooled(), PAGE);
         assert_eq!(
             buffer.resident(),
@@ -461,13 +501,16 @@ mod tests {
         );
 
         // Moving onto a present pool page (bookkeeping gone wrong) fails and gives the run
-        // back instead of losing it.
+        // back instead of losing it (see also the `EEXIST` test below).
         let slot = pool.take(PAGE).expect("the other slot");
         assert_eq!(slot.2, PAGE);
         pool.free.lock().push(Slot {
             index: slot.0.index,
             filled: 0, // wrong on purpose: its page is present
         });
+        // Counted as if the page had been dropped.
+        buffer.unpool(PAGE);
+        buffer.release(PAGE);
         let mut rest = Vec::new();
         // SAFETY: as above; page 3 is ours.
         unsafe {
@@ -484,12 +527,219 @@ mod tests {
             sys::resident_pages(region.addr() + 3 * PAGE, PAGE).unwrap(),
             PAGE / sys::page_size()
         );
+        assert_eq!(
+            sys::resident_pages(pool.mapping.addr(), 2 * PAGE).unwrap(),
+            0,
+            "the slot whose page was present is emptied"
+        );
+        assert_eq!(buffer.pooled(), 0);
 
-        // Trimming drops pool pages and gives their room back.
+        // Trimming drops pool pages and gives their room back; only a trim that freed some
+        // stops the pool taking pages (see also the trim test below).
         let before = buffer.pooled();
         let freed = pool.trim(&buffer, PAGE);
         assert_eq!(buffer.pooled(), before - freed);
-        assert!(!pool.wants_pages(), "a trimmed pool stops taking pages");
+        assert_eq!(pool.wants_pages(), freed == 0);
+    }
+
+    /// A move into a slot that finds a present page (`EEXIST`: its bookkeeping is wrong)
+    /// empties the whole slot, releasing exactly what it was counted for, and the run is
+    /// given back; the slot is usable again afterwards.
+    #[test]
+    fn a_slot_whose_move_found_a_present_page_is_emptied() {
+        let uffd = uffd();
+        let counters = Counters::default();
+        // Four slots of two pages.
+        let pool = Pool::new(&uffd, 8 * PAGE).unwrap().expect("a pool");
+        assert_eq!(pool.slot_bytes(), 2 * PAGE);
+        let region = region(&uffd, 3);
+        let buffer = Buffer::new(4 * PAGE, 90, 50);
+        assert!(buffer.try_reserve(3 * PAGE).is_some());
+        let at = |p: usize| region.addr() + p * PAGE;
+        let mut rest = Vec::new();
+        // SAFETY: the test owns the region's pages; they read as missing afterwards.
+        unsafe { pool.stash(&uffd, &buffer, &counters, &[(at(0), 2 * PAGE)], &mut rest) };
+        assert!(rest.is_empty());
+        assert_eq!(buffer.pooled(), 2 * PAGE);
+        // Bookkeeping gone wrong: the slot's second page counted as dropped but present.
+        {
+            let mut free = pool.free.lock();
+            let slot = free
+                .iter_mut()
+                .find(|s| s.filled > 0)
+                .expect("the full slot");
+            slot.filled = PAGE;
+        }
+        buffer.unpool(PAGE);
+        buffer.release(PAGE);
+        assert_eq!((buffer.pooled(), buffer.resident()), (PAGE, PAGE));
+
+        // Page 2 goes to the fullest slot with room, onto its present second page.
+        // SAFETY: as above.
+        unsafe { pool.stash(&uffd, &buffer, &counters, &[(at(2), PAGE)], &mut rest) };
+        assert_eq!(rest, vec![(at(2), PAGE)], "the run is given back");
+        assert_eq!(
+            sys::resident_pages(pool.mapping.addr(), 8 * PAGE).unwrap(),
+            0,
+            "the slot is emptied, the page it did not count included"
+        );
+        assert!(pool.free.lock().iter().all(|s| s.filled == 0));
+        assert_eq!(buffer.pooled(), 0, "its counted page left the pool");
+        assert_eq!(buffer.resident(), PAGE, "page 2, which the caller drops");
+        assert_eq!(
+            counters.pooled_bytes.load(Ordering::Relaxed),
+            2 * PAGE as u64
+        );
+
+        // The pool works again: page 2 goes in.
+        rest.clear();
+        // SAFETY: as above.
+        unsafe { pool.stash(&uffd, &buffer, &counters, &[(at(2), PAGE)], &mut rest) };
+        assert!(rest.is_empty());
+        assert_eq!((buffer.pooled(), buffer.resident()), (PAGE, 0));
+        assert_eq!(
+            sys::resident_pages(pool.mapping.addr(), 8 * PAGE).unwrap(),
+            PAGE / sys::page_size()
+        );
+        let (slot, addr, present) = pool.take(PAGE).expect("the slot with page 2");
+        assert_eq!((addr, present), (pool.slot_addr(&slot), PAGE));
+        // SAFETY: the slot is ours; its first page is present.
+        assert_eq!(unsafe { *(addr as *const u8) }, 3, "page 2's bytes");
+    }
+
+    /// A run that fits no slot is given back, and a shorter run after it still goes into a
+    /// slot with room for it.
+    #[test]
+    fn a_run_that_fits_no_slot_does_not_stop_shorter_runs_after_it() {
+        let uffd = uffd();
+        let counters = Counters::default();
+        // Four slots of two pages.
+        let pool = Pool::new(&uffd, 8 * PAGE).unwrap().expect("a pool");
+        assert_eq!(pool.slot_bytes(), 2 * PAGE);
+        let region = region(&uffd, 10);
+        let buffer = Buffer::new(10 * PAGE, 90, 50);
+        assert!(buffer.try_reserve(10 * PAGE).is_some());
+        let at = |p: usize| region.addr() + p * PAGE;
+        let mut rest = Vec::new();
+        // Three slots full, the fourth half full.
+        let runs = [
+            (at(0), 2 * PAGE),
+            (at(2), 2 * PAGE),
+            (at(4), 2 * PAGE),
+            (at(6), PAGE),
+        ];
+        // SAFETY: the test owns the region's pages; they read as missing afterwards.
+        unsafe { pool.stash(&uffd, &buffer, &counters, &runs, &mut rest) };
+        assert!(rest.is_empty());
+        assert_eq!(buffer.pooled(), 7 * PAGE);
+        // Two pages fit no slot; the one page after them fits the half-full slot.
+        let runs = [(at(8), 2 * PAGE), (at(7), PAGE)];
+        // SAFETY: as above.
+        unsafe { pool.stash(&uffd, &buffer, &counters, &runs, &mut rest) };
+        assert_eq!(
+            rest,
+            vec![(at(8), 2 * PAGE)],
+            "only the long run is given back"
+        );
+        assert_eq!(buffer.pooled(), 8 * PAGE);
+        assert_eq!(sys::resident_pages(at(7), PAGE).unwrap(), 0, "page 7 moved");
+        assert_eq!(
+            sys::resident_pages(at(8), 2 * PAGE).unwrap(),
+            2 * PAGE / sys::page_size(),
+            "pages 8 and 9 stay for the caller to drop"
+        );
+        // Page 7 is the second page of page 6's slot: its present pages are a prefix.
+        let full: Vec<usize> = pool.free.lock().iter().map(|s| s.filled).collect();
+        assert_eq!(full, vec![2 * PAGE; 4]);
+        assert_eq!(
+            sys::resident_pages(pool.mapping.addr(), 8 * PAGE).unwrap(),
+            8 * PAGE / sys::page_size()
+        );
+        // Each slot holds the bytes of two adjacent region pages, in order.
+        for k in 0..4 {
+            let base = pool.mapping.addr() + k * 2 * PAGE;
+            // SAFETY: no thread holds a slot; their pages are present.
+            let first = unsafe { *(base as *const u8) };
+            // SAFETY: as above.
+            let second = unsafe { *((base + PAGE) as *const u8) };
+            assert_eq!(second, first + 1, "slot {k}");
+        }
+    }
+
+    /// A fill whose move into the region fails (here onto a present page: `EEXIST`) counts
+    /// no recycled bytes, though the pool page it took leaves the pool.
+    #[test]
+    fn a_failed_move_into_the_region_recycles_nothing() {
+        let uffd = uffd();
+        let counters = Counters::default();
+        let pool = Pool::new(&uffd, 2 * PAGE).unwrap().expect("a pool");
+        let region = region(&uffd, 2);
+        let buffer = Buffer::new(4 * PAGE, 90, 50);
+        assert!(buffer.try_reserve(2 * PAGE).is_some());
+        let mut rest = Vec::new();
+        // SAFETY: the test owns page 1; it reads as missing afterwards.
+        unsafe {
+            pool.stash(
+                &uffd,
+                &buffer,
+                &counters,
+                &[(region.addr() + PAGE, PAGE)],
+                &mut rest,
+            )
+        };
+        assert!(rest.is_empty());
+        // A fill of PAGE (reserved) takes the pool page and moves it onto page 0, which is
+        // present: the move fails.
+        assert!(buffer.try_reserve(PAGE).is_some());
+        let (slot, at, present) = pool.take(PAGE).expect("a present slot");
+        assert_eq!(present, PAGE);
+        // SAFETY: the slot is ours; the move fails without touching page 0.
+        let e = unsafe { move_all_mode(&uffd, region.addr(), at, PAGE, false) }.unwrap_err();
+        assert_eq!((e.errno(), e.done()), (Some(libc::EEXIST), 0));
+        // As the filler does: the pool page is dropped (its bytes copied instead).
+        pool.discard(at, PAGE);
+        pool.put_back_after_fill(&buffer, &counters, slot, at, present, e.done());
+        assert_eq!(counters.recycled_bytes.load(Ordering::Relaxed), 0);
+        assert_eq!(buffer.pooled(), 0);
+        assert_eq!(
+            buffer.resident(),
+            2 * PAGE,
+            "page 0 and the fill's reservation"
+        );
+    }
+
+    /// Trimming an empty pool frees nothing and leaves it hungry; a trim that frees pages
+    /// stops it taking more.
+    #[test]
+    fn only_a_trim_that_frees_pages_stops_the_pool_taking_pages() {
+        let uffd = uffd();
+        let counters = Counters::default();
+        let pool = Pool::new(&uffd, 2 * PAGE).unwrap().expect("a pool");
+        let buffer = Buffer::new(4 * PAGE, 90, 50);
+        assert!(pool.wants_pages(), "a new pool wants pages");
+        assert_eq!(pool.trim(&buffer, PAGE), 0, "nothing to trim");
+        assert!(
+            pool.wants_pages(),
+            "a trim that freed nothing leaves it hungry"
+        );
+
+        let region = region(&uffd, 1);
+        assert!(buffer.try_reserve(PAGE).is_some());
+        let mut rest = Vec::new();
+        // SAFETY: the test owns the page; it reads as missing afterwards.
+        unsafe {
+            pool.stash(
+                &uffd,
+                &buffer,
+                &counters,
+                &[(region.addr(), PAGE)],
+                &mut rest,
+            )
+        };
+        assert!(rest.is_empty());
+        assert_eq!(pool.trim(&buffer, PAGE), PAGE);
+        assert!(!pool.wants_pages(), "a trim that freed pages stops it");
+        assert_eq!((buffer.pooled(), buffer.resident()), (0, 0));
     }
 
     /// A fill larger than the pool's present pages reads into missing pool pages: the kernel
@@ -528,8 +778,13 @@ mod tests {
         unsafe { uffd.register(dst.addr(), two, RegisterMode::MISSING_WP) }.unwrap();
         // SAFETY: `dst` is missing and ours; the slot is ours.
         unsafe { move_all_mode(&uffd, dst.addr(), at, two, false) }.unwrap();
-        pool.put_back_after_fill(&buffer, &counters, slot, at, present);
+        pool.put_back_after_fill(&buffer, &counters, slot, at, present, two);
         assert_eq!(buffer.pooled(), 0);
+        assert_eq!(
+            counters.recycled_bytes.load(Ordering::Relaxed),
+            PAGE as u64,
+            "only the page taken from the pool is recycled"
+        );
         // SAFETY: both pages are present now.
         let got = unsafe { std::slice::from_raw_parts(dst.addr() as *const u8, two) };
         assert!(got.iter().all(|&b| b == 7));
