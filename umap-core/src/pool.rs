@@ -399,6 +399,23 @@ pub(crate) unsafe fn move_all_mode(
 
 #[cfg(test)]
 mod tests {
+    /// Stashes the page at `addr` and asserts the pool took it.
+    ///
+    /// # Safety
+    /// As for [`Pool::stash`]: the page is the caller's, and reads as missing afterwards.
+    unsafe fn stash_page(
+        pool: &Pool,
+        uffd: &Uffd,
+        buffer: &Buffer,
+        counters: &Counters,
+        addr: usize,
+    ) {
+        let mut rest = Vec::new();
+        // SAFETY: the caller's contract.
+        unsafe { pool.stash(uffd, buffer, counters, &[(addr, PAGE)], &mut rest) };
+        assert!(rest.is_empty(), "the pool took the page");
+    }
+
     use super::*;
     use crate::uffd::{CopyMode, Features};
 
@@ -676,18 +693,8 @@ mod tests {
         let region = region(&uffd, 2);
         let buffer = Buffer::new(4 * PAGE, 90, 50);
         assert!(buffer.try_reserve(2 * PAGE).is_some());
-        let mut rest = Vec::new();
         // SAFETY: the test owns page 1; it reads as missing afterwards.
-        unsafe {
-            pool.stash(
-                &uffd,
-                &buffer,
-                &counters,
-                &[(region.addr() + PAGE, PAGE)],
-                &mut rest,
-            )
-        };
-        assert!(rest.is_empty());
+        unsafe { stash_page(&pool, &uffd, &buffer, &counters, region.addr() + PAGE) };
         // A fill of PAGE (reserved) takes the pool page and moves it onto page 0, which is
         // present: the move fails.
         assert!(buffer.try_reserve(PAGE).is_some());
@@ -725,18 +732,8 @@ mod tests {
 
         let region = region(&uffd, 1);
         assert!(buffer.try_reserve(PAGE).is_some());
-        let mut rest = Vec::new();
         // SAFETY: the test owns the page; it reads as missing afterwards.
-        unsafe {
-            pool.stash(
-                &uffd,
-                &buffer,
-                &counters,
-                &[(region.addr(), PAGE)],
-                &mut rest,
-            )
-        };
-        assert!(rest.is_empty());
+        unsafe { stash_page(&pool, &uffd, &buffer, &counters, region.addr()) };
         assert_eq!(pool.trim(&buffer, PAGE), PAGE);
         assert!(!pool.wants_pages(), "a trim that freed pages stops it");
         assert_eq!((buffer.pooled(), buffer.resident()), (0, 0));
@@ -754,18 +751,8 @@ mod tests {
         let region = region(&uffd, 1);
         let buffer = Buffer::new(8 * PAGE, 90, 50);
         assert!(buffer.try_reserve(PAGE).is_some());
-        let mut rest = Vec::new();
         // SAFETY: the test owns the page.
-        unsafe {
-            pool.stash(
-                &uffd,
-                &buffer,
-                &counters,
-                &[(region.addr(), PAGE)],
-                &mut rest,
-            )
-        };
-        assert!(rest.is_empty());
+        unsafe { stash_page(&pool, &uffd, &buffer, &counters, region.addr()) };
         let two = 2 * PAGE;
         let (slot, at, present) = pool.take(two).expect("a slot with one page");
         assert_eq!((at, present), (pool.slot_addr(&slot), PAGE));
