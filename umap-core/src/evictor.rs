@@ -20,20 +20,13 @@ use crate::error::Result;
 use crate::page_table::{
     is_resident, ABSENT, CLEAN, DIRTY, EVICTING, FILLING, POISONED, UNPROTECTING, WRITEBACK,
 };
+use crate::pin;
 use crate::region::RegionShared;
 use crate::stats::bump_both;
-use crate::{pin, writeback};
+use crate::writeback::{self, CLUSTER_BYTES};
 
 /// Pages taken from the queue per batch.
 pub(crate) const BATCH: usize = 64;
-
-/// The eviction clustering window: dirty pages are write-protected for write-back with one
-/// `UFFDIO_WRITEPROTECT` call per window of this many bytes of address space (aligned, so a
-/// window is one page-table page), rather than one per run of adjacent pages. Each call
-/// flushes the TLBs of every CPU running the process, an inter-processor interrupt that costs
-/// more than the rest of evicting a 4 KiB page: 31% of all CPU time of random 4 KiB writes
-/// through a memory store went to the per-page protects' TLB shootdowns.
-pub(crate) const CLUSTER_BYTES: usize = 2 << 20;
 
 /// At most this many dirty pages per page taken from the queue are added to a batch by
 /// clustering.
@@ -123,22 +116,14 @@ pub(crate) fn evict_batch(
         }
         cluster.add_neighbours(shared, &region, &mut dirty);
         pin::give_back_pinned(shared, &region, &mut drop_list, &mut dirty);
-        let protected = protect_windows(shared, &region, &dirty);
-        write_back_for_eviction(
-            shared,
-            &region,
-            &dirty,
-            protected,
-            &mut drop_list,
-            |run, _| {
-                // Logged and counted; the run is dirty and resident again. Retry later.
-                for &p in run {
-                    shared
-                        .buffer
-                        .push(PageRef::new(region.clone(), p, Instant::now()));
-                }
-            },
-        );
+        write_back_for_eviction(shared, &region, &dirty, &mut drop_list, |run, _| {
+            // Logged and counted; the run is dirty and resident again. Retry later.
+            for &p in run {
+                shared
+                    .buffer
+                    .push(PageRef::new(region.clone(), p, Instant::now()));
+            }
+        });
         freed += drop_pages(shared, &region, &drop_list, true);
         i = j;
     }
@@ -208,45 +193,13 @@ impl Cluster {
     }
 }
 
-/// Write-protects `dirty` (ascending, owned in state WriteBack) for write-back, with one call
-/// per [`CLUSTER_BYTES`] window: from the window's first page of `dirty` to its last. Returns
-/// whether that worked (if not, write-back protects run by run, as without clustering).
-///
-/// The span may hold pages that are not ours: `Absent` ones (nothing is protected there),
-/// `Clean` ones (protected already), and `Dirty` (or `Filling`, `Unprotecting`) pages of
-/// other threads, which end up protected while their state says writable. That is safe: a
-/// write to such a page raises a write-protect fault, which the fault path answers by
-/// unprotecting a `Dirty` page (as for a writer that found it protected), so the page costs
-/// at most one extra fault and no write is lost; and no page becomes writable here.
-fn protect_windows(shared: &Shared, region: &RegionShared, dirty: &[usize]) -> bool {
-    let ps = region.page_size;
-    let mut i = 0;
-    while i < dirty.len() {
-        let window = region.page_addr(dirty[i]) / CLUSTER_BYTES;
-        let mut j = i + 1;
-        while j < dirty.len() && region.page_addr(dirty[j]) / CLUSTER_BYTES == window {
-            j += 1;
-        }
-        let addr = region.page_addr(dirty[i]);
-        let span = (dirty[j - 1] + 1 - dirty[i]) * ps;
-        if let Err(e) = shared.uffd.writeprotect_retrying(addr, span, true) {
-            log::warn!("cannot write-protect {span} bytes at {addr:#x} for eviction: {e}");
-            return false;
-        }
-        i = j;
-    }
-    true
-}
-
-/// Writes back `dirty` (ascending, owned in state WriteBack; `protected` if
-/// [`protect_windows`] write-protected them already) and hands each run written over to
-/// eviction: its pages join `drop_list` (left sorted) and count as dirty evictions. The runs
+/// Writes back `dirty` (ascending, owned in state WriteBack) and hands each run written over
+/// to eviction: its pages join `drop_list` (left sorted) and count as dirty evictions. The runs
 /// whose write failed are dirty and resident again; `failed` gets each with its error.
 fn write_back_for_eviction(
     shared: &Shared,
     region: &RegionShared,
     dirty: &[usize],
-    protected: bool,
     drop_list: &mut Vec<usize>,
     mut failed: impl FnMut(&[usize], crate::error::Error),
 ) {
@@ -264,11 +217,7 @@ fn write_back_for_eviction(
         }
         Err(e) => failed(run, e),
     };
-    if protected {
-        writeback::write_back_protected(shared, region, dirty, done);
-    } else {
-        writeback::write_back(shared, region, dirty, done);
-    }
+    writeback::write_back(shared, region, dirty, done);
     bump_both(
         &shared.counters,
         &region.counters,
@@ -402,7 +351,7 @@ fn drop_some(
         }
     }
     pin::give_back_pinned(shared, region, &mut drop_list, &mut dirty);
-    write_back_for_eviction(shared, region, &dirty, false, &mut drop_list, |_, e| {
+    write_back_for_eviction(shared, region, &dirty, &mut drop_list, |_, e| {
         first_error.get_or_insert(e);
     });
     drop_list.sort_unstable();
