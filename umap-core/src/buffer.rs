@@ -215,16 +215,6 @@ impl Buffer {
         self.queue.lock().extend(pages);
     }
 
-    /// Removes the queue entries of `pages` of `region` (they were dropped out of turn).
-    pub(crate) fn forget_pages(&self, region: &Arc<RegionShared>, pages: &[usize]) {
-        if pages.is_empty() {
-            return;
-        }
-        self.queue
-            .lock()
-            .retain(|p| !(Arc::ptr_eq(&p.region, region) && pages.binary_search(&p.page).is_ok()));
-    }
-
     /// The low-water mark in bytes.
     pub(crate) fn low_water(&self) -> usize {
         self.low

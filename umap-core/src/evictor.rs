@@ -355,8 +355,7 @@ fn drop_some(
         first_error.get_or_insert(e);
     });
     drop_list.sort_unstable();
-    // Their queue entries go first, while the pages are still ours: once dropped, a page can
-    // be filled again and queued anew.
-    shared.buffer.forget_pages(region, &drop_list);
+    // Their queue entries stay: `pop_oldest` drops an entry whose page is absent, or was
+    // filled again since (a newer stamp), uncounted.
     drop_pages(shared, region, &drop_list, false);
 }
