@@ -289,6 +289,36 @@ fn read_ahead_cuts_faults_on_a_sequential_scan() {
 }
 
 #[test]
+fn a_scan_keeps_its_read_ahead_past_resident_pages() {
+    // Every 32 pages, 4 are resident already (prefetched) when a sequential scan reaches
+    // them: the read-ahead run before each stretch stops at it, and the reader goes past it
+    // without faulting. The stream must go on at the first absent page after the stretch with
+    // its full window (2 faults per 28 absent pages), not start again from nothing there
+    // (no read-ahead for two faults, then 2, 4, 8 pages: 6 faults per 28 pages).
+    let (page, len) = (4 * KIB, 8 * MIB);
+    let umap = engine(16 * MIB, page, 15);
+    let region = umap.map(pattern_store(len), MapOptions::new()).unwrap();
+    let segments = len / (32 * page);
+    for k in 1..segments {
+        region
+            .prefetch(k * 32 * page, 4 * page)
+            .unwrap()
+            .wait()
+            .unwrap();
+    }
+    let before = region.stats();
+    scan(&region, 0, len);
+    let s = region.stats();
+    let faults = s.read_faults - before.read_faults;
+    assert!(
+        faults <= 3 * segments as u64,
+        "{faults} faults for {segments} segments of 28 absent pages: the stream restarted \
+         after resident pages ({s})"
+    );
+    assert_fills_add_up(&umap.stats());
+}
+
+#[test]
 fn read_ahead_cuts_faults_on_a_descending_scan() {
     // A scan from the last page down to the first (as a quicksort partition's right-hand
     // cursor moves): the read-ahead window lies below each fault.

@@ -94,7 +94,14 @@ impl Filler<'_> {
             _ => page..page + 1 + self.claim_free_run(region, page + 1, window),
         };
         if let Some(hit) = stream {
-            region.streams.expect(hit, run.clone());
+            // A run that stopped at a page already there (resident, or being filled or
+            // evicted): the reader goes past such pages without faulting, so the stream
+            // expects the first absent page beyond them (within a run's length), where the
+            // reader's next fault is, and keeps its window.
+            let reach = region.max_run;
+            let passed = run.start - region.pages.present_run_below(run.start, reach)
+                ..run.end + region.pages.present_run(run.end, reach);
+            region.streams.expect(hit, passed);
         }
         let dirty = mode == FillMode::Dirty;
         let at = page - run.start;

@@ -205,6 +205,24 @@ impl PageTable {
             .count()
     }
 
+    /// How many pages from `start` on are not absent (resident or on their way in or out), at
+    /// most `max`, stopping at the first absent page or at the end of the table.
+    pub(crate) fn present_run(&self, start: usize, max: usize) -> usize {
+        let end = start.saturating_add(max).min(self.len());
+        (start..end)
+            .take_while(|&p| self.state(p) != ABSENT)
+            .count()
+    }
+
+    /// How many pages right below `page` are not absent, at most `max`, stopping at the first
+    /// absent page or at page 0.
+    pub(crate) fn present_run_below(&self, page: usize, max: usize) -> usize {
+        (page.saturating_sub(max)..page)
+            .rev()
+            .take_while(|&p| self.state(p) != ABSENT)
+            .count()
+    }
+
     /// How many pages are in `state`.
     pub(crate) fn count(&self, state: u8) -> usize {
         (0..self.len()).filter(|&p| self.state(p) == state).count()
