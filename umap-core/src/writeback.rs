@@ -95,8 +95,21 @@ pub(crate) fn write_back(
     }
 }
 
+#[cfg(test)]
+thread_local! {
+    /// Makes [`protect_span`] fail on this thread (tests of the per-run fallback).
+    static FAIL_SPANS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// How many spans [`FAIL_SPANS`] made fail.
+    static FAILED_SPANS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
 /// Write-protects `pages[0]` to the last of `pages` with one call; whether it worked.
 fn protect_span(shared: &Shared, region: &RegionShared, pages: &[usize]) -> bool {
+    #[cfg(test)]
+    if FAIL_SPANS.with(std::cell::Cell::get) {
+        FAILED_SPANS.with(|n| n.set(n.get() + 1));
+        return false;
+    }
     let addr = region.page_addr(pages[0]);
     let span = (pages[pages.len() - 1] + 1 - pages[0]) * region.page_size;
     match shared.uffd.writeprotect_retrying(addr, span, true) {
@@ -315,5 +328,126 @@ impl Flush<'_> {
         };
         write_back(shared, region, &self.run, done);
         self.run.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Seek, SeekFrom};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use umap_store::{MemStore, Store};
+
+    use super::*;
+    use crate::{MapOptions, Umap};
+
+    /// Whether the system page at `addr` is present and write-protected through userfaultfd
+    /// (`/proc/self/pagemap`: bit 63 present, bit 57 uffd-wp).
+    fn uffd_protected(addr: usize) -> bool {
+        let ps = crate::sys::page_size();
+        let mut f = std::fs::File::open("/proc/self/pagemap").unwrap();
+        f.seek(SeekFrom::Start((addr / ps * 8) as u64)).unwrap();
+        let mut entry = [0u8; 8];
+        f.read_exact(&mut entry).unwrap();
+        let entry = u64::from_le_bytes(entry);
+        entry & (1 << 63) != 0 && entry & (1 << 57) != 0
+    }
+
+    /// A group of runs in one window whose single write-protect fails is protected run by
+    /// run instead: every page is protected before its bytes are read, and written.
+    #[test]
+    fn a_failed_window_protect_falls_back_to_one_call_per_run() {
+        let ps = crate::sys::page_size();
+        let umap = Umap::builder()
+            .buffer_size(1 << 20)
+            .page_size(ps)
+            .fillers(1)
+            .start()
+            .unwrap_or_else(|e| panic!("the engine needs userfaultfd: {e}"));
+        let store = Arc::new(MemStore::from_vec(vec![0u8; 64 * ps]));
+        let region = umap
+            .map_shared(store.clone(), MapOptions::new().writable(true))
+            .unwrap();
+        let shared_region = region.shared.clone();
+        // Three runs in one window: pages 0, 2-3 and 6, written; pages between stay absent.
+        let written = [0usize, 2, 3, 6];
+        let base = region.as_ptr() as *mut u8;
+        for &p in &written {
+            // SAFETY: the page lies in the region, mapped readable and writable.
+            unsafe { base.add(p * ps).write_bytes(0xa0 + p as u8, ps) };
+        }
+        // Each page goes Dirty once its filler is done with it; this thread then claims it,
+        // as an evictor would.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for &p in &written {
+            while !shared_region.pages.claim(p, DIRTY, WRITEBACK) {
+                assert!(
+                    Instant::now() < deadline,
+                    "page {p} never settled as Dirty (state {})",
+                    shared_region.pages.state(p)
+                );
+                std::thread::yield_now();
+            }
+        }
+        // Should an assertion fail, the pages go back to Dirty, so that unmapping the region
+        // does not wait for them forever.
+        struct Owned<'a>(&'a RegionShared, &'a [usize]);
+        impl Drop for Owned<'_> {
+            fn drop(&mut self) {
+                for &p in self.1 {
+                    if self.0.pages.state(p) == WRITEBACK {
+                        self.0.pages.release(p, WRITEBACK, DIRTY);
+                    }
+                }
+            }
+        }
+        let owned = Owned(&shared_region, &written);
+        let shared = umap.shared();
+        FAIL_SPANS.with(|f| f.set(true));
+        let mut runs = Vec::new();
+        write_back(shared, &shared_region, &written, |run, result| {
+            runs.push((run.to_vec(), result.is_ok()));
+        });
+        FAIL_SPANS.with(|f| f.set(false));
+        assert_eq!(
+            FAILED_SPANS.with(|n| n.get()),
+            1,
+            "one window, one failed protect"
+        );
+        assert_eq!(
+            runs,
+            [(vec![0], true), (vec![2, 3], true), (vec![6], true)],
+            "one write per run"
+        );
+        for &p in &written {
+            assert!(
+                uffd_protected(region.as_ptr() as usize + p * ps),
+                "page {p} was written back without being write-protected"
+            );
+            let mut bytes = vec![0u8; ps];
+            store.read_at(&mut bytes, (p * ps) as u64).unwrap();
+            assert!(
+                bytes.iter().all(|&b| b == 0xa0 + p as u8),
+                "page {p} in the store"
+            );
+        }
+        for p in [1, 4, 5] {
+            assert_eq!(shared_region.pages.state(p), crate::page_table::ABSENT);
+        }
+        for &p in &written {
+            shared_region.pages.release(p, WRITEBACK, CLEAN);
+        }
+        drop(owned);
+        // The pages are Clean and protected: writing one again takes the usual fault.
+        // SAFETY: as above.
+        unsafe { base.add(2 * ps).write(0x55) };
+        drop(region);
+        let mut bytes = vec![0u8; ps];
+        store.read_at(&mut bytes, (2 * ps) as u64).unwrap();
+        assert_eq!(
+            bytes[0], 0x55,
+            "the write after the write-back reached the store"
+        );
     }
 }
