@@ -30,8 +30,16 @@
 //!   allocates it.
 //! - Present pool bytes are counted in the buffer (`Buffer::pooled`): they count toward the
 //!   buffer's capacity (so resident memory stays within it) but not toward the watermarks
-//!   (so evicting into the pool frees room for the evictors' purpose). A fill that finds the
-//!   buffer full trims the pool before evicting region pages.
+//!   (so evicting into the pool frees room for the evictors' purpose).
+//! - The pool is trimmed off the fault path: a round of the evictors, after evicting region
+//!   pages down to the low-water mark (into the pool), trims the pool until region and pool
+//!   pages together are at most the high-water mark ([`Pool::trim_to_mark`]), so that fills
+//!   find the room above it as they would without a pool. Between rounds, fills that do not
+//!   take pool pages (clean fills) grow the region under a pool that stays: a fill whose
+//!   reservation takes region and pool pages past the midpoint between the high-water mark and
+//!   the capacity kicks the evictors ([`Pool::crossed_trim_mark`]), which trim again. Only a
+//!   fill that finds the buffer full all the same (evictors behind) trims the pool itself,
+//!   counted in `pool_fault_trims`, before evicting region pages.
 //! - Only fills that install their pages writable and `Dirty` take pool pages: a page moved
 //!   into a region arrives writable, and protecting it afterwards would leave a window in
 //!   which a thread that did not fault could write it unseen. Clean fills copy as before.
@@ -77,6 +85,10 @@ pub(crate) struct Pool {
     /// a trim for room frees pool pages (a trim of an empty pool leaves it set: the fills
     /// that found the pool short still want pages).
     hungry: AtomicBool,
+    /// Region and pool bytes from which a fill kicks the evictors to trim the pool.
+    trim_at: usize,
+    /// Region and pool bytes the evictors trim the pool down to.
+    trim_to: usize,
 }
 
 impl Pool {
@@ -114,7 +126,45 @@ impl Pool {
             slot_bytes,
             free: Mutex::new(FreeSlots::new(slots, slot_bytes, sys::page_size())),
             hungry: AtomicBool::new(true),
+            trim_at: usize::MAX,
+            trim_to: usize::MAX,
         }))
+    }
+
+    /// Sets the marks of a pool in a buffer of `capacity` bytes with its high-water mark at
+    /// `high` bytes: evictors trim the pool until region and pool pages are at most `high`,
+    /// and fills kick them from midway between `high` and `capacity` (see the module
+    /// documentation). A new pool is never trimmed but for room.
+    pub(crate) fn with_marks(mut self, capacity: usize, high: usize) -> Pool {
+        let high = high.min(capacity);
+        self.trim_to = high;
+        self.trim_at = high + (capacity - high) / 2;
+        self
+    }
+
+    /// Whether a reservation of `bytes` (made) took region and pool pages together past the
+    /// mark from which the evictors should trim the pool, with pool pages to trim.
+    #[inline]
+    pub(crate) fn crossed_trim_mark(&self, buffer: &Buffer, bytes: usize) -> bool {
+        let pooled = buffer.pooled();
+        let total = buffer.resident() + pooled;
+        pooled > 0 && total >= self.trim_at && total - bytes.min(total) < self.trim_at
+    }
+
+    /// Whether region and pool pages together are past the mark from which the evictors
+    /// should trim the pool.
+    pub(crate) fn over_trim_mark(&self, buffer: &Buffer) -> bool {
+        buffer.resident() + buffer.pooled() >= self.trim_at
+    }
+
+    /// Evictor side: drops pool pages until region and pool pages together are at most the
+    /// high-water mark (see the module documentation); returns how many bytes it freed.
+    pub(crate) fn trim_to_mark(&self, buffer: &Buffer) -> usize {
+        let total = buffer.resident() + buffer.pooled();
+        match total.checked_sub(self.trim_to) {
+            Some(over) if over > 0 => self.trim(buffer, over),
+            _ => 0,
+        }
     }
 
     fn slot_addr(&self, slot: &Slot) -> usize {
@@ -897,6 +947,69 @@ mod tests {
         assert_eq!(pool.trim(&buffer, PAGE), PAGE);
         assert_eq!(pool.free.lock().slots()[used[0]], Some(2 * PAGE));
         assert_eq!(buffer.pooled(), 2 * PAGE);
+    }
+
+    /// The evictors' marks: a reservation that takes region and pool pages past the midpoint
+    /// between the high-water mark and the capacity asks for a trim (once, as it crosses), and
+    /// the trim drops pool pages until region and pool pages are at most the high-water mark.
+    #[test]
+    fn evictors_trim_the_pool_down_to_the_high_water_mark() {
+        let uffd = uffd();
+        let counters = Counters::default();
+        // Four slots of two pages, in a buffer of 10 pages with the high-water mark at 6.
+        let pool = Pool::new(&uffd, 8 * PAGE)
+            .unwrap()
+            .expect("a pool")
+            .with_marks(10 * PAGE, 6 * PAGE);
+        let region = region(&uffd, 4);
+        let buffer = Buffer::new(10 * PAGE, 60, 20);
+        assert!(buffer.try_reserve(4 * PAGE).is_some());
+        let mut rest = Vec::new();
+        // SAFETY: the test owns the region's pages; they read as missing afterwards.
+        unsafe {
+            pool.stash(
+                &uffd,
+                &buffer,
+                &counters,
+                &[(region.addr(), 4 * PAGE)][..],
+                &mut rest,
+            )
+        };
+        assert_eq!(
+            rest,
+            vec![(region.addr(), 4 * PAGE)],
+            "a run longer than a slot"
+        );
+        rest.clear();
+        let runs: Vec<(usize, usize)> = (0..2)
+            .map(|k| (region.addr() + k * 2 * PAGE, 2 * PAGE))
+            .collect();
+        // SAFETY: as above.
+        unsafe { pool.stash(&uffd, &buffer, &counters, &runs, &mut rest) };
+        assert!(rest.is_empty());
+        assert_eq!((buffer.resident(), buffer.pooled()), (0, 4 * PAGE));
+        // Region pages grow under the pool: nothing to trim up to the high-water mark.
+        assert!(buffer.try_reserve(2 * PAGE).is_some());
+        assert!(!pool.crossed_trim_mark(&buffer, 2 * PAGE));
+        assert!(!pool.over_trim_mark(&buffer));
+        assert_eq!(pool.trim_to_mark(&buffer), 0, "at the high-water mark");
+        assert!(pool.wants_pages());
+        // Past the midpoint (8 pages): the reservation that crosses it asks, the next does not.
+        assert!(buffer.try_reserve(2 * PAGE).is_some());
+        assert!(pool.crossed_trim_mark(&buffer, 2 * PAGE));
+        assert!(pool.over_trim_mark(&buffer));
+        assert!(buffer.try_reserve(PAGE).is_some());
+        assert!(!pool.crossed_trim_mark(&buffer, PAGE), "crossed already");
+        // 5 region pages and 4 pool pages: 3 pool pages go.
+        assert_eq!(pool.trim_to_mark(&buffer), 3 * PAGE);
+        assert_eq!((buffer.resident(), buffer.pooled()), (5 * PAGE, PAGE));
+        assert!(!pool.wants_pages(), "a trim that freed pages");
+        assert!(!pool.over_trim_mark(&buffer));
+        // Region pages alone past the mark: no pool pages to trim, nothing asked.
+        assert_eq!(pool.trim(&buffer, PAGE), PAGE);
+        assert!(buffer.try_reserve(4 * PAGE).is_some());
+        assert!(!pool.crossed_trim_mark(&buffer, 4 * PAGE), "an empty pool");
+        assert_eq!(pool.trim_to_mark(&buffer), 0);
     }
 
     /// A fill whose move into the region fails (here onto a present page: `EEXIST`) counts
