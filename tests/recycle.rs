@@ -331,3 +331,53 @@ fn read_only_regions_keep_the_copy_path() {
     assert_eq!(stats.pooled_bytes, 0, "{stats:?}");
     ro.unmap().unwrap();
 }
+
+/// A steady mix of reads (clean fills, which take no pool pages) and writes (dirty fills, which
+/// do) through a buffer 8 times smaller than the region: the region grows under pool pages
+/// nobody takes, and the evictors trim the pool before fills find the buffer full, so the fault
+/// path never drops pool pages itself (`Stats::pool_fault_trims`), while pages are recycled.
+#[test]
+fn evictors_trim_the_pool_off_the_fault_path() {
+    let page = 64 * KIB;
+    let buffer = 32 * MIB;
+    let len = 8 * buffer;
+    let pages = len / page;
+    let store = Arc::new(MemStore::new(len));
+    let umap = Umap::builder()
+        .buffer_size(buffer)
+        .page_size(page)
+        .fillers(1)
+        .watermarks(80, 50)
+        .recycle_pages(true)
+        .start()
+        .expect("userfaultfd engine (needs Linux userfaultfd with write-protect support)");
+    let mut region = umap
+        .map_shared(store.clone(), MapOptions::new().writable(true))
+        .unwrap();
+    let slice = region.as_mut_slice().unwrap();
+    let mut sum = 0u64;
+    // Pages in a scattered order (no read-ahead), three reads to a write.
+    for k in 0..4 * pages {
+        let p = (k * 7919 % pages) * page + k % page;
+        if k % 4 == 0 {
+            slice[p] = slice[p].wrapping_add(1);
+        } else {
+            sum += u64::from(slice[p]);
+        }
+        // Paced, so that evictors short of CPU (other tests, a loaded machine) keep up: the
+        // test is about where the pool is trimmed, not about how fast.
+        if k % 8 == 7 {
+            std::thread::sleep(std::time::Duration::from_micros(500));
+        }
+    }
+    let stats = umap.stats();
+    assert!(
+        stats.recycled_bytes > 0 && stats.high_water_hits > 2,
+        "pages were recycled over several eviction rounds: {stats:?} ({sum})"
+    );
+    assert_eq!(
+        stats.pool_fault_trims, 0,
+        "a fill trimmed the pool on the fault path: {stats:?}"
+    );
+    region.unmap().unwrap();
+}

@@ -6,9 +6,10 @@
 //! back in the queue.
 //!
 //! Evictor threads sleep until a fill crosses the high-water mark, then evict in batches until
-//! the low-water mark. A filler that finds the buffer completely full reclaims a batch itself
-//! ([`evict_batch`]) rather than wait for an evictor: a cross-CPU wake-up costs more than
-//! dropping clean pages.
+//! the low-water mark; with a page pool, they then trim it so that region and pool pages stay
+//! within the high-water mark ([`crate::pool`]). A filler that finds the buffer completely
+//! full reclaims a batch itself ([`evict_batch`]) rather than wait for an evictor: a cross-CPU
+//! wake-up costs more than dropping clean pages.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -39,6 +40,15 @@ pub(crate) fn run(shared: Arc<Shared>) {
     // 100 ms), so dirty pages whose write-back keeps failing are retried at a calm pace.
     let mut idle_rounds = 0u32;
     while shared.buffer.wait_for_work(Duration::from_millis(200)) {
+        // Kicked for the pool (region and pool pages past its trim mark): fills are short of
+        // room now, and trimming is quicker than evicting (no write-back).
+        if let Some(pool) = shared
+            .pool
+            .as_ref()
+            .filter(|pool| pool.over_trim_mark(&shared.buffer))
+        {
+            pool.trim_to_mark(&shared.buffer);
+        }
         while !shared.buffer.at_or_below_low_water() && !shared.buffer.is_stopping() {
             let excess = shared.buffer.excess_over_low_water();
             let (freed, young) = evict_batch(&shared, excess, BATCH, &mut batch);
@@ -52,6 +62,10 @@ pub(crate) fn run(shared: Arc<Shared>) {
                 break;
             }
             idle_rounds = 0;
+        }
+        // Off the fault path: the pool pages that would leave fills short of room.
+        if let Some(pool) = &shared.pool {
+            pool.trim_to_mark(&shared.buffer);
         }
         if shared.buffer.at_or_below_low_water() {
             shared.buffer.work_done();

@@ -558,6 +558,14 @@ impl Filler<'_> {
                 if crossed_high {
                     bump(&shared.counters.high_water_hits, 1);
                     shared.buffer.kick_evictors();
+                } else if shared
+                    .pool
+                    .as_ref()
+                    .is_some_and(|pool| pool.crossed_trim_mark(&shared.buffer, bytes))
+                {
+                    // Region pages grew under pool pages nobody takes: the evictors trim the
+                    // pool before the buffer is full (see `crate::pool`).
+                    shared.buffer.kick_evictors();
                 }
                 return true;
             }
@@ -573,12 +581,14 @@ impl Filler<'_> {
             // whatever is reclaimed here delays this fault, and the evictors, on another CPU,
             // free the rest in batches (and write dirty pages back in coalesced runs). Taking
             // 256 KiB here instead made sequential 4 KiB scans about 1.5x slower.
-            // Pool pages are the cheapest room to take back: nobody is waiting for them.
+            // Pool pages are the cheapest room to take back: nobody is waiting for them. (The
+            // evictors trim the pool before the buffer is full, so this is a last resort.)
             if shared
                 .pool
                 .as_ref()
                 .is_some_and(|pool| pool.trim(&shared.buffer, bytes) > 0)
             {
+                bump(&shared.counters.pool_fault_trims, 1);
                 continue;
             }
             let (freed, young) =

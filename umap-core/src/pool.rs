@@ -19,14 +19,27 @@
 //!   present pages are a prefix of it, `filled` bytes long (a stack: evictions push at the
 //!   end, fills take from the end).
 //!   A slot is owned by one thread at a time (taken out of the free list, put back after).
+//! - The free list ([`FreeSlots`]) keeps the slots no thread holds in stacks by how full they
+//!   are (one per system page of `filled`), with a bitmap of the stacks that are not empty:
+//!   every operation (the fullest slot, the fullest slot with room for a run) pops one stack
+//!   after scanning at most `slot_bytes / page / 64` words of the bitmap (5 for 1 MiB slots
+//!   of 4 KiB pages), however many slots the pool has.
 //!   If the bookkeeping were wrong, nothing is lost: a move onto a present page fails with
 //!   `EEXIST` (the caller drops the page instead, and the slot, whose contents are unknown
 //!   then, is emptied with `MADV_DONTNEED` and counted empty) and a read into a missing page
 //!   allocates it.
 //! - Present pool bytes are counted in the buffer (`Buffer::pooled`): they count toward the
 //!   buffer's capacity (so resident memory stays within it) but not toward the watermarks
-//!   (so evicting into the pool frees room for the evictors' purpose). A fill that finds the
-//!   buffer full trims the pool before evicting region pages.
+//!   (so evicting into the pool frees room for the evictors' purpose).
+//! - The pool is trimmed off the fault path: a round of the evictors, after evicting region
+//!   pages down to the low-water mark (into the pool), trims the pool until region and pool
+//!   pages together are at most the high-water mark ([`Pool::trim_to_mark`]), so that fills
+//!   find the room above it as they would without a pool. Between rounds, fills that do not
+//!   take pool pages (clean fills) grow the region under a pool that stays: a fill whose
+//!   reservation takes region and pool pages past the midpoint between the high-water mark and
+//!   the capacity kicks the evictors ([`Pool::crossed_trim_mark`]), which trim again. Only a
+//!   fill that finds the buffer full all the same (evictors behind) trims the pool itself,
+//!   counted in `pool_fault_trims`, before evicting region pages.
 //! - Only fills that install their pages writable and `Dirty` take pool pages: a page moved
 //!   into a region arrives writable, and protecting it afterwards would leave a window in
 //!   which a thread that did not fault could write it unseen. Clean fills copy as before.
@@ -66,12 +79,16 @@ pub(crate) struct Pool {
     /// Bytes per slot: a multiple of the system page, at least [`MIN_PAGE_BYTES`].
     slot_bytes: usize,
     /// Slots not taken by a thread.
-    free: Mutex<Vec<Slot>>,
+    free: Mutex<FreeSlots>,
     /// Set when a dirty fill found the pool short of pages; evictions move pages into the
     /// pool only then, so a pool nobody takes from does not fill up for nothing. Cleared when
     /// a trim for room frees pool pages (a trim of an empty pool leaves it set: the fills
     /// that found the pool short still want pages).
     hungry: AtomicBool,
+    /// Region and pool bytes from which a fill kicks the evictors to trim the pool.
+    trim_at: usize,
+    /// Region and pool bytes the evictors trim the pool down to.
+    trim_to: usize,
 }
 
 impl Pool {
@@ -107,9 +124,47 @@ impl Pool {
         Ok(Some(Pool {
             mapping,
             slot_bytes,
-            free: Mutex::new((0..slots).map(|index| Slot { index, filled: 0 }).collect()),
+            free: Mutex::new(FreeSlots::new(slots, slot_bytes, sys::page_size())),
             hungry: AtomicBool::new(true),
+            trim_at: usize::MAX,
+            trim_to: usize::MAX,
         }))
+    }
+
+    /// Sets the marks of a pool in a buffer of `capacity` bytes with its high-water mark at
+    /// `high` bytes: evictors trim the pool until region and pool pages are at most `high`,
+    /// and fills kick them from midway between `high` and `capacity` (see the module
+    /// documentation). A new pool is never trimmed but for room.
+    pub(crate) fn with_marks(mut self, capacity: usize, high: usize) -> Pool {
+        let high = high.min(capacity);
+        self.trim_to = high;
+        self.trim_at = high + (capacity - high) / 2;
+        self
+    }
+
+    /// Whether a reservation of `bytes` (made) took region and pool pages together past the
+    /// mark from which the evictors should trim the pool, with pool pages to trim.
+    #[inline]
+    pub(crate) fn crossed_trim_mark(&self, buffer: &Buffer, bytes: usize) -> bool {
+        let pooled = buffer.pooled();
+        let total = buffer.resident() + pooled;
+        pooled > 0 && total >= self.trim_at && total - bytes.min(total) < self.trim_at
+    }
+
+    /// Whether region and pool pages together are past the mark from which the evictors
+    /// should trim the pool.
+    pub(crate) fn over_trim_mark(&self, buffer: &Buffer) -> bool {
+        buffer.resident() + buffer.pooled() >= self.trim_at
+    }
+
+    /// Evictor side: drops pool pages until region and pool pages together are at most the
+    /// high-water mark (see the module documentation); returns how many bytes it freed.
+    pub(crate) fn trim_to_mark(&self, buffer: &Buffer) -> usize {
+        let total = buffer.resident() + buffer.pooled();
+        match total.checked_sub(self.trim_to) {
+            Some(over) if over > 0 => self.trim(buffer, over),
+            _ => 0,
+        }
     }
 
     fn slot_addr(&self, slot: &Slot) -> usize {
@@ -124,15 +179,10 @@ impl Pool {
         if bytes > self.slot_bytes {
             return None;
         }
-        let slot = {
-            let mut free = self.free.lock();
-            let best = (0..free.len()).max_by_key(|&i| free[i].filled)?;
-            if free[best].filled == 0 {
-                drop(free);
-                self.hungry.store(true, Ordering::Relaxed);
-                return None;
-            }
-            free.swap_remove(best)
+        let Some(slot) = self.free.lock().pop_fullest(1, usize::MAX) else {
+            // No slot has a page present (or every slot is taken).
+            self.hungry.store(true, Ordering::Relaxed);
+            return None;
         };
         if slot.filled < bytes {
             self.hungry.store(true, Ordering::Relaxed);
@@ -221,20 +271,19 @@ impl Pool {
         let mut slot: Option<Slot> = None;
         let mut moved = 0;
         // The shortest run that found no slot with room: runs as long or longer are given
-        // back without searching the free list again (slots other threads put back meanwhile
-        // are missed, which only drops what could have been pooled).
+        // back without taking the free list's lock again (slots other threads put back
+        // meanwhile are missed, which only drops what could have been pooled).
         let mut no_room_for = usize::MAX;
         for &(addr, len) in runs {
             if let Some(full) = slot.take_if(|s| s.filled + len > self.slot_bytes) {
                 self.free.lock().push(full);
             }
             if slot.is_none() && len < no_room_for {
-                let mut free = self.free.lock();
                 // The fullest slot that still has room, to keep the pool's pages together.
-                let pick = (0..free.len())
-                    .filter(|&k| free[k].filled + len <= self.slot_bytes)
-                    .max_by_key(|&k| free[k].filled);
-                slot = pick.map(|k| free.swap_remove(k));
+                slot = self
+                    .slot_bytes
+                    .checked_sub(len)
+                    .and_then(|room| self.free.lock().pop_with_room(room));
             }
             let Some(s) = slot.as_mut() else {
                 // No slot has room for this run: it is dropped, but a shorter run after it
@@ -308,17 +357,9 @@ impl Pool {
     pub(crate) fn trim(&self, buffer: &Buffer, bytes: usize) -> usize {
         let mut freed = 0;
         while freed < bytes {
-            let slot = {
-                let mut free = self.free.lock();
-                let Some(best) = (0..free.len())
-                    .filter(|&k| free[k].filled > 0)
-                    .max_by_key(|&k| free[k].filled)
-                else {
-                    break;
-                };
-                free.swap_remove(best)
+            let Some(mut slot) = self.free.lock().pop_fullest(1, usize::MAX) else {
+                break;
             };
-            let mut slot = slot;
             let n = slot
                 .filled
                 .min((bytes - freed).next_multiple_of(sys::page_size()));
@@ -336,6 +377,120 @@ impl Pool {
             self.hungry.store(false, Ordering::Relaxed);
         }
         freed
+    }
+}
+
+/// No slot (in [`FreeSlots`]' links).
+const NO_SLOT: usize = usize::MAX;
+
+/// The slots no thread holds (see the module documentation): a stack per bucket of `filled`
+/// (bucket `filled.div_ceil(unit)`), linked through the slots, and a bitmap of the buckets
+/// whose stack is not empty. Pushing is O(1); popping the fullest slot within a range of
+/// buckets scans the bitmap (a few words) and pops one stack. No allocation after `new`.
+#[derive(Debug)]
+struct FreeSlots {
+    /// Bytes per bucket: the system page (pool pages are moved and dropped in whole system
+    /// pages, so `filled` is a multiple of it).
+    unit: usize,
+    /// Per bucket, the slot on top of its stack, or [`NO_SLOT`].
+    heads: Vec<usize>,
+    /// Per slot, the slot under it in its bucket's stack (meaningful while it is free).
+    next: Vec<usize>,
+    /// Per slot, its `filled` (meaningful while it is free).
+    filled: Vec<usize>,
+    /// Bit `b` set: bucket `b`'s stack is not empty.
+    nonempty: Vec<u64>,
+}
+
+impl FreeSlots {
+    /// `slots` empty slots of `slot_bytes`, in buckets of `unit` bytes.
+    fn new(slots: usize, slot_bytes: usize, unit: usize) -> FreeSlots {
+        let unit = unit.clamp(1, slot_bytes.max(1));
+        let buckets = slot_bytes / unit + 1;
+        let mut free = FreeSlots {
+            unit,
+            heads: vec![NO_SLOT; buckets],
+            next: vec![NO_SLOT; slots],
+            filled: vec![0; slots],
+            nonempty: vec![0; buckets.div_ceil(64)],
+        };
+        // Pushed in reverse so that slot 0 is on top (the first taken).
+        for index in (0..slots).rev() {
+            free.push(Slot { index, filled: 0 });
+        }
+        free
+    }
+
+    /// The bucket of a slot holding `filled` bytes: rounded up, so that every slot in
+    /// bucket `b` holds at most `b * unit` bytes (and at least one byte from bucket 1 on).
+    fn bucket(&self, filled: usize) -> usize {
+        filled.div_ceil(self.unit).min(self.heads.len() - 1)
+    }
+
+    /// Puts `slot` back (on top of its bucket's stack).
+    fn push(&mut self, slot: Slot) {
+        let b = self.bucket(slot.filled);
+        self.next[slot.index] = self.heads[b];
+        self.filled[slot.index] = slot.filled;
+        self.heads[b] = slot.index;
+        self.nonempty[b / 64] |= 1 << (b % 64);
+    }
+
+    /// Takes the fullest slot whose bucket lies in `lo..=hi` (`hi` clamped to the last).
+    fn pop_fullest(&mut self, lo: usize, hi: usize) -> Option<Slot> {
+        let hi = hi.min(self.heads.len() - 1);
+        if lo > hi {
+            return None;
+        }
+        let mut w = hi / 64;
+        loop {
+            let mut word = self.nonempty[w];
+            if w == hi / 64 {
+                // Buckets up to `hi` only.
+                word &= u64::MAX >> (63 - hi % 64);
+            }
+            if w == lo / 64 {
+                // Buckets from `lo` on only.
+                word &= u64::MAX << (lo % 64);
+            }
+            if word != 0 {
+                let b = w * 64 + 63 - word.leading_zeros() as usize;
+                let index = self.heads[b];
+                self.heads[b] = self.next[index];
+                if self.heads[b] == NO_SLOT {
+                    self.nonempty[w] &= !(1 << (b % 64));
+                }
+                return Some(Slot {
+                    index,
+                    filled: self.filled[index],
+                });
+            }
+            if w == lo / 64 {
+                return None;
+            }
+            w -= 1;
+        }
+    }
+
+    /// Takes the fullest slot holding at most `room` bytes (so that `slot_bytes - room` more
+    /// fit in it).
+    fn pop_with_room(&mut self, room: usize) -> Option<Slot> {
+        // Bucket `b` holds at most `b * unit` bytes: those up to `room / unit` fit.
+        self.pop_fullest(0, room / self.unit)
+    }
+
+    /// The `filled` of every free slot, by slot index (`None` for a slot a thread holds).
+    #[cfg(test)]
+    fn slots(&self) -> Vec<Option<usize>> {
+        let mut out = vec![None; self.filled.len()];
+        for &head in &self.heads {
+            let mut k = head;
+            while k != NO_SLOT {
+                out[k] = Some(self.filled[k]);
+                k = self.next[k];
+            }
+        }
+        out
     }
 }
 
@@ -581,11 +736,10 @@ mod tests {
         // Bookkeeping gone wrong: the slot's second page counted as dropped but present.
         {
             let mut free = pool.free.lock();
-            let slot = free
-                .iter_mut()
-                .find(|s| s.filled > 0)
-                .expect("the full slot");
+            let mut slot = free.pop_fullest(1, usize::MAX).expect("the full slot");
+            assert_eq!(slot.filled, 2 * PAGE);
             slot.filled = PAGE;
+            free.push(slot);
         }
         buffer.unpool(PAGE);
         buffer.release(PAGE);
@@ -600,7 +754,7 @@ mod tests {
             0,
             "the slot is emptied, the page it did not count included"
         );
-        assert!(pool.free.lock().iter().all(|s| s.filled == 0));
+        assert!(pool.free.lock().slots().iter().all(|s| *s == Some(0)));
         assert_eq!(buffer.pooled(), 0, "its counted page left the pool");
         assert_eq!(buffer.resident(), PAGE, "page 2, which the caller drops");
         assert_eq!(
@@ -666,8 +820,8 @@ mod tests {
             "pages 8 and 9 stay for the caller to drop"
         );
         // Page 7 is the second page of page 6's slot: its present pages are a prefix.
-        let full: Vec<usize> = pool.free.lock().iter().map(|s| s.filled).collect();
-        assert_eq!(full, vec![2 * PAGE; 4]);
+        let full = pool.free.lock().slots();
+        assert_eq!(full, vec![Some(2 * PAGE); 4]);
         assert_eq!(
             sys::resident_pages(pool.mapping.addr(), 8 * PAGE).unwrap(),
             8 * PAGE / sys::page_size()
@@ -681,6 +835,181 @@ mod tests {
             let second = unsafe { *((base + PAGE) as *const u8) };
             assert_eq!(second, first + 1, "slot {k}");
         }
+    }
+
+    /// The free list picks what the linear scans it replaced picked: against a model (a list
+    /// of free slots scanned for the fullest, the fullest with room), thousands of slots of
+    /// 1 MiB and random pushes and pops agree on how full the slot taken is, every time.
+    #[test]
+    fn the_free_list_takes_the_fullest_slot_among_thousands() {
+        const SLOTS: usize = 5000;
+        const SLOT: usize = 1 << 20;
+        const UNIT: usize = 4096;
+        let mut free = FreeSlots::new(SLOTS, SLOT, UNIT);
+        let mut model: Vec<(usize, usize)> = (0..SLOTS).map(|k| (k, 0)).collect();
+        let mut held: Vec<Slot> = Vec::new();
+        // xorshift: a fixed sequence.
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move |n: usize| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % n as u64) as usize
+        };
+        for step in 0..100_000 {
+            match next(3) {
+                // Take the fullest slot with a page present (`take`, `trim`).
+                0 => {
+                    let want = model.iter().filter(|s| s.1 > 0).map(|s| s.1).max();
+                    let got = free.pop_fullest(1, usize::MAX);
+                    assert_eq!(got.as_ref().map(|s| s.filled), want, "step {step}");
+                    if let Some(slot) = got {
+                        let k = model.iter().position(|s| s.0 == slot.index).unwrap();
+                        assert_eq!(model.swap_remove(k).1, slot.filled, "step {step}");
+                        held.push(slot);
+                    }
+                }
+                // Take the fullest slot with room for a run (`stash`).
+                1 => {
+                    let len = (1 + next(SLOT / UNIT)) * UNIT;
+                    let want = model
+                        .iter()
+                        .filter(|s| s.1 + len <= SLOT)
+                        .map(|s| s.1)
+                        .max();
+                    let got = free.pop_with_room(SLOT - len);
+                    assert_eq!(got.as_ref().map(|s| s.filled), want, "step {step}");
+                    if let Some(slot) = got {
+                        let k = model.iter().position(|s| s.0 == slot.index).unwrap();
+                        assert_eq!(model.swap_remove(k).1, slot.filled, "step {step}");
+                        held.push(slot);
+                    }
+                }
+                // Give a held slot back, fuller or emptier.
+                _ => {
+                    if held.is_empty() {
+                        continue;
+                    }
+                    let mut slot = held.swap_remove(next(held.len()));
+                    slot.filled = next(SLOT / UNIT + 1) * UNIT;
+                    model.push((slot.index, slot.filled));
+                    free.push(slot);
+                }
+            }
+        }
+        // Every slot is accounted for, once: free with the model's `filled`, or held.
+        let mut slots = free.slots();
+        for s in &held {
+            assert_eq!(slots[s.index], None, "a held slot is not free");
+            slots[s.index] = Some(s.filled);
+        }
+        for &(k, filled) in &model {
+            assert_eq!(slots[k], Some(filled));
+        }
+        assert!(slots.iter().all(Option::is_some));
+    }
+
+    /// A pool of thousands of slots works like a small one: a run stashed into it is taken
+    /// back from the slot that holds it (among thousands of empty ones), a fuller slot is
+    /// preferred, and a trim drops pages from the fullest.
+    #[test]
+    fn a_pool_of_thousands_of_slots() {
+        let uffd = uffd();
+        let counters = Counters::default();
+        // 4096 slots of 1 MiB (address space only: `MAP_NORESERVE`, nothing touched).
+        let pool = Pool::new(&uffd, 4 << 30).unwrap().expect("a pool");
+        assert_eq!(pool.slot_bytes(), MAX_SLOT_BYTES);
+        assert_eq!(pool.free.lock().slots().len(), 4096);
+        let region = region(&uffd, 3);
+        let buffer = Buffer::new(16 * PAGE, 90, 50);
+        assert!(buffer.try_reserve(3 * PAGE).is_some());
+        let at = |p: usize| region.addr() + p * PAGE;
+        let mut rest = Vec::new();
+        // Pages 0 and 1 go into one slot (the fullest with room, after the first), page 2
+        // follows them.
+        // SAFETY: the test owns the region's pages; they read as missing afterwards.
+        unsafe { pool.stash(&uffd, &buffer, &counters, &[(at(0), 2 * PAGE)], &mut rest) };
+        // SAFETY: as above.
+        unsafe { pool.stash(&uffd, &buffer, &counters, &[(at(2), PAGE)], &mut rest) };
+        assert!(rest.is_empty());
+        let slots = pool.free.lock().slots();
+        let used: Vec<usize> = (0..slots.len()).filter(|&k| slots[k] != Some(0)).collect();
+        assert_eq!(used.len(), 1, "one slot holds the three pages");
+        assert_eq!(slots[used[0]], Some(3 * PAGE));
+        // A fill of one page takes the top page of that slot: page 2's bytes.
+        let (slot, addr, present) = pool.take(PAGE).expect("the full slot");
+        assert_eq!(slot.index, used[0]);
+        assert_eq!((addr, present), (pool.slot_addr(&slot) + 2 * PAGE, PAGE));
+        // SAFETY: the slot is ours; its page at `addr` is present.
+        assert_eq!(unsafe { *(addr as *const u8) }, 3, "page 2's bytes");
+        pool.put_back_unused(slot, addr, present, PAGE);
+        // A trim drops from the fullest slot's top.
+        assert_eq!(pool.trim(&buffer, PAGE), PAGE);
+        assert_eq!(pool.free.lock().slots()[used[0]], Some(2 * PAGE));
+        assert_eq!(buffer.pooled(), 2 * PAGE);
+    }
+
+    /// The evictors' marks: a reservation that takes region and pool pages past the midpoint
+    /// between the high-water mark and the capacity asks for a trim (once, as it crosses), and
+    /// the trim drops pool pages until region and pool pages are at most the high-water mark.
+    #[test]
+    fn evictors_trim_the_pool_down_to_the_high_water_mark() {
+        let uffd = uffd();
+        let counters = Counters::default();
+        // Four slots of two pages, in a buffer of 10 pages with the high-water mark at 6.
+        let pool = Pool::new(&uffd, 8 * PAGE)
+            .unwrap()
+            .expect("a pool")
+            .with_marks(10 * PAGE, 6 * PAGE);
+        let region = region(&uffd, 4);
+        let buffer = Buffer::new(10 * PAGE, 60, 20);
+        assert!(buffer.try_reserve(4 * PAGE).is_some());
+        let mut rest = Vec::new();
+        // SAFETY: the test owns the region's pages; they read as missing afterwards.
+        unsafe {
+            pool.stash(
+                &uffd,
+                &buffer,
+                &counters,
+                &[(region.addr(), 4 * PAGE)][..],
+                &mut rest,
+            )
+        };
+        assert_eq!(
+            rest,
+            vec![(region.addr(), 4 * PAGE)],
+            "a run longer than a slot"
+        );
+        rest.clear();
+        let runs: Vec<(usize, usize)> = (0..2)
+            .map(|k| (region.addr() + k * 2 * PAGE, 2 * PAGE))
+            .collect();
+        // SAFETY: as above.
+        unsafe { pool.stash(&uffd, &buffer, &counters, &runs, &mut rest) };
+        assert!(rest.is_empty());
+        assert_eq!((buffer.resident(), buffer.pooled()), (0, 4 * PAGE));
+        // Region pages grow under the pool: nothing to trim up to the high-water mark.
+        assert!(buffer.try_reserve(2 * PAGE).is_some());
+        assert!(!pool.crossed_trim_mark(&buffer, 2 * PAGE));
+        assert!(!pool.over_trim_mark(&buffer));
+        assert_eq!(pool.trim_to_mark(&buffer), 0, "at the high-water mark");
+        assert!(pool.wants_pages());
+        // Past the midpoint (8 pages): the reservation that crosses it asks, the next does not.
+        assert!(buffer.try_reserve(2 * PAGE).is_some());
+        assert!(pool.crossed_trim_mark(&buffer, 2 * PAGE));
+        assert!(pool.over_trim_mark(&buffer));
+        assert!(buffer.try_reserve(PAGE).is_some());
+        assert!(!pool.crossed_trim_mark(&buffer, PAGE), "crossed already");
+        // 5 region pages and 4 pool pages: 3 pool pages go.
+        assert_eq!(pool.trim_to_mark(&buffer), 3 * PAGE);
+        assert_eq!((buffer.resident(), buffer.pooled()), (5 * PAGE, PAGE));
+        assert!(!pool.wants_pages(), "a trim that freed pages");
+        assert!(!pool.over_trim_mark(&buffer));
+        // Region pages alone past the mark: no pool pages to trim, nothing asked.
+        assert_eq!(pool.trim(&buffer, PAGE), PAGE);
+        assert!(buffer.try_reserve(4 * PAGE).is_some());
+        assert!(!pool.crossed_trim_mark(&buffer, 4 * PAGE), "an empty pool");
+        assert_eq!(pool.trim_to_mark(&buffer), 0);
     }
 
     /// A fill whose move into the region fails (here onto a present page: `EEXIST`) counts

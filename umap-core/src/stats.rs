@@ -35,6 +35,7 @@ pub(crate) struct Counters {
     pub(crate) pooled_bytes: AtomicU64,
     pub(crate) recycled_bytes: AtomicU64,
     pub(crate) pool_peak_bytes: AtomicU64,
+    pub(crate) pool_fault_trims: AtomicU64,
     pub(crate) event_batches: AtomicU64,
     pub(crate) signal_faults: AtomicU64,
     pub(crate) fault_latency: Histogram,
@@ -132,6 +133,10 @@ pub struct Stats {
     pub recycled_bytes: u64,
     /// The most bytes the page pool held at once (as evictions moved pages into it).
     pub pool_peak_bytes: u64,
+    /// Times a fill found the buffer full and dropped page-pool pages itself to make room.
+    /// The evictors trim the pool before the buffer fills, so this stays 0 unless they fall
+    /// behind.
+    pub pool_fault_trims: u64,
     /// Batches of events read from the kernel (`read_faults / event_batches` is the batch size).
     pub event_batches: u64,
     /// Faults served on the faulting thread, in its `SIGBUS` handler
@@ -224,6 +229,7 @@ impl Counters {
             pooled_bytes: get(&self.pooled_bytes),
             recycled_bytes: get(&self.recycled_bytes),
             pool_peak_bytes: get(&self.pool_peak_bytes),
+            pool_fault_trims: get(&self.pool_fault_trims),
             event_batches: get(&self.event_batches),
             signal_faults: get(&self.signal_faults),
             resident_bytes,
@@ -298,6 +304,7 @@ impl fmt::Display for Stats {
                 ("pooled bytes", self.pooled_bytes),
                 ("recycled bytes", self.recycled_bytes),
                 ("pool peak bytes", self.pool_peak_bytes),
+                ("pool fault trims", self.pool_fault_trims),
                 ("event batches", self.event_batches),
                 ("signal faults", self.signal_faults),
                 ("resident bytes", self.resident_bytes),
