@@ -220,6 +220,11 @@ impl Buffer {
         self.low
     }
 
+    /// The high-water mark in bytes: evictors start when resident pages pass it.
+    pub(crate) fn high_water(&self) -> usize {
+        self.high
+    }
+
     /// Takes the oldest queued pages, up to `max_pages` of them or until their sizes add up
     /// to `bytes`, whichever comes first, but none filled less than [`MIN_RESIDENCY`] ago.
     /// Stale entries on the way (see [`PageRef::is_current`], and those of pages no longer

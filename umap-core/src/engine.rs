@@ -258,13 +258,10 @@ impl Umap {
         );
         // The pool takes at most the room between the low-water mark and the capacity: what
         // evictors free, kept for the fills that follow. The evictors trim it so that region
-        // and pool pages stay within the high-water mark (`crate::pool`), the mark computed
-        // as `Buffer::new` does.
+        // and pool pages stay within the high-water mark (`crate::pool`).
         let pool = if config.recycle_pages && uffd.features().contains(Features::MOVE) {
-            let high =
-                (config.buffer_size as u128 * config.high_water_percent as u128 / 100) as usize;
             crate::pool::Pool::new(&uffd, buffer.capacity() - buffer.low_water())?
-                .map(|pool| pool.with_marks(buffer.capacity(), high))
+                .map(|pool| pool.with_marks(buffer.capacity(), buffer.high_water()))
         } else {
             None
         };
