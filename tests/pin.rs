@@ -293,3 +293,45 @@ fn a_pin_that_fails_leaves_earlier_pins_pinned() {
         "the earlier pin of pages 0..4 must stay pinned"
     );
 }
+
+/// Two overlapping pins, the first of which fails: pin A of pages 0..8 pins them all and
+/// starts filling, its read of page 6 stalls and then fails; meanwhile pin B of pages 0..4
+/// (already pinned by A, so it pins nothing new) fills them and returns. A's undo must not
+/// unpin B's pages.
+#[test]
+fn a_failed_pin_leaves_an_overlapping_pin_that_returned_pinned() {
+    use std::time::{Duration, Instant};
+    use umap_store::fault::{Fault, FaultyStore, Op};
+    let ps = 4096;
+    let umap = engine(1 << 20, ps);
+    let store = Arc::new(FaultyStore::new(
+        MemStore::from_vec(pattern(7, 0, 64 * ps)),
+        1,
+    ));
+    let region = umap.map_shared(store.clone(), MapOptions::new()).unwrap();
+    let page6 = 6 * ps as u64..7 * ps as u64;
+    store.inject(
+        Fault::on(Op::Read)
+            .range(page6.clone())
+            .stall(Duration::from_millis(500))
+            .times(1),
+    );
+    store.inject(Fault::on(Op::Read).range(page6).permanent());
+    std::thread::scope(|s| {
+        let a = s.spawn(|| region.pin(0, 8 * ps));
+        // B begins once A has pinned its pages (and long before A's read of page 6 fails).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while region.pinned_bytes() != 8 * ps {
+            assert!(Instant::now() < deadline, "pin A never pinned its pages");
+            std::thread::yield_now();
+        }
+        region.pin(0, 4 * ps).unwrap();
+        assert!(a.join().unwrap().is_err(), "page 6 cannot be read");
+    });
+    assert_eq!(
+        region.pinned_bytes(),
+        4 * ps,
+        "pin B returned Ok: its pages must stay pinned"
+    );
+    assert_eq!(resident(&region, 0, 4 * ps), sys_pages(4 * ps));
+}

@@ -149,3 +149,45 @@ fn probes_stay_short_under_a_long_read_ahead_window() {
     assert!(store.to_vec() == expected, "a write was lost");
     region.unmap().unwrap();
 }
+
+/// Eager at first; then the pages read fresh are no longer written, while a hot set of pages
+/// (pinned, so always resident) is written again after every flush. Those re-writes of pages
+/// made clean by a flush are no fills of the pager: eager fills must stop, as if only reads.
+#[test]
+fn rewrites_of_flushed_pages_do_not_keep_eager_fills_on() {
+    const HOT: usize = 64;
+    let umap = engine(2 << 20, 0);
+    let (store, mut region) = map(&umap);
+    let mut expected = common::pattern(SEED, 0, PAGES * PS);
+    region.pin(0, HOT * PS).unwrap();
+    read_then_write(&mut region, 0..PAGES, &mut expected);
+    region.flush().unwrap();
+    assert!(region.stats().eager_dirty_pages > 0);
+    let base = region.as_mut_ptr();
+    let mut eager_per_pass = Vec::new();
+    for pass in 0..6 {
+        let before = region.stats().eager_dirty_pages;
+        for chunk in (HOT..PAGES).collect::<Vec<_>>().chunks(HOT) {
+            for &p in chunk {
+                // SAFETY: page `p` lies in the mapped region.
+                std::hint::black_box(unsafe { base.add(p * PS + pass).read_volatile() });
+            }
+            for p in 0..HOT {
+                let at = p * PS + pass;
+                expected[at] = expected[at].wrapping_add(1);
+                // SAFETY: `at` lies in the mapped, writable region; no other thread uses it.
+                unsafe { base.add(at).write_volatile(expected[at]) };
+            }
+            region.flush().unwrap();
+        }
+        eager_per_pass.push(region.stats().eager_dirty_pages - before);
+    }
+    eprintln!("eager dirty pages per pass: {eager_per_pass:?}");
+    assert_eq!(
+        *eager_per_pass.last().unwrap(),
+        0,
+        "re-writes of flushed pages kept eager fills on: {eager_per_pass:?}"
+    );
+    assert!(store.to_vec() == expected, "a write was lost");
+    region.unmap().unwrap();
+}

@@ -468,7 +468,7 @@ impl<'a> Filler<'a> {
                     // still protected): make it dirty, then writable.
                     if region.pages.claim(page, state, UNPROTECTING) {
                         if state == CLEAN {
-                            region.write_intent.first_write();
+                            region.write_intent.first_write(&region.pages, page);
                         }
                         self.unprotect(region, page, state);
                         self.served(region, job.read_at);

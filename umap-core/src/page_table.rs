@@ -27,7 +27,7 @@
 //! - Threads that touch region memory (fill, unprotect, write back, evict) do so inside the
 //!   region's gate, so the memory outlives every transition.
 
-use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
 
 /// The page is not resident; the next access faults.
 pub(crate) const ABSENT: u8 = 0;
@@ -64,6 +64,12 @@ pub(crate) struct PageTable {
     /// time): tells a page's current queue entry from stale ones, and its age to eviction
     /// clustering. A hint for the eviction policy only; no page's safety depends on it.
     stamps: Box<[AtomicU32]>,
+    /// Whether each page was filled `Clean` and not written since: the first write that
+    /// [`crate::write_intent`] counts. Set by the fill's owner ([`PageTable::finish_fill`]),
+    /// taken by the owner of the page's first write (`Clean` → `Unprotecting`); a page made
+    /// `Clean` by a write-back has it clear. Only those owners touch it, ordered by the
+    /// state's claims and releases. (A page of a read-only region has it set, unused.)
+    filled_clean: Box<[AtomicBool]>,
 }
 
 impl PageTable {
@@ -72,6 +78,7 @@ impl PageTable {
         PageTable {
             states: (0..pages).map(|_| AtomicU8::new(ABSENT)).collect(),
             stamps: (0..pages).map(|_| AtomicU32::new(0)).collect(),
+            filled_clean: (0..pages).map(|_| AtomicBool::new(false)).collect(),
         }
     }
 
@@ -96,6 +103,19 @@ impl PageTable {
     #[inline]
     pub(crate) fn set_stamp(&self, page: usize, stamp: u32) {
         self.stamps[page].store(stamp, Ordering::Relaxed);
+    }
+
+    /// Whether `page`, just claimed `Clean` → `Unprotecting` for its first write, was filled
+    /// clean and not written since (rather than made clean by a write-back); clears it.
+    #[inline]
+    pub(crate) fn take_filled_clean(&self, page: usize) -> bool {
+        let cell = &self.filled_clean[page];
+        // Only the page's owner touches the flag: a load and a store, no read-modify-write.
+        let was = cell.load(Ordering::Relaxed);
+        if was {
+            cell.store(false, Ordering::Relaxed);
+        }
+        was
     }
 
     /// `from` → `to`, if the page is in the stable state `from` (no waiters bit can be set on
@@ -144,8 +164,12 @@ impl PageTable {
     }
 
     /// `Filling` → `to` (by the owner). Returns whether events were parked on the page.
+    /// Marks the page filled clean if `to` is `Clean` (see
+    /// [`take_filled_clean`](PageTable::take_filled_clean)).
     #[inline]
     pub(crate) fn finish_fill(&self, page: usize, to: u8) -> bool {
+        // Before the release, which orders it for the next owner.
+        self.filled_clean[page].store(to == CLEAN, Ordering::Relaxed);
         self.release(page, FILLING, to)
     }
 

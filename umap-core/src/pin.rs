@@ -13,6 +13,9 @@
 //!   whether it is pinned. So either the evictor sees the pin and gives the page back, or the
 //!   pinner sees the page being evicted (or gone) and fills it again. Once a pin has returned,
 //!   none of its pages is evicted.
+//! - Overlapping pins: each pin holds its own pages ([`Pins`]), so a pin whose fill fails
+//!   unpins only the pages no other pin holds; a pin of pages another pin is still filling
+//!   keeps them pinned when that one fails. `unpin` releases its pages from every hold.
 
 use std::ops::Range;
 use std::sync::atomic::{fence, AtomicBool, Ordering};
@@ -30,12 +33,93 @@ use crate::page_table::{is_resident, ABSENT, CLEAN, DIRTY, EVICTING, POISONED, W
 use crate::region::RegionShared;
 
 /// A region's pinned page ranges.
+///
+/// Each pin holds its own pages: while it fills them it holds them alone (a *pending* hold,
+/// known by its [`PinId`]); once it has returned they join the region's *held* pages. A pin
+/// that fails drops its own pending hold only, so pages that another pin holds (returned or
+/// still filling) stay pinned however the two overlap. [`Pins::remove`] (the public
+/// `unpin`) releases its pages from every hold. A page counts once however many holds cover
+/// it.
 #[derive(Debug, Default)]
 pub(crate) struct Pins {
     /// Whether any page is pinned: evictors look no further when it is not.
     any: AtomicBool,
-    /// Sorted, disjoint, non-adjacent page ranges.
-    ranges: RwLock<Vec<Range<usize>>>,
+    holds: RwLock<Holds>,
+}
+
+/// The holds of a region's pins (see [`Pins`]).
+#[derive(Debug, Default)]
+struct Holds {
+    /// Every pinned page, the union of `held` and `pending`: sorted, disjoint, non-adjacent.
+    pinned: Vec<Range<usize>>,
+    /// Pages of pins that returned: sorted, disjoint, non-adjacent.
+    held: Vec<Range<usize>>,
+    /// Pages of pins still filling, by pin (a pin may have several ranges, split by `remove`).
+    pending: Vec<(u64, Range<usize>)>,
+    next_id: u64,
+}
+
+impl Holds {
+    fn any(&self) -> bool {
+        !self.pinned.is_empty()
+    }
+
+    /// Recomputes `pinned` from the holds; returns the pages that it lost.
+    fn recompute(&mut self) -> Vec<Range<usize>> {
+        let pinned = merge(
+            self.held
+                .iter()
+                .cloned()
+                .chain(self.pending.iter().map(|(_, r)| r.clone())),
+        );
+        let mut lost = self.pinned.clone();
+        for r in &pinned {
+            lost = subtract(&lost, r.clone());
+        }
+        self.pinned = pinned;
+        lost
+    }
+}
+
+/// A pin that has not returned yet: see [`Pins::add`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PinId(u64);
+
+/// `ranges` sorted, with overlapping and adjacent ones merged.
+fn merge(ranges: impl Iterator<Item = Range<usize>>) -> Vec<Range<usize>> {
+    let mut all: Vec<Range<usize>> = ranges.filter(|r| !r.is_empty()).collect();
+    all.sort_unstable_by_key(|r| r.start);
+    let mut merged: Vec<Range<usize>> = Vec::with_capacity(all.len());
+    for r in all {
+        match merged.last_mut() {
+            Some(last) if r.start <= last.end => last.end = last.end.max(r.end),
+            _ => merged.push(r),
+        }
+    }
+    merged
+}
+
+/// The parts of `ranges` (sorted, disjoint) outside `cut`, in order.
+fn subtract(ranges: &[Range<usize>], cut: Range<usize>) -> Vec<Range<usize>> {
+    let mut kept = Vec::with_capacity(ranges.len() + 1);
+    for r in ranges {
+        let (lo, hi) = (r.start.max(cut.start), r.end.min(cut.end));
+        if lo >= hi {
+            kept.push(r.clone());
+            continue;
+        }
+        if r.start < lo {
+            kept.push(r.start..lo);
+        }
+        if hi < r.end {
+            kept.push(hi..r.end);
+        }
+    }
+    kept
+}
+
+fn count(ranges: &[Range<usize>]) -> usize {
+    ranges.iter().map(|r| r.len()).sum()
 }
 
 impl Pins {
@@ -45,9 +129,9 @@ impl Pins {
         if !self.any.load(Ordering::SeqCst) {
             return false;
         }
-        let ranges = self.ranges.read();
-        let i = ranges.partition_point(|r| r.end <= page);
-        ranges.get(i).is_some_and(|r| r.start <= page)
+        let holds = self.holds.read();
+        let i = holds.pinned.partition_point(|r| r.end <= page);
+        holds.pinned.get(i).is_some_and(|r| r.start <= page)
     }
 
     /// Whether any page is pinned.
@@ -55,74 +139,62 @@ impl Pins {
         self.any.load(Ordering::SeqCst)
     }
 
-    /// How many pages are pinned.
+    /// How many pages are pinned (each once, however many pins hold it).
     pub(crate) fn pages(&self) -> usize {
-        self.ranges.read().iter().map(|r| r.len()).sum()
+        count(&self.holds.read().pinned)
     }
 
-    /// Pins `pages` if `admit(newly pinned pages)` agrees (it accounts for them); returns the
-    /// parts of `pages` that were not pinned before (so that a pin that fails later undoes
-    /// only what it added). The ranges are locked meanwhile, so concurrent pins of
-    /// overlapping ranges count each page once.
-    fn add(
-        &self,
-        pages: Range<usize>,
-        admit: impl FnOnce(usize) -> Result<()>,
-    ) -> Result<Vec<Range<usize>>> {
-        let mut ranges = self.ranges.write();
-        // The gaps of `pages` between the (sorted, disjoint) pinned ranges.
-        let mut gaps = Vec::new();
-        let mut at = pages.start;
-        for r in ranges
-            .iter()
-            .filter(|r| r.end > pages.start && r.start < pages.end)
-        {
-            if r.start > at {
-                gaps.push(at..r.start);
-            }
-            at = at.max(r.end);
-        }
-        if at < pages.end {
-            gaps.push(at..pages.end);
-        }
-        admit(gaps.iter().map(|g| g.len()).sum())?;
-        let (mut start, mut end) = (pages.start, pages.end);
-        ranges.retain(|r| {
-            if r.end < start || r.start > end {
-                return true;
-            }
-            // Overlapping or adjacent: merged into the new range.
-            start = start.min(r.start);
-            end = end.max(r.end);
-            false
-        });
-        let at = ranges.partition_point(|r| r.end < start);
-        ranges.insert(at, start..end);
+    /// Pins `pages` (a pending hold, until [`commit`](Pins::commit) or
+    /// [`abandon`](Pins::abandon)) if `admit(pages not pinned before)` agrees (it accounts
+    /// for them). The holds are locked meanwhile, so concurrent pins of overlapping ranges
+    /// count each page once.
+    fn add(&self, pages: Range<usize>, admit: impl FnOnce(usize) -> Result<()>) -> Result<PinId> {
+        let mut holds = self.holds.write();
+        let before = count(&holds.pinned);
+        let pinned = merge(holds.pinned.iter().cloned().chain([pages.clone()]));
+        admit(count(&pinned) - before)?;
+        let id = holds.next_id;
+        holds.next_id += 1;
+        holds.pending.push((id, pages));
+        holds.pinned = pinned;
         self.any.store(true, Ordering::SeqCst);
-        Ok(gaps)
+        Ok(PinId(id))
     }
 
-    /// Unpins `pages`; returns how many pages were pinned.
+    /// The pin `id` has returned: its pages (those not unpinned meanwhile) are held.
+    fn commit(&self, id: PinId) {
+        let mut holds = self.holds.write();
+        let mut mine = Vec::new();
+        holds.pending.retain(|(of, r)| {
+            if *of == id.0 {
+                mine.push(r.clone());
+            }
+            *of != id.0
+        });
+        holds.held = merge(holds.held.drain(..).chain(mine));
+    }
+
+    /// The pin `id` failed: drops its hold; returns the pages that no pin holds any more.
+    fn abandon(&self, id: PinId) -> Vec<Range<usize>> {
+        let mut holds = self.holds.write();
+        holds.pending.retain(|(of, _)| *of != id.0);
+        let lost = holds.recompute();
+        self.any.store(holds.any(), Ordering::SeqCst);
+        lost
+    }
+
+    /// Unpins `pages`, whichever pins hold them; returns how many pages were pinned.
     fn remove(&self, pages: Range<usize>) -> usize {
-        let mut ranges = self.ranges.write();
-        let mut removed = 0;
-        let mut kept = Vec::with_capacity(ranges.len() + 1);
-        for r in ranges.drain(..) {
-            let (lo, hi) = (r.start.max(pages.start), r.end.min(pages.end));
-            if lo >= hi {
-                kept.push(r);
-                continue;
-            }
-            removed += hi - lo;
-            if r.start < lo {
-                kept.push(r.start..lo);
-            }
-            if hi < r.end {
-                kept.push(hi..r.end);
+        let mut holds = self.holds.write();
+        holds.held = subtract(&holds.held, pages.clone());
+        let pending = std::mem::take(&mut holds.pending);
+        for (id, r) in pending {
+            for part in subtract(&[r], pages.clone()) {
+                holds.pending.push((id, part));
             }
         }
-        *ranges = kept;
-        self.any.store(!ranges.is_empty(), Ordering::SeqCst);
+        let removed = count(&holds.recompute());
+        self.any.store(holds.any(), Ordering::SeqCst);
         removed
     }
 }
@@ -153,7 +225,7 @@ pub(crate) fn pin(
 ) -> Result<()> {
     let ps = region.page_size;
     let limit = limit(shared, region);
-    let added = region.pins.add(pages.clone(), |new| {
+    let id = region.pins.add(pages.clone(), |new| {
         shared
             .buffer
             .try_pin(new * ps, limit)
@@ -165,13 +237,16 @@ pub(crate) fn pin(
     })?;
     // Pairs with the fence in `give_back_pinned` (module documentation).
     fence(Ordering::SeqCst);
-    match fill(engine, region, pages.clone()) {
-        Ok(()) => Ok(()),
+    match fill(engine, region, pages) {
+        Ok(()) => {
+            region.pins.commit(id);
+            Ok(())
+        }
         Err(e) => {
-            // Undo only this pin: pages pinned before it stay pinned.
-            for gap in added {
-                unpin(shared, region, gap);
-            }
+            // Undo only this pin's hold: pages other pins hold (returned, or still filling)
+            // stay pinned.
+            let lost = region.pins.abandon(id);
+            released(shared, region, lost);
             Err(e)
         }
     }
@@ -213,19 +288,37 @@ fn fill(engine: &Umap, region: &Arc<RegionShared>, pages: Range<usize>) -> Resul
     }
 }
 
-/// Unpins `pages` of `region`, gives their bytes back to the buffer and puts the resident
-/// ones back in the eviction queue.
+/// Unpins `pages` of `region` (whichever pins hold them), gives their bytes back to the
+/// buffer and puts the resident ones back in the eviction queue.
 pub(crate) fn unpin(shared: &Shared, region: &Arc<RegionShared>, pages: Range<usize>) {
     let removed = region.pins.remove(pages.clone());
     shared.buffer.unpin(removed * region.page_size);
+    requeue(shared, region, [pages]);
+}
+
+/// `lost` are pages of `region` no longer pinned: gives their bytes back to the buffer and
+/// puts the resident ones back in the eviction queue.
+fn released(shared: &Shared, region: &Arc<RegionShared>, lost: Vec<Range<usize>>) {
+    shared.buffer.unpin(count(&lost) * region.page_size);
+    requeue(shared, region, lost);
+}
+
+/// Queues the resident pages of `ranges` for eviction again: pages that were popped from the
+/// queue while pinned (a page may end up queued twice, which the queue tolerates: a stale
+/// entry is skipped).
+fn requeue(
+    shared: &Shared,
+    region: &Arc<RegionShared>,
+    ranges: impl IntoIterator<Item = Range<usize>>,
+) {
     let now = Instant::now();
-    // Pages that were popped from the queue while pinned are queued again (a page may end up
-    // queued twice, which the queue tolerates: a stale entry is skipped).
-    shared.buffer.push_run(
-        pages
-            .filter(|&p| is_resident(region.pages.state(p)))
-            .map(|page| PageRef::new(region.clone(), page, now)),
-    );
+    for pages in ranges {
+        shared.buffer.push_run(
+            pages
+                .filter(|&p| is_resident(region.pages.state(p)))
+                .map(|page| PageRef::new(region.clone(), page, now)),
+        );
+    }
 }
 
 /// Evictor side: of the pages just claimed for eviction (`evicting`, state `Evicting`) and
@@ -265,24 +358,39 @@ mod tests {
     use umap_store::MemStore;
 
     fn ranges(p: &Pins) -> Vec<Range<usize>> {
-        p.ranges.read().clone()
+        p.holds.read().pinned.clone()
+    }
+
+    /// Adds a pending hold of `pages`; returns it and how many pages it newly pinned.
+    fn begin(p: &Pins, pages: Range<usize>) -> (PinId, usize) {
+        let mut new = None;
+        let id = p
+            .add(pages, |n| {
+                new = Some(n);
+                Ok(())
+            })
+            .unwrap();
+        (id, new.unwrap())
+    }
+
+    /// A pin of `pages` that returns; how many pages it newly pinned.
+    fn pin_ok(p: &Pins, pages: Range<usize>) -> usize {
+        let (id, new) = begin(p, pages);
+        p.commit(id);
+        new
     }
 
     #[test]
     fn ranges_merge_split_and_count_each_page_once() {
         let p = Pins::default();
         assert!(!p.any() && !p.contains(0));
-        assert_eq!(p.add(2..5, |_| Ok(())).unwrap(), vec![2..5]);
-        assert_eq!(p.add(8..10, |_| Ok(())).unwrap(), vec![8..10]);
-        assert_eq!(
-            p.add(4..9, |_| Ok(())).unwrap(),
-            vec![5..8],
-            "5, 6, 7 are new"
-        );
+        assert_eq!(pin_ok(&p, 2..5), 3);
+        assert_eq!(pin_ok(&p, 8..10), 2);
+        assert_eq!(pin_ok(&p, 4..9), 3, "5, 6, 7 are new");
         assert_eq!(ranges(&p), vec![2..10]);
-        assert_eq!(p.add(10..11, |_| Ok(())).unwrap(), vec![10..11]);
+        assert_eq!(pin_ok(&p, 10..11), 1);
         assert_eq!(ranges(&p), vec![2..11], "adjacent ranges merge");
-        assert_eq!(p.add(0..1, |_| Ok(())).unwrap(), vec![0..1]);
+        assert_eq!(pin_ok(&p, 0..1), 1);
         assert_eq!(ranges(&p), vec![0..1, 2..11]);
         assert_eq!(p.pages(), 10);
         assert!(p.contains(0) && !p.contains(1) && p.contains(2) && p.contains(10));
@@ -291,18 +399,76 @@ mod tests {
         assert_eq!(ranges(&p), vec![0..1, 2..4, 6..11]);
         assert_eq!(p.remove(0..100), 8);
         assert!(!p.any() && !p.contains(2));
+        assert_eq!(p.holds.read().held, vec![], "unpin releases every hold");
     }
 
     #[test]
     fn a_refused_pin_changes_nothing() {
         let p = Pins::default();
-        p.add(0..4, |_| Ok(())).unwrap();
+        pin_ok(&p, 0..4);
         let err = p.add(2..8, |new| {
             assert_eq!(new, 4);
             Err(Error::invalid("test", 0, "refused"))
         });
         assert!(err.is_err());
         assert_eq!(ranges(&p), vec![0..4]);
+        assert!(p.holds.read().pending.is_empty());
+    }
+
+    /// The race of the review: pin A (pages 0..8) adds its pages and starts filling; pin B
+    /// (2..4, already pinned by A, so it adds nothing) fills and returns; then A's fill fails.
+    /// A's undo must leave B's pages pinned.
+    #[test]
+    fn a_failed_pin_keeps_the_pages_of_an_overlapping_pin_that_returned() {
+        let p = Pins::default();
+        let (a, new) = begin(&p, 0..8);
+        assert_eq!(new, 8);
+        let (b, new) = begin(&p, 2..4);
+        assert_eq!(new, 0, "B's pages were pinned by A: counted once");
+        p.commit(b);
+        assert_eq!(
+            p.abandon(a),
+            vec![0..2, 4..8],
+            "only A's own pages are lost"
+        );
+        assert_eq!(ranges(&p), vec![2..4]);
+        assert_eq!(p.pages(), 2);
+        assert!(p.contains(2) && p.contains(3) && !p.contains(1) && !p.contains(4));
+        // The same with B still filling when A fails, then B failing too.
+        let p = Pins::default();
+        let (a, _) = begin(&p, 0..8);
+        let (b, _) = begin(&p, 6..10);
+        assert_eq!(p.abandon(a), vec![0..6]);
+        assert_eq!(ranges(&p), vec![6..10], "B's pending hold stays");
+        assert_eq!(p.abandon(b), vec![6..10]);
+        assert!(!p.any() && p.pages() == 0);
+    }
+
+    /// Every page lost by an undo or an unpin was counted once when pinned: the pinned pages
+    /// always equal the pages admitted less those given back.
+    #[test]
+    fn overlapping_pins_and_undos_count_each_page_once() {
+        let p = Pins::default();
+        let mut admitted = 0;
+        let (a, n) = begin(&p, 0..6);
+        admitted += n;
+        let (b, n) = begin(&p, 4..12);
+        admitted += n;
+        let (c, n) = begin(&p, 10..14);
+        admitted += n;
+        assert_eq!(admitted, 14);
+        p.commit(b);
+        // An unpin while A and C are still filling releases their pages too.
+        let mut given_back = p.remove(5..11);
+        assert_eq!(given_back, 6);
+        p.commit(c);
+        assert_eq!(p.abandon(a), vec![0..4], "B holds page 4");
+        given_back += 4;
+        assert_eq!(ranges(&p), vec![4..5, 11..14]);
+        assert_eq!(p.pages(), admitted - given_back);
+        given_back += p.remove(0..100);
+        assert_eq!(given_back, admitted);
+        assert!(!p.any());
     }
 
     /// An eviction that claimed a page before the pin: the pin waits for it to end, then

@@ -445,13 +445,16 @@ impl Region {
     /// unmap. Returns once every page is resident, so accesses to the range never fault
     /// again (except the first write to a clean page of a writable region, a write-protect
     /// fault). Writes to pinned pages are written back by [`flush`](Region::flush) and unmap.
-    /// Pinning a range again, or an overlapping one, counts each page once.
+    /// Pinning a range again, or an overlapping one, counts each page once. Pins do not
+    /// nest: [`unpin`](Region::unpin) releases every page of its range, however many pins
+    /// cover it.
     ///
     /// Pinned pages stay in the buffer and are counted in it: the pinned bytes of all regions
     /// may reach the buffer's low-water mark, less two pages of the largest page size (so
     /// evictors can always reach the mark and faults always find room). Errors:
     /// [`Error::PinLimit`] beyond that; the range is not inside the region; a page of it
-    /// could not be read (then nothing of the range is left pinned).
+    /// could not be read (then this pin is undone: its pages are unpinned except those that
+    /// another pin holds, one that returned or is still filling, overlapping pins included).
     ///
     /// ```
     /// use umap_core::{MapOptions, Umap};
@@ -475,8 +478,8 @@ impl Region {
         self.engine.pin(&self.shared, pages)
     }
 
-    /// Lets the pages overlapping `[offset, offset + len)` be evicted again (pinned or not);
-    /// their bytes no longer count as pinned.
+    /// Lets the pages overlapping `[offset, offset + len)` be evicted again (pinned or not,
+    /// by one pin or several: pins do not nest); their bytes no longer count as pinned.
     pub fn unpin(&self, offset: usize, len: usize) -> Result<()> {
         let pages = self.shared.page_range(offset, len)?;
         self.engine.unpin(&self.shared, pages);

@@ -3,7 +3,8 @@
 //! saving the write-protect fault that would follow each of them.
 //!
 //! The estimate is the share of clean fills that were followed by a first write
-//! (`Clean` → `Dirty`), over a window of recent fills (both counts halve once the fills pass
+//! (`Clean` → `Dirty` of a page filled clean and not written since, marked in the page table:
+//! a page made clean again by a write-back, then re-written, is no fill of ours), over a window of recent fills (both counts halve once the fills pass
 //! [`WINDOW`]). Eager fills are not observed (they are dirty from the start), so one fault in
 //! [`PROBE_EVERY`] still fills clean while the region looks write-heavy: if the application
 //! stops writing, the probes see it and eager fills stop. A probe's run is at most
@@ -13,6 +14,8 @@
 //! costs one unneeded write-back of unchanged bytes; the threshold keeps that rare.
 
 use std::sync::atomic::{AtomicU32, Ordering};
+
+use crate::page_table::PageTable;
 
 /// Clean fills needed before the estimate is trusted.
 const MIN_SAMPLE: u32 = 256;
@@ -74,25 +77,53 @@ impl WriteIntent {
         }
     }
 
-    /// A clean page was written for the first time.
+    /// `page`, just claimed `Clean` → `Unprotecting` by the caller, is being written: counts a
+    /// first write if the page was filled clean and not written since. A page made clean by
+    /// a write-back (a flush, or an evictor's write-back of a pinned page) does not count:
+    /// its fill was counted once at most, and counting every re-write after a write-back kept
+    /// the share high (and eager fills on) when no fresh fill was written any more.
     #[inline]
-    pub(crate) fn first_write(&self) {
-        self.first_writes.fetch_add(1, Ordering::Relaxed);
+    pub(crate) fn first_write(&self, pages: &PageTable, page: usize) {
+        if pages.take_filled_clean(page) {
+            self.first_writes.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::page_table::{CLEAN, DIRTY, UNPROTECTING, WRITEBACK};
+
+    /// A fault fills `page` clean (protected), as `fill_run` does.
+    fn fill_clean(w: &WriteIntent, t: &PageTable, page: usize) {
+        assert!(t.claim_fill(page));
+        t.finish_fill(page, CLEAN);
+        w.clean_filled(1);
+    }
+
+    /// The application writes the clean `page`: a write-protect fault, as `serve` handles it.
+    fn write(w: &WriteIntent, t: &PageTable, page: usize) {
+        assert!(t.claim(page, CLEAN, UNPROTECTING));
+        w.first_write(t, page);
+        t.release(page, UNPROTECTING, DIRTY);
+    }
+
+    /// A flush writes the dirty `page` back: clean (protected) again, still resident.
+    fn flush(t: &PageTable, page: usize) {
+        assert!(t.claim(page, DIRTY, WRITEBACK));
+        t.release(page, WRITEBACK, CLEAN);
+    }
 
     #[test]
     fn written_fills_turn_eager_and_reads_turn_it_off() {
         let w = WriteIntent::default();
+        let t = PageTable::new(MIN_SAMPLE as usize + 3 * WINDOW as usize);
         assert_eq!(w.fill_mode(), FillMode::Clean, "no sample yet");
         // Every clean fill is written: eager, except one probe in 8.
-        for _ in 0..MIN_SAMPLE {
-            w.clean_filled(1);
-            w.first_write();
+        for p in 0..MIN_SAMPLE as usize {
+            fill_clean(&w, &t, p);
+            write(&w, &t, p);
         }
         let modes: Vec<FillMode> = (0..800).map(|_| w.fill_mode()).collect();
         let eager = modes.iter().filter(|&&m| m == FillMode::Dirty).count();
@@ -100,8 +131,8 @@ mod tests {
         let probes = modes.iter().filter(|&&m| m == FillMode::Probe).count();
         assert_eq!(probes, 100, "the others are probes");
         // The application stops writing: probes fill clean and see no writes.
-        for _ in 0..3 * WINDOW {
-            w.clean_filled(1);
+        for p in MIN_SAMPLE as usize..t.len() {
+            fill_clean(&w, &t, p);
         }
         assert_eq!(w.fill_mode(), FillMode::Clean);
     }
@@ -109,10 +140,11 @@ mod tests {
     #[test]
     fn a_read_mostly_region_never_turns_eager() {
         let w = WriteIntent::default();
-        for i in 0..10 * WINDOW {
-            w.clean_filled(1);
-            if i % 2 == 0 {
-                w.first_write();
+        let t = PageTable::new(10 * WINDOW as usize);
+        for p in 0..t.len() {
+            fill_clean(&w, &t, p);
+            if p % 2 == 0 {
+                write(&w, &t, p);
             }
         }
         assert_eq!(
@@ -120,5 +152,37 @@ mod tests {
             FillMode::Clean,
             "half the fills written is not write-heavy"
         );
+    }
+
+    /// The review's case: eager, then the application stops writing the pages it reads fresh
+    /// (the probes fill them clean and see no write) but keeps re-writing pages that flushes
+    /// made clean again. Those re-writes are no fills of ours: eager fills must stop.
+    #[test]
+    fn rewrites_of_flushed_pages_do_not_keep_eager_fills_on() {
+        let w = WriteIntent::default();
+        let written = MIN_SAMPLE as usize;
+        let t = PageTable::new(written + 3 * WINDOW as usize);
+        for p in 0..written {
+            fill_clean(&w, &t, p);
+            write(&w, &t, p);
+        }
+        assert_ne!(w.fill_mode(), FillMode::Clean, "write-heavy");
+        // Each fresh fill is read only; meanwhile two flushed pages are written again.
+        for (i, p) in (written..t.len()).enumerate() {
+            fill_clean(&w, &t, p);
+            for q in [2 * i % written, (2 * i + 1) % written] {
+                flush(&t, q);
+                write(&w, &t, q);
+            }
+        }
+        assert_eq!(w.fill_mode(), FillMode::Clean);
+        // A page filled dirty and then flushed is no clean fill either.
+        let t = PageTable::new(1);
+        let w = WriteIntent::default();
+        assert!(t.claim_fill(0));
+        t.finish_fill(0, DIRTY);
+        flush(&t, 0);
+        write(&w, &t, 0);
+        assert_eq!(w.first_writes.load(Ordering::Relaxed), 0);
     }
 }
