@@ -12,8 +12,8 @@
 //! `--reads` random pages through the mapping, compares each read with `pread` of the same bytes
 //! (and each marker with what was written), and samples the process's resident set size while
 //! it runs. It exits non-zero if a read differs, if the pager ever holds more than the buffer,
-//! or if the resident set grows by more than the buffer, the page-state table (one byte per
-//! umap page) and a margin. With `--file` it maps that file (read-only) instead.
+//! or if the resident set grows by more than the buffer, the page-state table
+//! ([`umap::PAGE_METADATA_BYTES`] per umap page) and a margin. With `--file` it maps that file (read-only) instead.
 
 #[path = "support/cli.rs"]
 mod cli;
@@ -322,13 +322,14 @@ fn run(args: &Args) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let data = region.as_slice();
     let pages = (len as usize).div_ceil(region.page_size()) as u64;
+    let table = pages * umap::PAGE_METADATA_BYTES as u64;
     println!(
         "mapped through a {:.0} MiB buffer in {} KiB pages ({} pages, page-state table {:.1} MiB); \
          resident before: {:.1} MiB",
         mib(buffer as u64),
         region.page_size() >> 10,
         pages,
-        mib(pages),
+        mib(table),
         mib(baseline)
     );
     let sampler = Sampler::start(umap.clone());
@@ -423,7 +424,7 @@ fn run(args: &Args) -> Result<(), String> {
     let peak = status_bytes("VmHWM")?;
     region.unmap().map_err(|e| e.to_string())?;
     println!("\npager statistics:\n{stats}");
-    let budget = buffer as u64 + pages + RSS_MARGIN;
+    let budget = buffer as u64 + table + RSS_MARGIN;
     println!(
         "pager resident at most {:.1} MiB (buffer {:.1} MiB); process RSS at most {:.1} MiB \
          sampled, peak {:.1} MiB: grew {:.1} MiB over the {:.1} MiB before mapping, for a \

@@ -24,6 +24,7 @@
 pub use umap_core::{
     Advice, Config, ConfigBuilder, Error, ErrorKind, Latency, MapOptions, Prefetch, Region,
     RegionError, RegionStats, Result, Stats, Umap, UnmapError, MAX_READ_AHEAD, MIN_BUFFER_PAGES,
+    PAGE_METADATA_BYTES,
 };
 
 /// The `UMAP_*` environment variables ([`Config::from_env`], [`ConfigBuilder::env`]).

@@ -53,6 +53,7 @@ pub use config::{Config, ConfigBuilder, MAX_READ_AHEAD, MIN_BUFFER_PAGES};
 pub use engine::Umap;
 pub use error::{Error, Result};
 pub use latency::Latency;
+pub use page_table::PAGE_METADATA_BYTES;
 pub use prefetch::Prefetch;
 pub use region::{MapOptions, Region, UnmapError};
 pub use report::{ErrorKind, RegionError, MAX_RECORDS};

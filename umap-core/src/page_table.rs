@@ -56,7 +56,20 @@ pub(crate) fn is_resident(state: u8) -> bool {
     matches!(state, CLEAN | DIRTY | UNPROTECTING | WRITEBACK)
 }
 
-/// The states of every umap page of one region.
+/// Bytes of bookkeeping a region keeps per umap page, outside the buffer: the page's state,
+/// its queue stamp and its write-intent flag (see the page table in docs/ARCHITECTURE.md).
+/// Size a huge mapping with it: 64 GiB of 4 KiB pages is 16 Mi pages, so 96 MiB.
+///
+/// ```
+/// // One byte of state, four of stamp, one flag.
+/// assert_eq!(umap_core::PAGE_METADATA_BYTES, 6);
+/// ```
+pub const PAGE_METADATA_BYTES: usize = std::mem::size_of::<AtomicU8>()
+    + std::mem::size_of::<AtomicU32>()
+    + std::mem::size_of::<AtomicBool>();
+
+/// The states of every umap page of one region (keep [`PAGE_METADATA_BYTES`] in step with the
+/// fields).
 #[derive(Debug)]
 pub(crate) struct PageTable {
     states: Box<[AtomicU8]>,
