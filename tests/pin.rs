@@ -264,16 +264,25 @@ fn pins_racing_evictions_hold() {
     assert_eq!(region.pinned_bytes(), 0);
 }
 
-#[test]
-fn a_pin_that_fails_leaves_earlier_pins_pinned() {
-    use umap_store::fault::{Fault, FaultyStore, Op};
-    let ps = 4096;
-    let umap = engine(1 << 20, ps);
-    let store = Arc::new(FaultyStore::new(
-        MemStore::from_vec(pattern(7, 0, 64 * ps)),
+/// A read-only region of `len` bytes (a pattern) over a store whose faults the test injects.
+fn faulty_region(
+    umap: &Umap,
+    len: usize,
+) -> (Arc<umap_store::fault::FaultyStore<MemStore>>, Region) {
+    let store = Arc::new(umap_store::fault::FaultyStore::new(
+        MemStore::from_vec(pattern(7, 0, len)),
         1,
     ));
     let region = umap.map_shared(store.clone(), MapOptions::new()).unwrap();
+    (store, region)
+}
+
+#[test]
+fn a_pin_that_fails_leaves_earlier_pins_pinned() {
+    use umap_store::fault::{Fault, Op};
+    let ps = 4096;
+    let umap = engine(1 << 20, ps);
+    let (store, region) = faulty_region(&umap, 64 * ps);
     region.pin(0, 4 * ps).unwrap();
     assert_eq!(region.pinned_bytes(), 4 * ps);
     // Page 6 cannot be read: a pin over pages 0..8 fails, and must undo only its own pages.
@@ -301,14 +310,10 @@ fn a_pin_that_fails_leaves_earlier_pins_pinned() {
 #[test]
 fn a_failed_pin_leaves_an_overlapping_pin_that_returned_pinned() {
     use std::time::{Duration, Instant};
-    use umap_store::fault::{Fault, FaultyStore, Op};
+    use umap_store::fault::{Fault, Op};
     let ps = 4096;
     let umap = engine(1 << 20, ps);
-    let store = Arc::new(FaultyStore::new(
-        MemStore::from_vec(pattern(7, 0, 64 * ps)),
-        1,
-    ));
-    let region = umap.map_shared(store.clone(), MapOptions::new()).unwrap();
+    let (store, region) = faulty_region(&umap, 64 * ps);
     let page6 = 6 * ps as u64..7 * ps as u64;
     store.inject(
         Fault::on(Op::Read)

@@ -355,6 +355,18 @@ impl Umap {
         pin::unpin(&self.handle.shared, region, pages)
     }
 
+    /// A small engine for unit tests that play an engine thread's part: a 1 MiB buffer of
+    /// system-page pages, one filler.
+    #[cfg(test)]
+    pub(crate) fn for_tests() -> Umap {
+        Umap::builder()
+            .buffer_size(1 << 20)
+            .page_size(crate::sys::page_size())
+            .fillers(1)
+            .start()
+            .unwrap_or_else(|e| panic!("the engine needs userfaultfd: {e}"))
+    }
+
     /// The state the engine's threads share (for tests that play an engine thread's part).
     #[cfg(test)]
     pub(crate) fn shared(&self) -> &Arc<Shared> {

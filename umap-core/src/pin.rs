@@ -476,12 +476,7 @@ mod tests {
     #[test]
     fn a_pin_outlasts_an_eviction_that_began_before_it() {
         let ps = crate::sys::page_size();
-        let umap = Umap::builder()
-            .buffer_size(1 << 20)
-            .page_size(ps)
-            .fillers(1)
-            .start()
-            .unwrap_or_else(|e| panic!("the engine needs userfaultfd: {e}"));
+        let umap = Umap::for_tests();
         let region = umap
             .map(MemStore::from_vec(vec![7u8; 64 * ps]), MapOptions::new())
             .unwrap();

@@ -609,6 +609,14 @@ mod tests {
         map
     }
 
+    /// A region of three pages (see [`region`]) and a buffer of `capacity` pages in which
+    /// they are reserved, as resident pages are.
+    fn three_resident_pages(uffd: &Uffd, capacity: usize) -> (Mapping, Buffer) {
+        let buffer = Buffer::new(capacity * PAGE, 90, 50);
+        assert!(buffer.try_reserve(3 * PAGE).is_some());
+        (region(uffd, 3), buffer)
+    }
+
     /// Evicted pages go into the pool (counted as pooled), a fill reads into them and moves
     /// them back (the pooled bytes leave the buffer), and what does not fit comes back to be
     /// dropped.
@@ -724,9 +732,7 @@ mod tests {
         // Four slots of two pages.
         let pool = Pool::new(&uffd, 8 * PAGE).unwrap().expect("a pool");
         assert_eq!(pool.slot_bytes(), 2 * PAGE);
-        let region = region(&uffd, 3);
-        let buffer = Buffer::new(4 * PAGE, 90, 50);
-        assert!(buffer.try_reserve(3 * PAGE).is_some());
+        let (region, buffer) = three_resident_pages(&uffd, 4);
         let at = |p: usize| region.addr() + p * PAGE;
         let mut rest = Vec::new();
         // SAFETY: the test owns the region's pages; they read as missing afterwards.
@@ -920,9 +926,7 @@ mod tests {
         let pool = Pool::new(&uffd, 4 << 30).unwrap().expect("a pool");
         assert_eq!(pool.slot_bytes(), MAX_SLOT_BYTES);
         assert_eq!(pool.free.lock().slots().len(), 4096);
-        let region = region(&uffd, 3);
-        let buffer = Buffer::new(16 * PAGE, 90, 50);
-        assert!(buffer.try_reserve(3 * PAGE).is_some());
+        let (region, buffer) = three_resident_pages(&uffd, 16);
         let at = |p: usize| region.addr() + p * PAGE;
         let mut rest = Vec::new();
         // Pages 0 and 1 go into one slot (the fullest with room, after the first), page 2

@@ -359,12 +359,7 @@ mod tests {
     #[test]
     fn a_failed_window_protect_falls_back_to_one_call_per_run() {
         let ps = crate::sys::page_size();
-        let umap = Umap::builder()
-            .buffer_size(1 << 20)
-            .page_size(ps)
-            .fillers(1)
-            .start()
-            .unwrap_or_else(|e| panic!("the engine needs userfaultfd: {e}"));
+        let umap = Umap::for_tests();
         let store = Arc::new(MemStore::from_vec(vec![0u8; 64 * ps]));
         let region = umap
             .map_shared(store.clone(), MapOptions::new().writable(true))
