@@ -33,11 +33,15 @@ use crate::region::RegionShared;
 use crate::report::ErrorKind;
 use crate::stats::{bump, bump_both, Counters};
 use crate::sys::{self, Mapping};
-use crate::uffd::CopyMode;
+use crate::uffd::{CopyMode, UffdError};
 use crate::write_intent::{FillMode, PROBE_PAGES};
 
 /// Attempts at a store read that fails with a transient error.
 const READ_ATTEMPTS: u32 = 3;
+
+/// More attempts at installing the rest of a writable page installed in part (see
+/// [`Filler::keep_installed`]), pausing 0.2, 0.4 ... 3.2 ms before each.
+const INSTALL_ATTEMPTS: u32 = 5;
 
 /// How long a fill waits for a full buffer that frees nothing before it gives up for now
 /// (see [`Filler::reserve`]).
@@ -314,15 +318,30 @@ impl Filler<'_> {
                 Cause::Prefetch => 0,
             };
         let protect = region.writable;
-        // The pages installed: the whole run unless a read-ahead side of it failed.
+        // The pages installed: the whole run unless part of it failed. A failed install gives
+        // the page it began at, how many whole pages from there stay, and the error.
         let mut run = start..start + n;
+        let keep = |from: usize, src: *const u8, writable: bool, e: UffdError| {
+            (
+                from,
+                self.keep_installed(region, from, src, writable, &e),
+                e,
+            )
+        };
         let installed = if let (Some(pool), Some((slot, at, present))) = (&shared.pool, pooled) {
-            let installed = self.install_moved(addr, at, bytes);
-            let moved = *installed.as_ref().unwrap_or(&0);
+            let (moved, installed) = match self.install_moved(addr, at, bytes) {
+                Ok(moved) => (moved, Ok(())),
+                Err((moved, e)) => {
+                    let failed = keep(start, at as *const u8, true, e);
+                    pool.discard(at + moved, bytes - moved);
+                    (moved.min(failed.1 * ps), Err(failed))
+                }
+            };
             pool.put_back_after_fill(&shared.buffer, &shared.counters, slot, at, present, moved);
-            installed.map(|_| ())
+            installed
         } else if all_dirty {
             self.install(addr, src, bytes, protect_mode(false))
+                .map_err(|e| keep(start, src, true, e))
         } else if first_write && n > 1 {
             // The written page is installed writable (and first: its thread waits), the
             // read-ahead pages on either side of it protected.
@@ -330,6 +349,7 @@ impl Filler<'_> {
             // SAFETY: `src` holds `bytes` bytes; `at < n`.
             let own_src = unsafe { src.add(at * ps) };
             self.install(region.page_addr(own), own_src, ps, CopyMode::default())
+                .map_err(|e| keep(own, own_src, protect, e))
                 .map(|()| {
                     for side in [start..own, own + 1..start + n] {
                         if side.is_empty() {
@@ -342,11 +362,18 @@ impl Filler<'_> {
                         if let Err(e) =
                             self.install(side_addr, side_src, side_len, protect_mode(protect))
                         {
-                            // The written page is in: only these read-ahead pages go back.
+                            // The written page is in: only these read-ahead pages go back,
+                            // dropped (protected, nobody wrote them) so that the run stays
+                            // one stretch of pages.
                             log::error!(
                                 "cannot install {} read-ahead pages at {side_addr:#x}: {e}",
                                 side.len()
                             );
+                            // SAFETY: the pages are this thread's (Filling), protected or
+                            // read-only, holding only bytes just read from the store.
+                            if let Err(e) = unsafe { sys::madvise_dontneed(side_addr, e.done()) } {
+                                log::error!("cannot drop read-ahead pages at {side_addr:#x}: {e}");
+                            }
                             self.abandon(region, side.clone());
                             if side.start < own {
                                 run.start = own;
@@ -359,12 +386,22 @@ impl Filler<'_> {
         } else {
             let mode = protect_mode(protect && !first_write);
             self.install(addr, src, bytes, mode)
+                .map_err(|e| keep(start, src, protect && !mode.write_protect, e))
         };
-        if let Err(e) = installed {
-            log::error!("cannot install {n} pages at {addr:#x}: {e}");
-            counts.add(shared, region, -1);
-            self.abandon(region, start..start + n);
-            return Ok(());
+        if let Err((from, kept, e)) = installed {
+            log::error!(
+                "cannot install {n} pages at {addr:#x}: {e}; {kept} whole pages from page {from} \
+                 stay"
+            );
+            // Pages before `from` were not installed (the written page's install failed
+            // before its read-ahead sides), nor those past the whole pages kept.
+            self.abandon(region, start..from);
+            self.abandon(region, from + kept..start + n);
+            if kept == 0 {
+                counts.add(shared, region, -1);
+                return Ok(());
+            }
+            run = from..from + kept;
         }
         if run.len() < n {
             // Count what was installed instead.
@@ -398,7 +435,7 @@ impl Filler<'_> {
                 self.wake(region.page_addr(page), ps);
             }
         }
-        let clean = run.len() - usize::from(first_write);
+        let clean = run.len() - usize::from(first_write && run.contains(&own));
         // Queued in the order the reader reaches them, from the faulting page away (downwards
         // for a descending stream's run, which ends at its faulting page), so eviction, oldest
         // first, takes the pages the reader is done with before those it has yet to read.
@@ -466,20 +503,26 @@ impl Filler<'_> {
     }
 
     /// Copies `len` bytes from `src` to the missing pages at `addr`, waking their waiters.
+    /// On an error the error's [`done`](UffdError::done) counts every byte installed from
+    /// `addr` (present, their waiters woken): see [`Filler::keep_installed`].
     fn install(
         &self,
         addr: usize,
         src: *const u8,
         len: usize,
         mode: CopyMode,
-    ) -> Result<(), crate::uffd::UffdError> {
+    ) -> Result<(), UffdError> {
         let uffd = &self.shared.uffd;
         let sys_page = sys::page_size();
         let mut done = 0;
         while done < len {
+            #[cfg(test)]
+            if let Some(e) = inject::fail(self, addr, src, len, mode, done) {
+                return Err(e);
+            }
             // SAFETY: `addr..addr + len` are pages of a registered region kept mapped by the
-            // caller's gate and owned by this thread (Filling); `src` is this thread's scratch
-            // buffer holding `len` initialised bytes.
+            // caller's gate and owned by this thread (Filling); `src` holds `len` initialised
+            // bytes (the scratch buffer or a pool slot this thread holds).
             let res = unsafe { uffd.copy(addr + done, src.add(done), len - done, mode) };
             match res {
                 Ok(()) => return Ok(()),
@@ -494,23 +537,76 @@ impl Filler<'_> {
                     self.wake(addr + done, sys_page);
                     done += sys_page;
                 }
-                Err(e) => return Err(e),
+                Err(e) => return Err(with_total(e, done)),
             }
         }
         Ok(())
     }
 
+    /// After an install of the run's pages from `from` on failed with `error` (whose `done()`
+    /// counts the bytes installed, woken and possibly read or written since), decides what
+    /// stays: every whole umap page installed stays (the caller finishes it as filled). A umap
+    /// page installed only in part cannot stay (its missing system pages would fault on a
+    /// resident page); if it was installed write-protected (or into a read-only mapping)
+    /// nobody can have written it and its installed part is dropped; if writable, a woken
+    /// thread may have written it, so the rest of it is installed again, a few times with a
+    /// pause (the usual error, `ENOMEM`, passes as memory is freed), and it stays if that
+    /// works. Only if that fails too is its installed part dropped, logged as possibly losing
+    /// such a write. Returns how many whole pages from `from` stay.
+    fn keep_installed(
+        &self,
+        region: &RegionShared,
+        from: usize,
+        src: *const u8,
+        writable: bool,
+        error: &UffdError,
+    ) -> usize {
+        let ps = region.page_size;
+        let whole = error.done() / ps;
+        let mut part = error.done() % ps;
+        if part == 0 {
+            return whole;
+        }
+        let page_addr = region.page_addr(from + whole);
+        if writable {
+            for attempt in 0..INSTALL_ATTEMPTS {
+                std::thread::sleep(Duration::from_micros(100 << attempt));
+                // SAFETY: `src` holds the bytes of the pages from `from` on.
+                let rest = unsafe { src.add(whole * ps + part) };
+                match self.install(page_addr + part, rest, ps - part, protect_mode(false)) {
+                    Ok(()) => return whole + 1,
+                    Err(e) => part += e.done(),
+                }
+                if part >= ps {
+                    return whole + 1;
+                }
+            }
+            log::error!(
+                "the writable page at {page_addr:#x} stays installed in part ({part} of {ps}                  bytes) after {INSTALL_ATTEMPTS} more attempts: the part is dropped, and a                  write made to it since it was installed is lost"
+            );
+        }
+        // SAFETY: the page is this thread's (Filling); its installed part holds only bytes
+        // just read from the store (or, writable, see the log above).
+        if let Err(e) = unsafe { sys::madvise_dontneed(page_addr, part) } {
+            log::error!("cannot drop {part} bytes at {page_addr:#x}: {e}");
+        }
+        whole
+    }
+
     /// Moves `len` bytes of pool pages at `src` (holding the run's bytes) to the missing pages
     /// at `addr`, writable, waking their waiters; whatever the kernel does not move (a page
-    /// it cannot move) is copied instead, and the pool pages are dropped in either case.
-    /// Returns how many bytes from `addr` were moved (the rest were copied); on an error the
-    /// run is absent again, nothing of it moved in.
+    /// it cannot move) is copied instead, and the pool pages not moved are dropped. Returns
+    /// how many bytes from `addr` were moved (the rest were copied). On an error, the bytes
+    /// moved, and the error, whose `done()` counts every byte installed from `addr` (moved or
+    /// copied); the pool pages not moved are left for the caller's
+    /// [`keep_installed`](Filler::keep_installed), which may copy more of them, and to drop
+    /// afterwards.
     fn install_moved(
         &self,
         addr: usize,
         src: usize,
         len: usize,
-    ) -> Result<usize, crate::uffd::UffdError> {
+    ) -> Result<usize, (usize, UffdError)> {
         let uffd = &self.shared.uffd;
         // SAFETY: `addr..addr + len` are missing pages of a registered region kept mapped by
         // the caller's gate and owned by this thread (Filling); `src..src + len` are pool pages
@@ -522,24 +618,23 @@ impl Filler<'_> {
         let done = e.done();
         log::debug!("moving a filled run into its region failed, copying it: {e}");
         // SAFETY: `src + done..src + len` still holds the rest of the run's bytes.
-        let copied = self.install(
+        match self.install(
             addr + done,
             (src + done) as *const u8,
             len - done,
             protect_mode(false),
-        );
-        if let Some(pool) = &self.shared.pool {
-            pool.discard(src + done, len - done);
-        }
-        if copied.is_err() && done > 0 {
-            // The pages moved in are dropped again, so that the run is absent as a whole.
-            // SAFETY: the pages are this thread's (Filling) and hold only what was just read
-            // from the store.
-            if let Err(e) = unsafe { sys::madvise_dontneed(addr, done) } {
-                log::error!("cannot drop {done} bytes at {addr:#x}: {e}");
+        ) {
+            Ok(()) => {
+                if let Some(pool) = &self.shared.pool {
+                    pool.discard(src + done, len - done);
+                }
+                Ok(done)
+            }
+            Err(e) => {
+                let copied = e.done();
+                Err((done, with_total(e, done + copied)))
             }
         }
-        copied.map(|()| done)
     }
 
     /// Reserves `bytes` of the buffer for a fill of `region` from `page` on, reclaiming the
@@ -721,6 +816,14 @@ fn protect_mode(write_protect: bool) -> CopyMode {
     }
 }
 
+/// `e` with its `done()` raised by the `before` bytes an earlier call had installed.
+fn with_total(mut e: UffdError, before: usize) -> UffdError {
+    if let UffdError::Ioctl { done, .. } = &mut e {
+        *done += before;
+    }
+    e
+}
+
 /// Reads `buf` from `store` at `offset`, retrying transient errors.
 fn read_with_retries(
     store: &dyn umap_store::Store,
@@ -736,5 +839,193 @@ fn read_with_retries(
             }
             other => return other,
         }
+    }
+}
+
+/// Install failures on demand, for tests: an install into a chosen range stops part-way with
+/// `ENOMEM`, as `UFFDIO_COPY` does when the kernel cannot allocate a page.
+#[cfg(test)]
+pub(crate) mod inject {
+    use std::ops::Range;
+
+    use parking_lot::Mutex;
+
+    use super::Filler;
+    use crate::uffd::{CopyMode, UffdError};
+
+    /// The next `times` installs that start inside `range` install `after` bytes (waking
+    /// their threads), pause for `pause` (so that a woken thread gets to use them, as it may
+    /// in a real failure), then fail.
+    pub(crate) struct Fault {
+        pub(crate) range: Range<usize>,
+        pub(crate) after: usize,
+        pub(crate) times: u32,
+        pub(crate) pause: std::time::Duration,
+    }
+
+    pub(crate) static FAULT: Mutex<Option<Fault>> = Mutex::new(None);
+
+    /// Called by `install` before each copy: the failure to return instead, if one is due.
+    pub(super) fn fail(
+        filler: &Filler<'_>,
+        addr: usize,
+        src: *const u8,
+        len: usize,
+        mode: CopyMode,
+        done: usize,
+    ) -> Option<UffdError> {
+        let at = addr + done;
+        let (n, pause) = {
+            let mut fault = FAULT.lock();
+            let f = fault
+                .as_mut()
+                .filter(|f| f.range.contains(&at) && f.times > 0)?;
+            f.times -= 1;
+            (f.after.min(len - done), f.pause)
+        };
+        if n > 0 {
+            // SAFETY: as for the copy in `install`, which this one stands in for.
+            unsafe { filler.shared.uffd.copy(at, src.add(done), n, mode) }.ok()?;
+        }
+        std::thread::sleep(pause);
+        Some(UffdError::Ioctl {
+            op: "UFFDIO_COPY",
+            addr,
+            len,
+            done: done + n,
+            source: std::io::Error::from_raw_os_error(libc::ENOMEM),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use umap_store::{MemStore, Store};
+
+    use super::inject::{Fault, FAULT};
+    use crate::page_table::{CLEAN, DIRTY};
+    use crate::{MapOptions, Region, Umap};
+
+    const PAGE: usize = 16 << 10;
+
+    /// An engine of 16 KiB pages (four system pages each) and a writable region of 64 pages
+    /// over a memory store of `byte`s.
+    fn setup(byte: u8) -> (Umap, Arc<MemStore>, Region) {
+        let umap = Umap::builder()
+            .buffer_size(1 << 20)
+            .page_size(PAGE)
+            .fillers(1)
+            .start()
+            .unwrap_or_else(|e| panic!("the engine needs userfaultfd: {e}"));
+        let store = Arc::new(MemStore::from_vec(vec![byte; 64 * PAGE]));
+        let region = umap
+            .map_shared(store.clone(), MapOptions::new().writable(true))
+            .unwrap();
+        (umap, store, region)
+    }
+
+    /// The next install into `page` of `region` stops after `after` bytes, 20 ms after it
+    /// woke the threads waiting on them.
+    fn fail_next_install(region: &Region, page: usize, after: usize) {
+        let at = region.as_ptr() as usize + page * PAGE;
+        *FAULT.lock() = Some(Fault {
+            range: at..at + PAGE,
+            after,
+            times: 1,
+            pause: Duration::from_millis(20),
+        });
+    }
+
+    /// Whether the system page at `addr` is present (`/proc/self/pagemap`, bit 63).
+    fn present(addr: usize) -> bool {
+        use std::io::{Read, Seek, SeekFrom};
+        let sys = crate::sys::page_size();
+        let mut f = std::fs::File::open("/proc/self/pagemap").unwrap();
+        f.seek(SeekFrom::Start((addr / sys * 8) as u64)).unwrap();
+        let mut entry = [0u8; 8];
+        f.read_exact(&mut entry).unwrap();
+        u64::from_le_bytes(entry) & (1 << 63) != 0
+    }
+
+    /// Waits (bounded) until `page` is in one of `states`; returns which.
+    fn wait_for_any(region: &Region, page: usize, states: &[u8]) -> u8 {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let state = region.shared.pages.state(page);
+            if states.contains(&state) {
+                return state;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "page {page} is in state {state}, not one of {states:?}"
+            );
+            std::thread::yield_now();
+        }
+    }
+
+    fn wait_for_state(region: &Region, page: usize, state: u8) {
+        wait_for_any(region, page, &[state]);
+    }
+
+    /// A writable page whose install stopped half-way: its thread was woken for the first
+    /// half and wrote there (before the filler saw the error). The page must be completed and kept (dirty), not given back as
+    /// absent with its written half still mapped and never written back.
+    #[test]
+    fn a_writable_page_installed_in_part_is_completed_and_kept() {
+        let (umap, store, region) = setup(1);
+        fail_next_install(&region, 5, PAGE / 2);
+        let base = region.as_ptr() as *mut u8;
+        // SAFETY: inside the region, mapped readable and writable.
+        unsafe { base.add(5 * PAGE).write(0x77) };
+        wait_for_state(&region, 5, DIRTY);
+        assert!(
+            FAULT.lock().take().is_some_and(|f| f.times == 0),
+            "the failure happened"
+        );
+        drop(region);
+        let mut bytes = vec![0u8; PAGE];
+        store.read_at(&mut bytes, (5 * PAGE) as u64).unwrap();
+        assert_eq!(bytes[0], 0x77, "the write reached the store");
+        assert!(bytes[1..].iter().all(|&b| b == 1));
+        assert_eq!(umap.stats().resident_bytes, 0);
+    }
+
+    /// A clean (write-protected) page whose install stopped half-way: nobody can have
+    /// written it, so its installed half is dropped and it is filled again whole.
+    #[test]
+    fn a_protected_page_installed_in_part_is_dropped_and_filled_again() {
+        let (umap, _store, region) = setup(3);
+        fail_next_install(&region, 7, PAGE / 2);
+        assert_eq!(region.as_slice()[7 * PAGE], 3);
+        assert!(
+            FAULT.lock().take().is_some_and(|f| f.times == 0),
+            "the failure happened"
+        );
+        // Given back with nothing of it left mapped outside the buffer's count (or, if this
+        // thread's read came after the drop, filled again whole): never absent in the page
+        // table while part of it is mapped.
+        let state = wait_for_any(&region, 7, &[crate::page_table::ABSENT, CLEAN]);
+        let sys = crate::sys::page_size();
+        for k in 0..PAGE / sys {
+            assert_eq!(
+                present(region.as_ptr() as usize + 7 * PAGE + k * sys),
+                state == CLEAN,
+                "system page {k} of page 7 (state {state})"
+            );
+        }
+        // Its thread was woken for the first half; the page is filled again when a later
+        // access reaches the dropped half, and every byte reads the store's.
+        assert!(region.as_slice()[7 * PAGE..8 * PAGE]
+            .iter()
+            .all(|&b| b == 3));
+        wait_for_state(&region, 7, CLEAN);
+        assert_eq!(
+            umap.stats().resident_bytes as usize,
+            region.shared.pages.count_resident() * PAGE,
+            "the buffer counts exactly the resident pages"
+        );
     }
 }
