@@ -941,13 +941,7 @@ mod tests {
 
     /// Whether the system page at `addr` is present (`/proc/self/pagemap`, bit 63).
     fn present(addr: usize) -> bool {
-        use std::io::{Read, Seek, SeekFrom};
-        let sys = crate::sys::page_size();
-        let mut f = std::fs::File::open("/proc/self/pagemap").unwrap();
-        f.seek(SeekFrom::Start((addr / sys * 8) as u64)).unwrap();
-        let mut entry = [0u8; 8];
-        f.read_exact(&mut entry).unwrap();
-        u64::from_le_bytes(entry) & (1 << 63) != 0
+        crate::sys::pagemap_entry(addr) & (1 << 63) != 0
     }
 
     /// Waits (bounded) until `page` is in one of `states`; returns which.

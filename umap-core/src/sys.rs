@@ -408,6 +408,19 @@ impl Epoll {
     }
 }
 
+/// This process's `/proc/self/pagemap` entry for the system page at `addr` (for tests:
+/// bit 63 present, bit 57 write-protected through userfaultfd).
+#[cfg(test)]
+pub(crate) fn pagemap_entry(addr: usize) -> u64 {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open("/proc/self/pagemap").unwrap();
+    f.seek(SeekFrom::Start((addr / page_size() * 8) as u64))
+        .unwrap();
+    let mut entry = [0u8; 8];
+    f.read_exact(&mut entry).unwrap();
+    u64::from_le_bytes(entry)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -333,7 +333,6 @@ impl Flush<'_> {
 
 #[cfg(test)]
 mod tests {
-    use std::io::{Read, Seek, SeekFrom};
     use std::sync::Arc;
     use std::time::{Duration, Instant};
 
@@ -345,12 +344,7 @@ mod tests {
     /// Whether the system page at `addr` is present and write-protected through userfaultfd
     /// (`/proc/self/pagemap`: bit 63 present, bit 57 uffd-wp).
     fn uffd_protected(addr: usize) -> bool {
-        let ps = crate::sys::page_size();
-        let mut f = std::fs::File::open("/proc/self/pagemap").unwrap();
-        f.seek(SeekFrom::Start((addr / ps * 8) as u64)).unwrap();
-        let mut entry = [0u8; 8];
-        f.read_exact(&mut entry).unwrap();
-        let entry = u64::from_le_bytes(entry);
+        let entry = crate::sys::pagemap_entry(addr);
         entry & (1 << 63) != 0 && entry & (1 << 57) != 0
     }
 
