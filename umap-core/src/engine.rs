@@ -356,12 +356,12 @@ impl Umap {
     }
 
     /// A small engine for unit tests that play an engine thread's part: a 1 MiB buffer of
-    /// system-page pages, one filler.
+    /// `page_size` pages, one filler.
     #[cfg(test)]
-    pub(crate) fn for_tests() -> Umap {
+    pub(crate) fn for_tests(page_size: usize) -> Umap {
         Umap::builder()
             .buffer_size(1 << 20)
-            .page_size(crate::sys::page_size())
+            .page_size(page_size)
             .fillers(1)
             .start()
             .unwrap_or_else(|e| panic!("the engine needs userfaultfd: {e}"))

@@ -582,7 +582,9 @@ impl Filler<'_> {
                 }
             }
             log::error!(
-                "the writable page at {page_addr:#x} stays installed in part ({part} of {ps}                  bytes) after {INSTALL_ATTEMPTS} more attempts: the part is dropped, and a                  write made to it since it was installed is lost"
+                "the writable page at {page_addr:#x} stays installed in part ({part} of {ps} \
+                 bytes) after {INSTALL_ATTEMPTS} more attempts: the part is dropped, and a \
+                 write made to it since it was installed is lost"
             );
         }
         // SAFETY: the page is this thread's (Filling); its installed part holds only bytes
@@ -914,12 +916,7 @@ mod tests {
     /// An engine of 16 KiB pages (four system pages each) and a writable region of 64 pages
     /// over a memory store of `byte`s.
     fn setup(byte: u8) -> (Umap, Arc<MemStore>, Region) {
-        let umap = Umap::builder()
-            .buffer_size(1 << 20)
-            .page_size(PAGE)
-            .fillers(1)
-            .start()
-            .unwrap_or_else(|e| panic!("the engine needs userfaultfd: {e}"));
+        let umap = Umap::for_tests(PAGE);
         let store = Arc::new(MemStore::from_vec(vec![byte; 64 * PAGE]));
         let region = umap
             .map_shared(store.clone(), MapOptions::new().writable(true))

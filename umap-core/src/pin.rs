@@ -476,7 +476,7 @@ mod tests {
     #[test]
     fn a_pin_outlasts_an_eviction_that_began_before_it() {
         let ps = crate::sys::page_size();
-        let umap = Umap::for_tests();
+        let umap = Umap::for_tests(ps);
         let region = umap
             .map(MemStore::from_vec(vec![7u8; 64 * ps]), MapOptions::new())
             .unwrap();

@@ -554,6 +554,9 @@ pub(crate) unsafe fn move_all_mode(
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use crate::uffd::{CopyMode, Features};
+
     /// Stashes the page at `addr` and asserts the pool took it.
     ///
     /// # Safety
@@ -570,9 +573,6 @@ mod tests {
         unsafe { pool.stash(uffd, buffer, counters, &[(addr, PAGE)], &mut rest) };
         assert!(rest.is_empty(), "the pool took the page");
     }
-
-    use super::*;
-    use crate::uffd::{CopyMode, Features};
 
     const PAGE: usize = 64 << 10;
 
@@ -692,16 +692,9 @@ mod tests {
         buffer.unpool(PAGE);
         buffer.release(PAGE);
         let mut rest = Vec::new();
+        let runs = [(region.addr() + 3 * PAGE, PAGE)];
         // SAFETY: as above; page 3 is ours.
-        unsafe {
-            pool.stash(
-                &uffd,
-                &buffer,
-                &counters,
-                &[(region.addr() + 3 * PAGE, PAGE)],
-                &mut rest,
-            )
-        };
+        unsafe { pool.stash(&uffd, &buffer, &counters, &runs, &mut rest) };
         assert_eq!(rest, vec![(region.addr() + 3 * PAGE, PAGE)]);
         assert_eq!(
             sys::resident_pages(region.addr() + 3 * PAGE, PAGE).unwrap(),
@@ -969,16 +962,9 @@ mod tests {
         let buffer = Buffer::new(10 * PAGE, 60, 20);
         assert!(buffer.try_reserve(4 * PAGE).is_some());
         let mut rest = Vec::new();
+        let runs = [(region.addr(), 4 * PAGE)];
         // SAFETY: the test owns the region's pages; they read as missing afterwards.
-        unsafe {
-            pool.stash(
-                &uffd,
-                &buffer,
-                &counters,
-                &[(region.addr(), 4 * PAGE)][..],
-                &mut rest,
-            )
-        };
+        unsafe { pool.stash(&uffd, &buffer, &counters, &runs, &mut rest) };
         assert_eq!(
             rest,
             vec![(region.addr(), 4 * PAGE)],

@@ -353,7 +353,7 @@ mod tests {
     #[test]
     fn a_failed_window_protect_falls_back_to_one_call_per_run() {
         let ps = crate::sys::page_size();
-        let umap = Umap::for_tests();
+        let umap = Umap::for_tests(ps);
         let store = Arc::new(MemStore::from_vec(vec![0u8; 64 * ps]));
         let region = umap
             .map_shared(store.clone(), MapOptions::new().writable(true))
