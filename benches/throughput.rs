@@ -999,31 +999,32 @@ fn page_label(bytes: usize) -> String {
     report::page_label(bytes as u64)
 }
 
-/// The results as reported: one row per measurement, with its ratios to the mmap and the
-/// pread (pwrite) rows of the same workload.
-fn report_rows(results: &[Measurement]) -> Vec<report::Row> {
-    let ratio_to = |m: &Measurement, system: System| {
-        results
-            .iter()
-            .find(|b| b.workload == m.workload && b.system == system)
-            .map(|b| m.mb_per_s() / b.mb_per_s())
-    };
-    results
+/// The results as reported: one row per (workload, system), with its ratios to the mmap and
+/// the pread (pwrite) runs of the same workload and round (see [`report::summarize`]).
+fn report_rows(results: &[(usize, Measurement)]) -> Vec<report::Row> {
+    let runs: Vec<report::Run> = results
         .iter()
-        .map(|m| report::Row {
-            workload: m.workload.name().to_string(),
-            system: m.system.name(m.workload).to_string(),
-            page_bytes: m.system.page_bytes() as u64,
-            seconds: m.secs(),
-            flush_seconds: m.write_back.map(|t| t.as_secs_f64()),
-            mb_per_s: m.mb_per_s(),
-            pages_per_s: m.pages_per_s(),
-            faults_per_s: m.faults_per_s(),
-            wp_faults_per_s: m.wp_faults_per_s(),
-            vs_mmap: ratio_to(m, System::Mmap),
-            vs_pread: ratio_to(m, System::Pread),
+        .map(|(round, m)| report::Run {
+            round: *round,
+            row: report::Row {
+                workload: m.workload.name().to_string(),
+                system: m.system.name(m.workload).to_string(),
+                page_bytes: m.system.page_bytes() as u64,
+                seconds: m.secs(),
+                flush_seconds: m.write_back.map(|t| t.as_secs_f64()),
+                mb_per_s: m.mb_per_s(),
+                pages_per_s: m.pages_per_s(),
+                faults_per_s: m.faults_per_s(),
+                wp_faults_per_s: m.wp_faults_per_s(),
+                vs_mmap: None,
+                vs_pread: None,
+                seconds_each: Vec::new(),
+                vs_mmap_each: Vec::new(),
+                vs_pread_each: Vec::new(),
+            },
         })
-        .collect()
+        .collect();
+    report::summarize(&runs)
 }
 
 /// Prints the results as a table with aligned columns.
@@ -1046,7 +1047,6 @@ fn print_table(rows: &[report::Row]) {
     const LEFT: [bool; COLUMNS] = [
         true, true, false, false, false, false, false, false, false, false, false,
     ];
-    let ratio = |r: Option<f64>| r.map_or("-".into(), |r| format!("{r:.2}x"));
     let rows: Vec<[String; COLUMNS]> = rows
         .iter()
         .map(|r| {
@@ -1054,14 +1054,14 @@ fn print_table(rows: &[report::Row]) {
                 r.workload.clone(),
                 r.system.clone(),
                 page_label(r.page_bytes as usize),
-                format!("{:.3}", r.seconds),
+                report::time_cell(r),
                 r.flush_seconds.map_or("-".into(), |t| format!("{t:.3}")),
                 format!("{:.1}", r.mb_per_s),
                 format!("{:.0}", r.pages_per_s),
                 format!("{:.0}", r.faults_per_s),
                 r.wp_faults_per_s.map_or("-".into(), |n| format!("{n:.0}")),
-                ratio(r.vs_mmap),
-                ratio(r.vs_pread),
+                report::ratio_cell(r.vs_mmap, &r.vs_mmap_each),
+                report::ratio_cell(r.vs_pread, &r.vs_pread_each),
             ]
         })
         .collect();
@@ -1202,7 +1202,7 @@ fn render(path: &Path) -> Result<String, String> {
         });
     let mut out = format!(
         "Run finished {} on kernel {}, {} CPUs: file {} bytes, umap buffer {} \
-         bytes, {} threads, {} fillers, {} evictor(s); page cache {}{}{}.\n\n",
+         bytes, {} threads, {} fillers, {} evictor(s); page cache {}{}{}{}.\n\n",
         when,
         meta["kernel"].as_str().unwrap_or("?"),
         meta["cpus"],
@@ -1225,6 +1225,14 @@ fn render(path: &Path) -> Result<String, String> {
             ", umap faults served on the faulting thread (signal_faults)"
         } else {
             ""
+        },
+        match meta["repeat"].as_u64() {
+            Some(n) if n > 1 => format!(
+                "; every system measured {n} times in alternating rounds (each row: the run of \
+                 median time, the range of the times, the median and range of the ratios to the \
+                 runs of the same round)"
+            ),
+            _ => String::new(),
         },
     );
     out.push_str(&report::to_markdown(&rows));
@@ -1355,7 +1363,8 @@ fn run(options: &Options) -> Result<ExitCode, BoxError> {
     }
     println!();
 
-    let mut results: Vec<Measurement> = Vec::new();
+    // Each measurement with the round it was made in.
+    let mut results: Vec<(usize, Measurement)> = Vec::new();
     let mut errors: Vec<String> = Vec::new();
     // A given file is only read: the write workloads need a generated one.
     let workloads = options
@@ -1375,18 +1384,35 @@ fn run(options: &Options) -> Result<ExitCode, BoxError> {
             let sum = generated.then(|| plan.expected_checksum(|o| pattern((o / 8) as u64)));
             (sum, None)
         };
-        for system in systems(&options.page_sizes) {
+        // Round by round, every system once, so that each round's ratios compare runs made
+        // minutes apart at most.
+        let rounds = (0..options.repeat).flat_map(|round| {
+            systems(&options.page_sizes)
+                .into_iter()
+                .map(move |s| (round, s))
+        });
+        for (round, system) in rounds {
             let label = format!(
-                "{} on {} {}",
+                "{} on {} {}{}",
                 workload.name(),
                 system.name(workload),
-                system.page()
+                system.page(),
+                if options.repeat > 1 {
+                    format!(" (round {} of {})", round + 1, options.repeat)
+                } else {
+                    String::new()
+                }
             );
             eprint!(
-                "{:<10} {:<6} {:>7} ... ",
+                "{:<10} {:<6} {:>7}{} ... ",
                 workload.name(),
                 system.name(workload),
-                system.page()
+                system.page(),
+                if options.repeat > 1 {
+                    format!(" [{}/{}]", round + 1, options.repeat)
+                } else {
+                    String::new()
+                }
             );
             let m = measure(&bench, &plan, system).map_err(|e| {
                 eprintln!("failed");
@@ -1430,6 +1456,7 @@ fn run(options: &Options) -> Result<ExitCode, BoxError> {
             }
             let baseline = results
                 .iter()
+                .map(|(_, b)| b)
                 .find(|b| b.workload == workload && b.system == System::Mmap);
             if let Some(b) = baseline {
                 if m.checksum != b.checksum {
@@ -1450,7 +1477,7 @@ fn run(options: &Options) -> Result<ExitCode, BoxError> {
                         .map(|d| format!("{label}: the file after write-back differs at {d}")),
                 );
             }
-            results.push(m);
+            results.push((round, m));
         }
     }
 
@@ -1475,7 +1502,17 @@ fn run(options: &Options) -> Result<ExitCode, BoxError> {
     } else {
         println!("rand-write and rmw were skipped: a file given with --file is only read.");
     }
-    if let Some(last) = results.iter().rev().find(|m| m.stats.is_some()) {
+    if options.repeat > 1 {
+        println!(
+            "--repeat {}: every system ran {} times, the systems alternating round by round. \
+             Each row's figures are from its run of median time (of the two middle runs, the \
+             slower); \"time s\" gives the range of all its runs in parentheses; \"vs mmap\" and \
+             \"vs pread\" are the medians of the ratios to the runs of the same round, with \
+             their range.",
+            options.repeat, options.repeat
+        );
+    }
+    if let Some((_, last)) = results.iter().rev().find(|(_, m)| m.stats.is_some()) {
         println!();
         println!(
             "umap stats of the last umap run ({}, {} pages):",
@@ -1508,6 +1545,7 @@ fn run(options: &Options) -> Result<ExitCode, BoxError> {
             "memory_store": options.memory_store,
             "signal_faults": bench.signal_faults,
             "quick": options.quick,
+            "repeat": options.repeat,
             "data_errors": errors.len(),
         });
         write_output(

@@ -45,6 +45,10 @@ fn defaults_run_every_workload_and_page_size_cold_from_the_file() {
     assert!(!o.warm && !o.memory_store && !o.direct && !o.quick && !o.signal_faults);
     assert_eq!(o.size, Some(1 << 30));
     assert_eq!((o.buffer, o.threads, o.fillers), (128 << 20, 2, 2));
+    assert_eq!(
+        o.repeat, 1,
+        "one run of each system unless --repeat says more"
+    );
     let q = run("--quick");
     assert_eq!((q.size, q.buffer), (Some(128 << 20), 16 << 20));
     assert!(matches!(parse("--help"), Ok(Parsed::Help)));
@@ -147,5 +151,13 @@ fn bad_values_and_unknown_options_are_refused() {
     refused("--threads 0", "--threads");
     refused("--threads 2000", "too many");
     refused("--quick=yes", "");
+    assert_eq!(run("--repeat 5").repeat, 5);
+    assert_eq!(run("--repeat=100").repeat, 100);
+    refused("--repeat 0", "--repeat: must be at least 1");
+    refused(
+        "--repeat 101",
+        "--repeat: 101 rounds is too many (at most 100",
+    );
+    refused("--repeat twice", "--repeat");
     assert_eq!(run("--size 1M --threads 3").threads, 3);
 }

@@ -1,6 +1,7 @@
 //! The throughput bench's report writers (`benches/support/report.rs`): the JSON parses and
 //! holds every row; the SVG chart is well-formed, with one bar per row, heights proportional to
-//! MB/s within a workload's panel, and text escaped.
+//! MB/s within a workload's panel, and text escaped; repeated runs become one row each, with
+//! per-round ratios and their medians.
 
 #[path = "../benches/support/report.rs"]
 mod report;
@@ -20,7 +21,136 @@ fn row(workload: &str, system: &str, page_bytes: u64, mb_per_s: f64) -> Row {
         wp_faults_per_s: (system == "umap").then_some(56.0),
         vs_mmap: Some(mb_per_s / 1000.0),
         vs_pread: None,
+        seconds_each: vec![1.5],
+        vs_mmap_each: vec![mb_per_s / 1000.0],
+        vs_pread_each: Vec::new(),
     }
+}
+
+/// A run of `round` as the bench hands it to `summarize`: no ratios yet.
+fn run(round: usize, workload: &str, system: &str, page_bytes: u64, seconds: f64) -> report::Run {
+    let mut row = row(workload, system, page_bytes, 1000.0 / seconds);
+    row.seconds = seconds;
+    row.faults_per_s = seconds * 10.0; // tells which run a row's figures come from
+    row.vs_mmap = None;
+    row.seconds_each.clear();
+    row.vs_mmap_each.clear();
+    report::Run { round, row }
+}
+
+#[test]
+fn repeated_runs_become_one_row_with_per_round_ratios_and_their_medians() {
+    // Three rounds: the machine is twice as slow in round 1, for mmap and umap alike.
+    let mut runs = Vec::new();
+    for (round, slow) in [(0, 1.0), (1, 2.0), (2, 1.0)] {
+        runs.push(run(round, "seq-read", "mmap", 4096, 0.4 * slow));
+        runs.push(run(round, "seq-read", "pread", 4096, 0.5 * slow));
+        runs.push(run(
+            round,
+            "seq-read",
+            "umap",
+            64 << 10,
+            [0.5, 0.8, 0.44][round] * slow,
+        ));
+        runs.push(run(round, "rand-write", "mmap", 4096, 1.0));
+        runs.push(run(round, "rand-write", "pwrite", 4096, 2.0));
+        runs.push(run(round, "rand-write", "umap", 4096, 0.5));
+    }
+    let rows = report::summarize(&runs);
+    let names: Vec<(&str, &str)> = rows
+        .iter()
+        .map(|r| (r.workload.as_str(), r.system.as_str()))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("seq-read", "mmap"),
+            ("seq-read", "pread"),
+            ("seq-read", "umap"),
+            ("rand-write", "mmap"),
+            ("rand-write", "pwrite"),
+            ("rand-write", "umap")
+        ],
+        "one row per system, in order of first appearance"
+    );
+    let umap = &rows[2];
+    assert_eq!(
+        umap.seconds_each,
+        [0.5, 1.6, 0.44],
+        "every round's time, in round order"
+    );
+    // Each round's ratio is to mmap of the same round: 0.8, 0.5, 0.909..., median 0.8; the
+    // ratio of the medians (0.4 / 0.5 = 0.8) happens to agree, the slow round cancels.
+    let each = &umap.vs_mmap_each;
+    assert_eq!(each.len(), 3);
+    for (got, want) in each.iter().zip([0.4 / 0.5, 0.8 / 1.6, 0.4 / 0.44]) {
+        assert!((got - want).abs() < 1e-12, "{each:?}");
+    }
+    assert!((umap.vs_mmap.unwrap() - 0.8).abs() < 1e-12);
+    assert!(
+        (umap.vs_pread.unwrap() - 1.0).abs() < 1e-12,
+        "{:?}",
+        umap.vs_pread_each
+    );
+    // The row's figures come from its run of median time (0.5 s, round 0), all together.
+    assert_eq!(umap.seconds, 0.5);
+    assert_eq!(umap.faults_per_s, 5.0);
+    assert!((umap.mb_per_s - 2000.0).abs() < 1e-9);
+    // The baselines' own ratios are 1; the write workload's pread baseline is pwrite.
+    assert_eq!(rows[0].vs_mmap, Some(1.0));
+    assert_eq!(rows[4].vs_pread, Some(1.0));
+    assert_eq!(rows[5].vs_pread, Some(4.0));
+    assert_eq!(rows[5].vs_mmap, Some(2.0));
+
+    // The tables show the median with the range of the rounds.
+    assert_eq!(report::time_cell(umap), "0.500 (0.440-1.600)");
+    assert_eq!(
+        report::ratio_cell(umap.vs_mmap, &umap.vs_mmap_each),
+        "0.80x (0.50-0.91)"
+    );
+    let md = report::to_markdown(&rows);
+    assert!(md.contains("| 0.500 (0.440-1.600) |"), "{md}");
+    // A single run shows no range.
+    let single = report::summarize(&runs[..6]);
+    assert_eq!(report::time_cell(&single[2]), "0.500");
+    assert_eq!(
+        report::ratio_cell(single[2].vs_mmap, &single[2].vs_mmap_each),
+        "0.80x"
+    );
+    // The per-round figures survive the JSON.
+    let (_, back) = report::from_json(&report::to_json(serde_json::json!({}), &rows)).unwrap();
+    assert_eq!(back, rows);
+}
+
+#[test]
+fn an_even_number_of_rounds_takes_the_slower_middle_run_and_the_mean_middle_ratio() {
+    let mut runs = Vec::new();
+    for (round, umap) in [1.0, 4.0, 2.0, 3.0].into_iter().enumerate() {
+        runs.push(run(round, "seq-read", "mmap", 4096, 1.0));
+        runs.push(run(round, "seq-read", "umap", 4096, umap));
+    }
+    let rows = report::summarize(&runs);
+    assert_eq!(rows[1].seconds, 3.0, "of 2 s and 3 s, the slower");
+    // Ratios 1, 0.25, 0.5, 0.333: the median is the mean of 0.333 and 0.5.
+    assert!((rows[1].vs_mmap.unwrap() - (1.0 / 3.0 + 0.5) / 2.0).abs() < 1e-12);
+    assert_eq!(report::median(&[]), None);
+    assert_eq!(report::median(&[2.0]), Some(2.0));
+    // Without a pread run there is no pread ratio, and no empty range either.
+    assert_eq!(rows[1].vs_pread, None);
+    assert_eq!(report::ratio_cell(None, &[]), "-");
+}
+
+#[test]
+fn reports_written_before_repeat_read_as_single_runs() {
+    let old = r#"{"meta": {}, "rows": [{"workload": "seq-read", "system": "umap",
+        "page_bytes": 65536, "seconds": 0.5, "flush_seconds": null, "mb_per_s": 2000.0,
+        "pages_per_s": 1.0, "faults_per_s": 2.0, "wp_faults_per_s": 0.0, "vs_mmap": 0.8,
+        "vs_pread": null}]}"#;
+    let (_, rows) = report::from_json(old).unwrap();
+    assert_eq!(rows[0].seconds_each, [0.5]);
+    assert_eq!(rows[0].vs_mmap_each, [0.8]);
+    assert!(rows[0].vs_pread_each.is_empty());
+    assert_eq!(report::time_cell(&rows[0]), "0.500");
 }
 
 /// Rows like the bench's: two workloads, several systems, one awkward name.

@@ -14,6 +14,8 @@ pub const GIB: u64 = 1 << 30;
 
 /// Workloads touch one `u64` per `TOUCH` bytes.
 pub const TOUCH: usize = 4096;
+/// The most rounds `--repeat` takes.
+pub const MAX_REPEAT: usize = 100;
 /// The umap page sizes measured by default.
 pub const UMAP_PAGE_SIZES: [usize; 3] = [4 << 10, 64 << 10, 1 << 20];
 
@@ -44,6 +46,9 @@ usage: cargo bench --bench throughput -- [OPTIONS]
                     without the file system's; mmap and pread still use the file)
   --signal-faults   umap serves faults on the faulting thread (Config::signal_faults; the
                     same as UMAP_SIGNAL_FAULTS=1)
+  --repeat N        measure every system N times (default 1), alternating the systems round
+                    by round; each row shows the run of median time, the range of the times
+                    and the median (and range) of its ratios to mmap and pread of the same round
   --render PATH     measure nothing: print the results of a --json file as a Markdown table
                     (alone: with no other option)
   -h, --help        this text
@@ -72,6 +77,8 @@ pub struct Options {
     pub memory_store: bool,
     /// umap serves faults on the faulting thread (`Config::signal_faults`).
     pub signal_faults: bool,
+    /// How many times every (workload, system) pair is measured, in alternating rounds.
+    pub repeat: usize,
     /// The workloads to run, in [`Workload::ALL`] order.
     pub workloads: Vec<Workload>,
     /// The umap page sizes to run, ascending.
@@ -103,6 +110,7 @@ pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Parsed, Stri
     let mut warm = false;
     let mut memory_store = false;
     let mut signal_faults = false;
+    let mut repeat = None;
     let mut workloads: Option<Vec<Workload>> = None;
     let mut page_sizes: Vec<usize> = UMAP_PAGE_SIZES.to_vec();
     let mut json = None;
@@ -168,6 +176,7 @@ pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Parsed, Stri
             "--fillers" => fillers = Some(flags.count()?),
             "--reads" => reads = Some(flags.count()?),
             "--writes" => writes = Some(flags.count()?),
+            "--repeat" => repeat = Some(flags.count()?),
             "--file" => file = Some(PathBuf::from(flags.value()?)),
             "--json" => json = Some(PathBuf::from(flags.value()?)),
             "--plot" => {
@@ -245,6 +254,13 @@ pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Parsed, Stri
             crate::report::page_label(largest_page as u64)
         ));
     }
+    let repeat = repeat.unwrap_or(1);
+    if repeat > MAX_REPEAT {
+        return Err(format!(
+            "--repeat: {repeat} rounds is too many (at most {MAX_REPEAT}; every round measures \
+             every system once)"
+        ));
+    }
     let threads = threads.unwrap_or(2);
     if threads > 1024 {
         return Err(format!("--threads: {threads} is too many (at most 1024)"));
@@ -262,6 +278,7 @@ pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Parsed, Stri
         warm,
         memory_store,
         signal_faults,
+        repeat,
         workloads,
         page_sizes,
         json,

@@ -1,5 +1,6 @@
 //! The throughput bench's results as JSON and as an SVG chart (the bench and the test of these
-//! writers include this file with `#[path = ...] mod report;`).
+//! writers include this file with `#[path = ...] mod report;`), and how runs repeated with
+//! `--repeat` become one row each ([`summarize`]).
 //!
 //! The chart is a grouped bar chart drawn by hand: one panel per workload, each with its own
 //! linear MB/s scale (sequential reads run orders of magnitude faster than random writes), one
@@ -9,7 +10,8 @@
 
 use std::fmt::Write as _;
 
-/// One (workload, system) measurement, as reported.
+/// One (workload, system) measurement, as reported: one run, or with `--repeat` the run of
+/// median time among the rounds (see [`summarize`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Row {
     /// `seq-read`, `rand-read`, `rand-write`, `rmw`.
@@ -34,6 +36,112 @@ pub struct Row {
     pub vs_mmap: Option<f64>,
     /// MB/s over pread's (pwrite's) on the same workload.
     pub vs_pread: Option<f64>,
+    /// The seconds of every round, in round order (one entry for a single run).
+    pub seconds_each: Vec<f64>,
+    /// Every round's ratio to mmap of the same round, in round order (empty without one).
+    pub vs_mmap_each: Vec<f64>,
+    /// Every round's ratio to pread (pwrite) of the same round (empty without one).
+    pub vs_pread_each: Vec<f64>,
+}
+
+/// One measured run of a (workload, system) pair and the round it was measured in: a [`Row`]
+/// whose ratio fields are not filled in yet (see [`summarize`]).
+#[derive(Debug, Clone)]
+pub struct Run {
+    /// 0 for the first round.
+    pub round: usize,
+    pub row: Row,
+}
+
+/// The report's rows from every run: one row per (workload, system, page size), in order of
+/// first appearance.
+///
+/// Each run's ratios are taken to the `mmap` run and to the `pread` (or `pwrite`) run of the
+/// same workload *in the same round*, so that the machine's drift between rounds cancels.
+/// A row's figures (time, MB/s, faults/s, ...) are those of its run of median time (of the
+/// two middle runs, the slower), so that they belong together; its ratios are the medians of
+/// the per-round ratios. `seconds_each` and the `_each` ratios keep every round's value.
+pub fn summarize(runs: &[Run]) -> Vec<Row> {
+    let ratio = |run: &Run, baselines: &[&str]| {
+        runs.iter()
+            .find(|b| {
+                b.round == run.round
+                    && b.row.workload == run.row.workload
+                    && baselines.contains(&b.row.system.as_str())
+            })
+            .map(|b| run.row.mb_per_s / b.row.mb_per_s)
+    };
+    let mut rows: Vec<Row> = Vec::new();
+    let same = |a: &Row, b: &Row| {
+        a.workload == b.workload && a.system == b.system && a.page_bytes == b.page_bytes
+    };
+    for first in runs {
+        if rows.iter().any(|r| same(r, &first.row)) {
+            continue;
+        }
+        let mut group: Vec<&Run> = runs.iter().filter(|r| same(&r.row, &first.row)).collect();
+        group.sort_by_key(|r| r.round);
+        let seconds_each: Vec<f64> = group.iter().map(|r| r.row.seconds).collect();
+        let vs_mmap_each: Vec<f64> = group.iter().filter_map(|r| ratio(r, &["mmap"])).collect();
+        let vs_pread_each: Vec<f64> = group
+            .iter()
+            .filter_map(|r| ratio(r, &["pread", "pwrite"]))
+            .collect();
+        let mut by_time = group.clone();
+        by_time.sort_by(|a, b| a.row.seconds.total_cmp(&b.row.seconds));
+        let typical = &by_time[by_time.len() / 2].row;
+        rows.push(Row {
+            vs_mmap: median(&vs_mmap_each),
+            vs_pread: median(&vs_pread_each),
+            seconds_each,
+            vs_mmap_each,
+            vs_pread_each,
+            ..typical.clone()
+        });
+    }
+    rows
+}
+
+/// The median of `values` (the mean of the two middle ones for an even count); `None` if
+/// there are none.
+pub fn median(values: &[f64]) -> Option<f64> {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let n = sorted.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(sorted[n / 2]),
+        _ => Some((sorted[n / 2 - 1] + sorted[n / 2]) / 2.0),
+    }
+}
+
+/// The smallest and largest of `values`, if there are at least two (a range says nothing
+/// about one run).
+fn range(values: &[f64]) -> Option<(f64, f64)> {
+    (values.len() > 1).then(|| {
+        values
+            .iter()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| {
+                (lo.min(v), hi.max(v))
+            })
+    })
+}
+
+/// A row's time for the tables: `0.412`, or `0.412 (0.398-0.520)` over several rounds.
+pub fn time_cell(row: &Row) -> String {
+    match range(&row.seconds_each) {
+        Some((lo, hi)) => format!("{:.3} ({lo:.3}-{hi:.3})", row.seconds),
+        None => format!("{:.3}", row.seconds),
+    }
+}
+
+/// A ratio for the tables: `0.87x`, `0.87x (0.80-0.95)` over several rounds, `-` without one.
+pub fn ratio_cell(ratio: Option<f64>, each: &[f64]) -> String {
+    match (ratio, range(each)) {
+        (None, _) => "-".into(),
+        (Some(r), Some((lo, hi))) => format!("{r:.2}x ({lo:.2}-{hi:.2})"),
+        (Some(r), None) => format!("{r:.2}x"),
+    }
 }
 
 impl Row {
@@ -81,6 +189,9 @@ pub fn to_json(meta: serde_json::Value, rows: &[Row]) -> String {
                 "wp_faults_per_s": option(r.wp_faults_per_s),
                 "vs_mmap": option(r.vs_mmap),
                 "vs_pread": option(r.vs_pread),
+                "seconds_each": r.seconds_each.iter().map(|&x| number(x)).collect::<Vec<_>>(),
+                "vs_mmap_each": r.vs_mmap_each.iter().map(|&x| number(x)).collect::<Vec<_>>(),
+                "vs_pread_each": r.vs_pread_each.iter().map(|&x| number(x)).collect::<Vec<_>>(),
             })
         })
         .collect();
@@ -108,7 +219,18 @@ pub fn from_json(text: &str) -> Result<(serde_json::Value, Vec<Row>), String> {
             };
             let option = |key: &str| r[key].as_f64();
             let number = |key: &str| option(key).unwrap_or(f64::NAN);
+            // Reports written before `--repeat` have no `_each` lists: one run each.
+            let each = |key: &str, single: Option<f64>| match r[key].as_array() {
+                Some(values) => values
+                    .iter()
+                    .map(|v| v.as_f64().unwrap_or(f64::NAN))
+                    .collect(),
+                None => single.into_iter().collect::<Vec<f64>>(),
+            };
             Ok(Row {
+                seconds_each: each("seconds_each", Some(number("seconds"))),
+                vs_mmap_each: each("vs_mmap_each", option("vs_mmap")),
+                vs_pread_each: each("vs_pread_each", option("vs_pread")),
                 workload: text("workload")?,
                 system: text("system")?,
                 page_bytes: r["page_bytes"]
@@ -151,7 +273,6 @@ pub fn utc_minute(unix_secs: u64) -> String {
 
 /// The rows as a Markdown table (for docs), with the same columns as the bench's text table.
 pub fn to_markdown(rows: &[Row]) -> String {
-    let ratio = |r: Option<f64>| r.map_or("-".into(), |r| format!("{r:.2}x"));
     let mut out = String::from(
         "| workload | system | page | time s | flush s | MB/s | pages/s | faults/s | \
          wp faults/s | vs mmap | vs pread |\n\
@@ -160,18 +281,18 @@ pub fn to_markdown(rows: &[Row]) -> String {
     for r in rows {
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {:.3} | {} | {:.1} | {:.0} | {:.0} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {:.1} | {:.0} | {:.0} | {} | {} | {} |",
             r.workload.replace('|', "\\|"),
             r.system.replace('|', "\\|"),
             page_label(r.page_bytes),
-            r.seconds,
+            time_cell(r),
             r.flush_seconds.map_or("-".into(), |t| format!("{t:.3}")),
             r.mb_per_s,
             r.pages_per_s,
             r.faults_per_s,
             r.wp_faults_per_s.map_or("-".into(), |n| format!("{n:.0}")),
-            ratio(r.vs_mmap),
-            ratio(r.vs_pread),
+            ratio_cell(r.vs_mmap, &r.vs_mmap_each),
+            ratio_cell(r.vs_pread, &r.vs_pread_each),
         );
     }
     out
