@@ -2,7 +2,9 @@
 //! read poisons its page (SIGBUS, EFAULT for the kernel's own access), a write-back keeps its
 //! pages dirty until a later flush writes them, a pin returns the error and lets go of its
 //! pages, a snapshot ends with the error. No engine thread dies and nothing hangs: each test
-//! runs under a watchdog that ends the process with a message if it does.
+//! runs under a watchdog that ends the process with a message if it does. The watchdog is each
+//! test's first local, so it is dropped last and also catches a hang while a failing test
+//! unwinds (dropping a region with a page stuck in `WriteBack`).
 
 mod common;
 
@@ -118,10 +120,10 @@ fn is_panic(e: &Error, op: &str, message: &str) -> bool {
 /// the other pages read correctly, and the region unmaps.
 #[test]
 fn a_read_that_panics_poisons_its_page_and_the_engine_goes_on() {
+    let _watchdog = common::watchdog("reading a region whose store panics", LIMIT);
     let umap = engine(MIB, 2, false);
     let store = read_panics_on_page_3(21, 16);
     let region = umap.map_shared(store.clone(), MapOptions::new()).unwrap();
-    let watchdog = common::watchdog("reading a region whose store panics", LIMIT);
     common::check_pattern(21, 0, &region.as_slice()[..3 * PS]);
     // The kernel's copy from the page faults like an application thread and waits for the
     // fill, which fails: EFAULT (without the fix it waited forever on a dead filler).
@@ -159,7 +161,6 @@ fn a_read_that_panics_poisons_its_page_and_the_engine_goes_on() {
     assert_eq!(umap.stats().read_errors, 1);
     region.unmap().unwrap();
     drop(umap);
-    drop(watchdog);
 }
 
 const READ_PANIC_CHILD: &str = "UMAP_TEST_STORE_PANIC_READ";
@@ -217,6 +218,7 @@ fn a_load_of_a_page_whose_read_panics_raises_sigbus_in_signal_mode() {
 /// unmap; once the store works, a flush writes the page and the store holds its bytes.
 #[test]
 fn a_write_that_panics_fails_the_flush_and_loses_nothing() {
+    let _watchdog = common::watchdog("flushing to a store whose writes panic", LIMIT);
     let umap = engine(MIB, 2, false);
     let store = Arc::new(PanickyStore::new(
         MemStore::new(16 * PS),
@@ -225,7 +227,6 @@ fn a_write_that_panics_fails_the_flush_and_loses_nothing() {
     let mut region = umap
         .map_shared(store.clone(), MapOptions::new().writable(true))
         .unwrap();
-    let watchdog = common::watchdog("flushing to a store whose writes panic", LIMIT);
     let bytes = region.as_mut_slice().unwrap();
     bytes[2 * PS..3 * PS].fill(0xA2);
     bytes[5 * PS..6 * PS].fill(0xA5);
@@ -263,7 +264,6 @@ fn a_write_that_panics_fails_the_flush_and_loses_nothing() {
         .all(|&b| b == 0xA2));
     region.unmap().unwrap();
     drop(umap);
-    drop(watchdog);
 }
 
 /// Evictors (and fillers that reclaim) whose write-backs panic keep those pages dirty and
@@ -271,6 +271,7 @@ fn a_write_that_panics_fails_the_flush_and_loses_nothing() {
 /// store works, a flush writes everything.
 #[test]
 fn write_backs_that_panic_keep_their_pages_and_eviction_goes_on() {
+    let _watchdog = common::watchdog("evicting to a store whose writes panic", LIMIT);
     let umap = engine(16 * PS, 1, false);
     let store = Arc::new(PanickyStore::new(
         MemStore::new(128 * PS),
@@ -280,7 +281,6 @@ fn write_backs_that_panic_keep_their_pages_and_eviction_goes_on() {
     let mut region = umap
         .map_shared(store.clone(), MapOptions::new().writable(true))
         .unwrap();
-    let watchdog = common::watchdog("evicting to a store whose writes panic", LIMIT);
     for (i, page) in region.as_mut_slice().unwrap().chunks_mut(PS).enumerate() {
         page[..8].copy_from_slice(&(i as u64 ^ 0xABCD).to_le_bytes());
     }
@@ -302,17 +302,16 @@ fn write_backs_that_panic_keep_their_pages_and_eviction_goes_on() {
     }
     region.unmap().unwrap();
     drop(umap);
-    drop(watchdog);
 }
 
 /// A pin whose store read panics returns the error and pins nothing; the pages can be pinned
 /// once the store works.
 #[test]
 fn a_pin_whose_read_panics_fails_and_releases_its_pages() {
+    let _watchdog = common::watchdog("pinning pages whose store read panics", LIMIT);
     let umap = engine(MIB, 1, false);
     let store = read_panics_on_page_3(23, 64);
     let region = umap.map_shared(store.clone(), MapOptions::new()).unwrap();
-    let watchdog = common::watchdog("pinning pages whose store read panics", LIMIT);
     let err = region.pin(0, 8 * PS).unwrap_err();
     assert!(is_panic(&err, "read", "injected read panic"), "{err:?}");
     assert_eq!(region.pinned_bytes(), 0, "the failed pin holds nothing");
@@ -324,7 +323,6 @@ fn a_pin_whose_read_panics_fails_and_releases_its_pages() {
     assert_eq!(region.pinned_bytes(), 0);
     region.unmap().unwrap();
     drop(umap);
-    drop(watchdog);
 }
 
 /// Private anonymous memory of `pages` pages, each filled with its number, for a snapshot.
@@ -346,11 +344,11 @@ fn snapshot_memory(pages: usize) -> Mapping {
 /// memory, so the fault thread writes to the store too), and the memory is writable again.
 #[test]
 fn a_snapshot_whose_writes_panic_ends_with_the_error() {
+    let _watchdog = common::watchdog("a snapshot whose store writes panic", LIMIT);
     let pages = 1024;
     let mem = snapshot_memory(pages);
     let store = Arc::new(PanickyStore::new(MemStore::new(0), 0..u64::MAX));
     store.writes.store(true, Ordering::SeqCst);
-    let watchdog = common::watchdog("a snapshot whose store writes panic", LIMIT);
     // SAFETY: `mem` stays mapped until the snapshot has ended (wait below).
     let snap = unsafe {
         snapshot::start(
@@ -384,18 +382,17 @@ fn a_snapshot_whose_writes_panic_ends_with_the_error() {
         // SAFETY: as above; the snapshot has ended, so nothing is protected.
         unsafe { std::ptr::write_volatile((base + p * PS) as *mut u8, 1) };
     }
-    drop(watchdog);
 }
 
 /// A snapshot whose store sync panics returns that error from `wait` (instead of panicking
 /// on the caller's thread); the image was written.
 #[test]
 fn a_snapshot_whose_sync_panics_returns_the_error() {
+    let _watchdog = common::watchdog("a snapshot whose store sync panics", LIMIT);
     let pages = 64;
     let mem = snapshot_memory(pages);
     let store = Arc::new(PanickyStore::new(MemStore::new(0), 0..0));
     store.syncs.store(true, Ordering::SeqCst);
-    let watchdog = common::watchdog("a snapshot whose store sync panics", LIMIT);
     // SAFETY: `mem` stays mapped until the snapshot has ended (wait below).
     let snap = unsafe {
         snapshot::start(
@@ -414,5 +411,30 @@ fn a_snapshot_whose_sync_panics_returns_the_error() {
     for (p, page) in data.chunks(PS).enumerate() {
         assert!(page.iter().all(|&b| b == p as u8), "page {p} of the image");
     }
-    drop(watchdog);
+}
+
+/// A flush whose store sync panics returns that error; the next one syncs.
+#[test]
+fn a_sync_that_panics_fails_the_flush() {
+    let _watchdog = common::watchdog("a flush whose store sync panics", LIMIT);
+    let umap = engine(MIB, 1, false);
+    let store = Arc::new(PanickyStore::new(MemStore::new(4 * PS), 0..0));
+    let mut region = umap
+        .map_shared(store.clone(), MapOptions::new().writable(true))
+        .unwrap();
+    region.as_mut_slice().unwrap()[PS] = 9;
+    store.syncs.store(true, Ordering::SeqCst);
+    let err = region.flush().unwrap_err();
+    assert!(is_panic(&err, "sync", SYNC_PANIC), "{err:?}");
+    let errors = region.take_errors();
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.kind == ErrorKind::Sync && e.message.contains(SYNC_PANIC)),
+        "{errors:?}"
+    );
+    store.syncs.store(false, Ordering::SeqCst);
+    region.flush().unwrap();
+    assert_eq!(store.inner.to_vec()[PS], 9);
+    region.unmap().unwrap();
 }
