@@ -834,7 +834,7 @@ fn read_with_retries(
 ) -> Result<(), umap_store::StoreError> {
     let mut attempt = 1;
     loop {
-        match store.read_at(buf, offset) {
+        match crate::store_guard::read_at(store, buf, offset) {
             Err(e) if e.is_transient() && attempt < READ_ATTEMPTS => {
                 attempt += 1;
                 std::thread::sleep(Duration::from_micros(100 << attempt));

@@ -43,6 +43,7 @@ mod report;
 mod signal;
 pub mod snapshot;
 mod stats;
+mod store_guard;
 pub mod sys;
 pub mod uffd;
 mod write_intent;

@@ -19,7 +19,10 @@
 //! a slot's) and may allocate memory; none of that can deadlock unless the interrupted code
 //! itself holds one of them, which it can only if it touches region memory while inside the
 //! engine or the global allocator (a heap placed in a region): see `Config::signal_faults`.
-//! It never unwinds: a panic aborts the process.
+//! It never unwinds: a panic aborts the process. A panic of the *store* is not one of those:
+//! the store calls go through [`crate::store_guard`] here as on a filler, so it unwinds only
+//! within the handler's frames, and the read counts as failed (the page is poisoned and the
+//! signal passed on, as for a read error).
 //!
 //! Slots: an engine publishes a pointer to its shared state in a free slot for as long as it
 //! runs. A handler counts itself in the slot's `readers` before loading the pointer, and an

@@ -355,7 +355,7 @@ impl Snapshot {
         if let Some(e) = self.inner.error.lock().take() {
             return Err(e);
         }
-        self.inner.store.sync()?;
+        crate::store_guard::sync(&*self.inner.store)?;
         let inner = &self.inner;
         let mut latencies = latencies;
         latencies.sort_unstable();
@@ -643,7 +643,7 @@ impl Inner {
             if !self.stop.load(Ordering::Acquire) {
                 let data = &staging[i * ps..j * ps];
                 let offset = self.store_offset + (pages[i] * ps) as u64;
-                match self.store.write_at(data, offset) {
+                match crate::store_guard::write_at(&*self.store, data, offset) {
                     Ok(()) => {
                         self.bytes_written
                             .fetch_add(data.len() as u64, Ordering::Relaxed);

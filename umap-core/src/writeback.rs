@@ -141,7 +141,7 @@ fn write_run(shared: &Shared, region: &RegionShared, run: &[usize], protect: boo
     let offset = region.page_store_offset(first);
     let mut attempt = 1;
     loop {
-        match region.store.write_at(bytes, offset) {
+        match crate::store_guard::write_at(&*region.store, bytes, offset) {
             Ok(()) => break,
             Err(e) if e.is_transient() && attempt < WRITE_ATTEMPTS => {
                 attempt += 1;
@@ -253,7 +253,7 @@ pub(crate) fn flush_pages(
     if let Some(e) = flush.first_error {
         return Err(e);
     }
-    region.store.sync().map_err(|e| {
+    crate::store_guard::sync(&*region.store).map_err(|e| {
         region.errors.record(
             &shared.counters,
             ErrorKind::Sync,

@@ -70,6 +70,20 @@ pub enum StoreError {
     /// The store was opened or configured with arguments that cannot work.
     #[error("invalid store configuration: {0}")]
     Invalid(String),
+    /// The store's own code panicked during a call made by the pager. The pager catches the
+    /// panic and treats the call as failed (a read as an I/O error, a write as a write-back
+    /// that keeps its pages dirty); its errno is `EIO`.
+    #[error("store {op} of {len} bytes at offset {offset} panicked: {message}")]
+    Panicked {
+        /// What was being done: "read", "write" or "sync".
+        op: &'static str,
+        /// The byte offset of the request (0 for a sync).
+        offset: u64,
+        /// The length of the request in bytes (0 for a sync).
+        len: usize,
+        /// The panic's message, when it was a string.
+        message: String,
+    },
 }
 
 impl StoreError {
@@ -83,6 +97,7 @@ impl StoreError {
             StoreError::ReadOnly => Some(libc::EROFS),
             StoreError::OutOfRange { .. } => Some(libc::EFBIG),
             StoreError::Invalid(_) => Some(libc::EINVAL),
+            StoreError::Panicked { .. } => Some(libc::EIO),
         }
     }
 

@@ -46,6 +46,10 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 ///
 /// Implementations must be safe to call from many threads at once (`&self` everywhere), and
 /// concurrent calls on disjoint ranges must not interfere.
+///
+/// Report failures as errors. A call made by the pager that panics anyway is caught and
+/// counts as failed, with [`StoreError::Panicked`]: a read fault's page is poisoned, a
+/// write-back keeps its pages dirty, as for any other error.
 pub trait Store: Send + Sync {
     /// The store's length in bytes.
     fn len(&self) -> u64;
