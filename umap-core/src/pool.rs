@@ -167,6 +167,17 @@ impl Pool {
         }
     }
 
+    /// For tests, with no slot taken by a thread: the bytes the slots hold by their
+    /// bookkeeping, and the bytes of pool pages present (`mincore`). Equal if it is exact.
+    #[cfg(test)]
+    pub(crate) fn held_and_present(&self) -> (Option<usize>, usize) {
+        let held = self.free.lock().slots().into_iter().sum();
+        let present = sys::resident_pages(self.mapping.addr(), self.mapping.len())
+            .expect("mincore of the pool")
+            * sys::page_size();
+        (held, present)
+    }
+
     fn slot_addr(&self, slot: &Slot) -> usize {
         self.mapping.addr() + slot.index * self.slot_bytes
     }
