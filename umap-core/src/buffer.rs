@@ -33,9 +33,13 @@ pub(crate) const MIN_RESIDENCY: Duration = Duration::from_micros(500);
 /// Units of [`stamp_of`]: 16 µs, so a `u32` wraps after about 19 hours.
 const STAMP_UNIT_NANOS: u128 = 16_000;
 
-/// `at` as a page stamp: 16 µs units since an hour before the first stamp taken in this
-/// process (so that instants a little older than that stamp still differ), wrapping. Stamps
-/// are compared for equality and subtracted with wrap-around (ages under 19 hours).
+/// `at` on the process's stamp clock: 16 µs units since an hour before the first stamp taken
+/// in this process (so that instants a little older than that stamp still differ), wrapping.
+/// A page's stamp is this plus its engine's offset ([`PageTable::stamp_at`], 0 but in tests
+/// that start the clock just before the wrap). Stamps are compared for equality and
+/// subtracted with wrap-around (ages under 19 hours), never ordered.
+///
+/// [`PageTable::stamp_at`]: crate::page_table::PageTable::stamp_at
 pub(crate) fn stamp_of(at: Instant) -> u32 {
     static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
     let epoch = *EPOCH.get_or_init(|| {
@@ -43,6 +47,15 @@ pub(crate) fn stamp_of(at: Instant) -> u32 {
         now.checked_sub(Duration::from_secs(3600)).unwrap_or(now)
     });
     (at.saturating_duration_since(epoch).as_nanos() / STAMP_UNIT_NANOS) as u32
+}
+
+/// The stamp offset that makes an engine's stamp clock wrap (pass `u32::MAX`) `lead` from
+/// now: for tests that run faults and evictions across the wrap (after 19 hours otherwise).
+#[cfg(test)]
+pub(crate) fn stamp_offset_wrapping_in(lead: Duration) -> u32 {
+    let lead = (lead.as_nanos() / STAMP_UNIT_NANOS) as u32;
+    0u32.wrapping_sub(lead)
+        .wrapping_sub(stamp_of(Instant::now()))
 }
 
 /// How long ago, at `now`, a page stamped `stamp` was queued.
@@ -64,7 +77,8 @@ impl PageRef {
     /// becomes the page's current entry: older entries of the page are stale from now on
     /// (see [`PageRef::is_current`]). Every entry pushed on the queue is made here.
     pub(crate) fn new(region: Arc<RegionShared>, page: usize, filled_at: Instant) -> PageRef {
-        region.pages.set_stamp(page, stamp_of(filled_at));
+        let stamp = region.pages.stamp_at(filled_at);
+        region.pages.set_stamp(page, stamp);
         PageRef {
             region,
             page,
@@ -76,7 +90,8 @@ impl PageRef {
     /// turn and filled again, or queued again, since) is skipped: the newer entry stands
     /// for the page, in its place in the queue.
     pub(crate) fn is_current(&self) -> bool {
-        self.region.pages.stamp(self.page) == stamp_of(self.filled_at)
+        let pages = &self.region.pages;
+        pages.stamp(self.page) == pages.stamp_at(self.filled_at)
     }
 }
 

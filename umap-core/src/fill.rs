@@ -421,7 +421,7 @@ impl Filler<'_> {
             FillCounts::new(cause, run.len(), run_data).add(shared, region, 1);
         }
         let filled_at = Instant::now();
-        let stamp = crate::buffer::stamp_of(filled_at);
+        let stamp = region.pages.stamp_at(filled_at);
         for page in run.clone() {
             let to = if all_dirty || (page == own && first_write) {
                 DIRTY
