@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::backoff::Backoff;
-use crate::buffer::PageRef;
+use crate::buffer::{PageRef, Reserved};
 use crate::error::Error;
 use crate::evictor;
 use crate::filler::{watch_again, Filler};
@@ -143,17 +143,33 @@ impl Filler<'_> {
         let mut room = pages;
         while room > 0 {
             match self.shared.buffer.try_reserve(room * page_size) {
-                Some(crossed_high) => {
-                    if crossed_high {
-                        bump(&self.shared.counters.high_water_hits, 1);
-                        self.shared.buffer.kick_evictors();
-                    }
+                Some(reserved) => {
+                    self.reserved(reserved, room * page_size);
                     break;
                 }
                 None => room /= 2,
             }
         }
         room
+    }
+
+    /// After `reserved`, a reservation of `bytes`: kicks the evictors if it took region pages
+    /// to the high-water mark (counted), or region and pool pages past the mark from which
+    /// the evictors trim the pool (clean fills growing the region under pool pages nobody
+    /// takes; see `crate::pool`).
+    #[inline]
+    fn reserved(&self, reserved: Reserved, bytes: usize) {
+        let shared = self.shared;
+        if reserved.crossed_high {
+            bump(&shared.counters.high_water_hits, 1);
+            shared.buffer.kick_evictors();
+        } else if shared
+            .pool
+            .as_ref()
+            .is_some_and(|pool| pool.crossed_trim_mark(&shared.buffer, reserved, bytes))
+        {
+            shared.buffer.kick_evictors();
+        }
     }
 
     /// Claims absent pages in the order `pages` gives them (`Absent` → `Filling`), at most
@@ -664,19 +680,8 @@ impl Filler<'_> {
         let mut backoff = Backoff::new();
         let mut stuck_since: Option<Instant> = None;
         loop {
-            if let Some(crossed_high) = shared.buffer.try_reserve(bytes) {
-                if crossed_high {
-                    bump(&shared.counters.high_water_hits, 1);
-                    shared.buffer.kick_evictors();
-                } else if shared
-                    .pool
-                    .as_ref()
-                    .is_some_and(|pool| pool.crossed_trim_mark(&shared.buffer, bytes))
-                {
-                    // Region pages grew under pool pages nobody takes: the evictors trim the
-                    // pool before the buffer is full (see `crate::pool`).
-                    shared.buffer.kick_evictors();
-                }
+            if let Some(reserved) = shared.buffer.try_reserve(bytes) {
+                self.reserved(reserved, bytes);
                 return true;
             }
             if tries == 0 {
