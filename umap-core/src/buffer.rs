@@ -33,9 +33,13 @@ pub(crate) const MIN_RESIDENCY: Duration = Duration::from_micros(500);
 /// Units of [`stamp_of`]: 16 µs, so a `u32` wraps after about 19 hours.
 const STAMP_UNIT_NANOS: u128 = 16_000;
 
-/// `at` as a page stamp: 16 µs units since an hour before the first stamp taken in this
-/// process (so that instants a little older than that stamp still differ), wrapping. Stamps
-/// are compared for equality and subtracted with wrap-around (ages under 19 hours).
+/// `at` on the process's stamp clock: 16 µs units since an hour before the first stamp taken
+/// in this process (so that instants a little older than that stamp still differ), wrapping.
+/// A page's stamp is this plus its engine's offset ([`PageTable::stamp_at`], 0 but in tests
+/// that start the clock just before the wrap). Stamps are compared for equality and
+/// subtracted with wrap-around (ages under 19 hours), never ordered.
+///
+/// [`PageTable::stamp_at`]: crate::page_table::PageTable::stamp_at
 pub(crate) fn stamp_of(at: Instant) -> u32 {
     static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
     let epoch = *EPOCH.get_or_init(|| {
@@ -43,6 +47,15 @@ pub(crate) fn stamp_of(at: Instant) -> u32 {
         now.checked_sub(Duration::from_secs(3600)).unwrap_or(now)
     });
     (at.saturating_duration_since(epoch).as_nanos() / STAMP_UNIT_NANOS) as u32
+}
+
+/// The stamp offset that makes an engine's stamp clock wrap (pass `u32::MAX`) `lead` from
+/// now: for tests that run faults and evictions across the wrap (after 19 hours otherwise).
+#[cfg(test)]
+pub(crate) fn stamp_offset_wrapping_in(lead: Duration) -> u32 {
+    let lead = (lead.as_nanos() / STAMP_UNIT_NANOS) as u32;
+    0u32.wrapping_sub(lead)
+        .wrapping_sub(stamp_of(Instant::now()))
 }
 
 /// How long ago, at `now`, a page stamped `stamp` was queued.
@@ -64,7 +77,8 @@ impl PageRef {
     /// becomes the page's current entry: older entries of the page are stale from now on
     /// (see [`PageRef::is_current`]). Every entry pushed on the queue is made here.
     pub(crate) fn new(region: Arc<RegionShared>, page: usize, filled_at: Instant) -> PageRef {
-        region.pages.set_stamp(page, stamp_of(filled_at));
+        let stamp = region.pages.stamp_at(filled_at);
+        region.pages.set_stamp(page, stamp);
         PageRef {
             region,
             page,
@@ -76,8 +90,20 @@ impl PageRef {
     /// turn and filled again, or queued again, since) is skipped: the newer entry stands
     /// for the page, in its place in the queue.
     pub(crate) fn is_current(&self) -> bool {
-        self.region.pages.stamp(self.page) == stamp_of(self.filled_at)
+        let pages = &self.region.pages;
+        pages.stamp(self.page) == pages.stamp_at(self.filled_at)
     }
+}
+
+/// A reservation made by [`Buffer::try_reserve`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Reserved {
+    /// Whether it took region pages (pool pages not counted) to the high-water mark.
+    pub(crate) crossed_high: bool,
+    /// [`Buffer::total`] right after it, as it stored it: exact, so that of the reservations
+    /// that raise the total past a mark, exactly one sees itself cross it (the total rises by
+    /// reservations only: moving a page into the pool or out of it leaves it as it is).
+    pub(crate) total: usize,
 }
 
 /// See the module documentation.
@@ -149,10 +175,15 @@ impl Buffer {
         debug_assert!(prev >= bytes, "unpooled more than was pooled");
     }
 
-    /// Takes `bytes` of the buffer if they fit. Returns whether it did and, if so, whether the
-    /// high-water mark was crossed by this reservation.
+    /// Bytes of region and pool pages resident or reserved: what the capacity bounds.
+    pub(crate) fn total(&self) -> usize {
+        self.resident.load(Ordering::Relaxed)
+    }
+
+    /// Takes `bytes` of the buffer if they fit. Returns `None` if they do not, else what the
+    /// reservation crossed.
     #[inline]
-    pub(crate) fn try_reserve(&self, bytes: usize) -> Option<bool> {
+    pub(crate) fn try_reserve(&self, bytes: usize) -> Option<Reserved> {
         let mut cur = self.resident.load(Ordering::Relaxed);
         loop {
             let next = cur.checked_add(bytes)?;
@@ -167,8 +198,11 @@ impl Buffer {
             ) {
                 Ok(_) => {
                     let pooled = self.pooled();
-                    let (cur, next) = (cur.saturating_sub(pooled), next.saturating_sub(pooled));
-                    return Some(cur < self.high && next >= self.high);
+                    let (cur, region) = (cur.saturating_sub(pooled), next.saturating_sub(pooled));
+                    return Some(Reserved {
+                        crossed_high: cur < self.high && region >= self.high,
+                        total: next,
+                    });
                 }
                 Err(actual) => cur = actual,
             }
@@ -324,24 +358,29 @@ impl Buffer {
 mod tests {
     use super::*;
 
+    /// Reserves `bytes`: whether they fit, and whether that crossed the high-water mark.
+    fn crossed(b: &Buffer, bytes: usize) -> Option<bool> {
+        b.try_reserve(bytes).map(|r| r.crossed_high)
+    }
+
     #[test]
     fn reservations_never_exceed_capacity_and_report_high_water() {
         let b = Buffer::new(100, 90, 70);
-        assert_eq!(b.try_reserve(80), Some(false));
-        assert_eq!(b.try_reserve(10), Some(true), "crossed 90");
-        assert_eq!(b.try_reserve(11), None);
-        assert_eq!(b.try_reserve(10), Some(false));
+        assert_eq!(crossed(&b, 80), Some(false));
+        assert_eq!(crossed(&b, 10), Some(true), "crossed 90");
+        assert_eq!(crossed(&b, 11), None);
+        assert_eq!(crossed(&b, 10), Some(false));
         assert_eq!(b.resident(), 100);
         assert!(b.above_high_water());
         b.release(40);
         assert!(b.at_or_below_low_water());
-        assert_eq!(b.try_reserve(usize::MAX), None, "no overflow");
+        assert_eq!(crossed(&b, usize::MAX), None, "no overflow");
     }
 
     #[test]
     fn pooled_bytes_count_toward_the_capacity_but_not_the_watermarks() {
         let b = Buffer::new(100, 90, 70);
-        assert_eq!(b.try_reserve(90), Some(true));
+        assert_eq!(crossed(&b, 90), Some(true));
         // Evicting 30 bytes into the pool: still resident, no longer above the marks.
         b.pool(30);
         assert_eq!(b.resident(), 60);
@@ -349,14 +388,14 @@ mod tests {
         assert!(!b.above_high_water());
         assert_eq!(b.excess_over_low_water(), 0);
         // The capacity still counts them: only 10 bytes of room.
-        assert_eq!(b.try_reserve(11), None);
-        assert_eq!(b.try_reserve(10), Some(false));
+        assert_eq!(crossed(&b, 11), None);
+        assert_eq!(crossed(&b, 10), Some(false));
         // A fill moves 20 pooled bytes in under its reservation of 20: the duplicate goes.
-        assert_eq!(b.try_reserve(20), None, "full");
+        assert_eq!(crossed(&b, 20), None, "full");
         b.unpool(20);
         b.release(20);
         assert_eq!(
-            b.try_reserve(20),
+            crossed(&b, 20),
             Some(true),
             "crossed 90 counting region pages only"
         );

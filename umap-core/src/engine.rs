@@ -60,6 +60,9 @@ pub(crate) struct Shared {
     /// Set when the engine stops; wakes the monitor thread.
     stopped: Mutex<bool>,
     stopped_cv: Condvar,
+    /// The engine's stamp clock, ahead of the process's by this (see
+    /// [`PageTable::stamp_at`]): 0, but for tests that start it just before the wrap.
+    stamp_offset: u32,
 }
 
 impl Shared {
@@ -229,6 +232,20 @@ impl Umap {
 
     /// Starts an engine with `config`: creates the userfaultfd and the threads.
     pub fn new(config: Config) -> Result<Umap> {
+        Umap::start_with(config, 0)
+    }
+
+    /// An engine whose page stamps wrap `lead` from now (instead of after 19 hours), for tests
+    /// that run faults and evictions across the wrap.
+    #[cfg(test)]
+    pub(crate) fn with_stamps_wrapping_in(config: Config, lead: std::time::Duration) -> Umap {
+        let offset = crate::buffer::stamp_offset_wrapping_in(lead);
+        Umap::start_with(config, offset)
+            .unwrap_or_else(|e| panic!("the engine needs userfaultfd: {e}"))
+    }
+
+    /// [`Umap::new`], with the engine's stamp clock `stamp_offset` ahead of the process's.
+    fn start_with(config: Config, stamp_offset: u32) -> Result<Umap> {
         config.validate()?;
         if let Some(level) = config.log_level {
             logger::install(level);
@@ -289,6 +306,7 @@ impl Umap {
             }),
             stopped: Mutex::new(false),
             stopped_cv: Condvar::new(),
+            stamp_offset,
             config,
         });
         let signal = if shared.config.signal_faults {
@@ -569,7 +587,7 @@ impl Umap {
             writable: options.writable,
             store,
             store_offset: options.offset,
-            pages: PageTable::new(mapped_len / page_size),
+            pages: PageTable::new(mapped_len / page_size).with_stamp_offset(shared.stamp_offset),
             gate: Default::default(),
             errors: crate::report::ErrorLog::new(mapping.addr()),
             counters: Counters::default(),

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::backoff::Backoff;
-use crate::buffer::PageRef;
+use crate::buffer::{PageRef, Reserved};
 use crate::error::Error;
 use crate::evictor;
 use crate::filler::{watch_again, Filler};
@@ -143,17 +143,33 @@ impl Filler<'_> {
         let mut room = pages;
         while room > 0 {
             match self.shared.buffer.try_reserve(room * page_size) {
-                Some(crossed_high) => {
-                    if crossed_high {
-                        bump(&self.shared.counters.high_water_hits, 1);
-                        self.shared.buffer.kick_evictors();
-                    }
+                Some(reserved) => {
+                    self.reserved(reserved, room * page_size);
                     break;
                 }
                 None => room /= 2,
             }
         }
         room
+    }
+
+    /// After `reserved`, a reservation of `bytes`: kicks the evictors if it took region pages
+    /// to the high-water mark (counted), or region and pool pages past the mark from which
+    /// the evictors trim the pool (clean fills growing the region under pool pages nobody
+    /// takes; see `crate::pool`).
+    #[inline]
+    fn reserved(&self, reserved: Reserved, bytes: usize) {
+        let shared = self.shared;
+        if reserved.crossed_high {
+            bump(&shared.counters.high_water_hits, 1);
+            shared.buffer.kick_evictors();
+        } else if shared
+            .pool
+            .as_ref()
+            .is_some_and(|pool| pool.crossed_trim_mark(&shared.buffer, reserved, bytes))
+        {
+            shared.buffer.kick_evictors();
+        }
     }
 
     /// Claims absent pages in the order `pages` gives them (`Absent` → `Filling`), at most
@@ -421,7 +437,7 @@ impl Filler<'_> {
             FillCounts::new(cause, run.len(), run_data).add(shared, region, 1);
         }
         let filled_at = Instant::now();
-        let stamp = crate::buffer::stamp_of(filled_at);
+        let stamp = region.pages.stamp_at(filled_at);
         for page in run.clone() {
             let to = if all_dirty || (page == own && first_write) {
                 DIRTY
@@ -517,7 +533,7 @@ impl Filler<'_> {
         let mut done = 0;
         while done < len {
             #[cfg(test)]
-            if let Some(e) = inject::fail(self, addr, src, len, mode, done) {
+            if let Some(e) = inject::fail(self, inject::Op::Copy, addr, src, len, mode, done) {
                 return Err(e);
             }
             // SAFETY: `addr..addr + len` are pages of a registered region kept mapped by the
@@ -610,10 +626,25 @@ impl Filler<'_> {
         len: usize,
     ) -> Result<usize, (usize, UffdError)> {
         let uffd = &self.shared.uffd;
-        // SAFETY: `addr..addr + len` are missing pages of a registered region kept mapped by
-        // the caller's gate and owned by this thread (Filling); `src..src + len` are pool pages
-        // in a slot this thread holds, registered on the same descriptor.
-        let moved = unsafe { crate::pool::move_all_mode(uffd, addr, src, len, false) };
+        #[cfg(test)]
+        let injected = inject::fail(
+            self,
+            inject::Op::Move,
+            addr,
+            src as *const u8,
+            len,
+            protect_mode(false),
+            0,
+        );
+        #[cfg(not(test))]
+        let injected = None;
+        let moved = match injected {
+            Some(e) => Err(e),
+            // SAFETY: `addr..addr + len` are missing pages of a registered region kept mapped
+            // by the caller's gate and owned by this thread (Filling); `src..src + len` are
+            // pool pages in a slot this thread holds, registered on the same descriptor.
+            None => unsafe { crate::pool::move_all_mode(uffd, addr, src, len, false) },
+        };
         let Err(e) = moved else {
             return Ok(len);
         };
@@ -632,10 +663,8 @@ impl Filler<'_> {
                 }
                 Ok(done)
             }
-            Err(e) => {
-                let copied = e.done();
-                Err((done, with_total(e, done + copied)))
-            }
+            // The copy's `done()` counts what it installed from `addr + done`.
+            Err(e) => Err((done, with_total(e, done))),
         }
     }
 
@@ -651,19 +680,8 @@ impl Filler<'_> {
         let mut backoff = Backoff::new();
         let mut stuck_since: Option<Instant> = None;
         loop {
-            if let Some(crossed_high) = shared.buffer.try_reserve(bytes) {
-                if crossed_high {
-                    bump(&shared.counters.high_water_hits, 1);
-                    shared.buffer.kick_evictors();
-                } else if shared
-                    .pool
-                    .as_ref()
-                    .is_some_and(|pool| pool.crossed_trim_mark(&shared.buffer, bytes))
-                {
-                    // Region pages grew under pool pages nobody takes: the evictors trim the
-                    // pool before the buffer is full (see `crate::pool`).
-                    shared.buffer.kick_evictors();
-                }
+            if let Some(reserved) = shared.buffer.try_reserve(bytes) {
+                self.reserved(reserved, bytes);
                 return true;
             }
             if tries == 0 {
@@ -845,9 +863,10 @@ fn read_with_retries(
 }
 
 /// Install failures on demand, for tests: an install into a chosen range stops part-way with
-/// `ENOMEM`, as `UFFDIO_COPY` does when the kernel cannot allocate a page.
+/// `ENOMEM`, as `UFFDIO_COPY` (or `UFFDIO_MOVE`) does when the kernel cannot allocate a page.
 #[cfg(test)]
 pub(crate) mod inject {
+    use std::collections::VecDeque;
     use std::ops::Range;
 
     use parking_lot::Mutex;
@@ -855,21 +874,48 @@ pub(crate) mod inject {
     use super::Filler;
     use crate::uffd::{CopyMode, UffdError};
 
-    /// The next `times` installs that start inside `range` install `after` bytes (waking
-    /// their threads), pause for `pause` (so that a woken thread gets to use them, as it may
-    /// in a real failure), then fail.
+    /// Which kind of install fails.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub(crate) enum Op {
+        /// A copy (`Filler::install`): from the scratch buffer, or of what a move left.
+        Copy,
+        /// A move of pool pages into the region (`Filler::install_moved`).
+        Move,
+    }
+
+    /// The next installs that start inside `range` fail, one per entry of `ops` and in that
+    /// order (an install of another kind meanwhile is not touched): each installs `after`
+    /// bytes (waking their threads), pauses for `pause` (so that a woken thread gets to use
+    /// them, as it may in a real failure), then fails.
     pub(crate) struct Fault {
         pub(crate) range: Range<usize>,
+        pub(crate) ops: VecDeque<Op>,
         pub(crate) after: usize,
-        pub(crate) times: u32,
         pub(crate) pause: std::time::Duration,
     }
 
-    pub(crate) static FAULT: Mutex<Option<Fault>> = Mutex::new(None);
+    /// The faults armed, each by its own test (tests of one process run at once: each
+    /// arms and takes back only its own, by its range).
+    static FAULTS: Mutex<Vec<Fault>> = Mutex::new(Vec::new());
 
-    /// Called by `install` before each copy: the failure to return instead, if one is due.
+    /// Arms `fault` (its range must not overlap another armed one).
+    pub(crate) fn arm(fault: Fault) {
+        FAULTS.lock().push(fault);
+    }
+
+    /// Takes back the fault armed for `range`, with the failures it did not cause yet.
+    pub(crate) fn disarm(range: &Range<usize>) -> Option<Fault> {
+        let mut faults = FAULTS.lock();
+        let k = faults.iter().position(|f| f.range == *range)?;
+        Some(faults.swap_remove(k))
+    }
+
+    /// Called before each copy (`op` [`Op::Copy`], from `src`) or move ([`Op::Move`], from
+    /// the pool pages at `src`) of `len - done` bytes to `addr + done`: the failure to return
+    /// instead, if one is due.
     pub(super) fn fail(
         filler: &Filler<'_>,
+        op: Op,
         addr: usize,
         src: *const u8,
         len: usize,
@@ -878,20 +924,33 @@ pub(crate) mod inject {
     ) -> Option<UffdError> {
         let at = addr + done;
         let (n, pause) = {
-            let mut fault = FAULT.lock();
-            let f = fault
-                .as_mut()
-                .filter(|f| f.range.contains(&at) && f.times > 0)?;
-            f.times -= 1;
+            let mut faults = FAULTS.lock();
+            let f = faults
+                .iter_mut()
+                .find(|f| f.range.contains(&at) && f.ops.front() == Some(&op))?;
+            f.ops.pop_front();
             (f.after.min(len - done), f.pause)
         };
+        let uffd = &filler.shared.uffd;
         if n > 0 {
-            // SAFETY: as for the copy in `install`, which this one stands in for.
-            unsafe { filler.shared.uffd.copy(at, src.add(done), n, mode) }.ok()?;
+            // SAFETY: as for the copy in `install` or the move in `install_moved`, which this
+            // one stands in for (moves only whole system pages: `after` is a multiple).
+            let installed = unsafe {
+                match op {
+                    Op::Copy => uffd.copy(at, src.add(done), n, mode),
+                    Op::Move => {
+                        crate::pool::move_all_mode(uffd, at, src.add(done) as usize, n, false)
+                    }
+                }
+            };
+            installed.ok()?;
         }
         std::thread::sleep(pause);
         Some(UffdError::Ioctl {
-            op: "UFFDIO_COPY",
+            op: match op {
+                Op::Copy => "UFFDIO_COPY",
+                Op::Move => "UFFDIO_MOVE",
+            },
             addr,
             len,
             done: done + n,
@@ -902,12 +961,13 @@ pub(crate) mod inject {
 
 #[cfg(test)]
 mod tests {
+    use std::ops::Range;
     use std::sync::Arc;
     use std::time::{Duration, Instant};
 
     use umap_store::{MemStore, Store};
 
-    use super::inject::{Fault, FAULT};
+    use super::inject::{self, Fault, Op};
     use crate::page_table::{CLEAN, DIRTY};
     use crate::{MapOptions, Region, Umap};
 
@@ -925,15 +985,16 @@ mod tests {
     }
 
     /// The next install into `page` of `region` stops after `after` bytes, 20 ms after it
-    /// woke the threads waiting on them.
-    fn fail_next_install(region: &Region, page: usize, after: usize) {
+    /// woke the threads waiting on them. Returns the page's range, to disarm it.
+    fn fail_next_install(region: &Region, page: usize, after: usize) -> Range<usize> {
         let at = region.as_ptr() as usize + page * PAGE;
-        *FAULT.lock() = Some(Fault {
+        inject::arm(Fault {
             range: at..at + PAGE,
+            ops: [Op::Copy].into(),
             after,
-            times: 1,
             pause: Duration::from_millis(20),
         });
+        at..at + PAGE
     }
 
     /// Whether the system page at `addr` is present (`/proc/self/pagemap`, bit 63).
@@ -967,13 +1028,13 @@ mod tests {
     #[test]
     fn a_writable_page_installed_in_part_is_completed_and_kept() {
         let (umap, store, region) = setup(1);
-        fail_next_install(&region, 5, PAGE / 2);
+        let armed = fail_next_install(&region, 5, PAGE / 2);
         let base = region.as_ptr() as *mut u8;
         // SAFETY: inside the region, mapped readable and writable.
         unsafe { base.add(5 * PAGE).write(0x77) };
         wait_for_state(&region, 5, DIRTY);
         assert!(
-            FAULT.lock().take().is_some_and(|f| f.times == 0),
+            inject::disarm(&armed).is_some_and(|f| f.ops.is_empty()),
             "the failure happened"
         );
         drop(region);
@@ -989,10 +1050,10 @@ mod tests {
     #[test]
     fn a_protected_page_installed_in_part_is_dropped_and_filled_again() {
         let (umap, _store, region) = setup(3);
-        fail_next_install(&region, 7, PAGE / 2);
+        let armed = fail_next_install(&region, 7, PAGE / 2);
         assert_eq!(region.as_slice()[7 * PAGE], 3);
         assert!(
-            FAULT.lock().take().is_some_and(|f| f.times == 0),
+            inject::disarm(&armed).is_some_and(|f| f.ops.is_empty()),
             "the failure happened"
         );
         // Given back with nothing of it left mapped outside the buffer's count (or, if this
@@ -1018,5 +1079,218 @@ mod tests {
             region.shared.pages.count_resident() * PAGE,
             "the buffer counts exactly the resident pages"
         );
+    }
+
+    /// Pages of 64 KiB: the smallest that are recycled.
+    const BIG: usize = 64 << 10;
+
+    /// An engine that recycles pages (a 1 MiB buffer of 64 KiB pages, one filler) and a
+    /// writable region of 64 pages of `byte`s without read-ahead, so that a write fault fills
+    /// its page alone, from the pool when it has pages.
+    fn recycling_setup(byte: u8) -> (Umap, Arc<MemStore>, LeakOnPanic) {
+        let umap = Umap::builder()
+            .buffer_size(1 << 20)
+            .page_size(BIG)
+            .fillers(1)
+            .recycle_pages(true)
+            .start()
+            .unwrap_or_else(|e| panic!("the engine needs userfaultfd: {e}"));
+        assert!(
+            umap.shared().pool.is_some(),
+            "no page pool: the kernel lacks UFFDIO_MOVE"
+        );
+        let store = Arc::new(MemStore::from_vec(vec![byte; 64 * BIG]));
+        let region = umap
+            .map_shared(
+                store.clone(),
+                MapOptions::new().writable(true).read_ahead(0),
+            )
+            .unwrap();
+        (umap, store, LeakOnPanic(Some(region)))
+    }
+
+    /// Leaks its region if the test fails while it is mapped: a page left resident with
+    /// system pages missing would make the unmap's write-back fault on it forever.
+    struct LeakOnPanic(Option<Region>);
+
+    impl std::ops::Deref for LeakOnPanic {
+        type Target = Region;
+        fn deref(&self) -> &Region {
+            self.0.as_ref().expect("mapped")
+        }
+    }
+
+    impl Drop for LeakOnPanic {
+        fn drop(&mut self) {
+            if std::thread::panicking() {
+                std::mem::forget(self.0.take());
+            }
+        }
+    }
+
+    /// The byte written at the start of page `page` by [`feed_pool`].
+    fn mark(page: usize) -> u8 {
+        100 + page as u8
+    }
+
+    /// Writes [`mark`] at the start of pages 0, 1, ... (a write fault each: a dirty fill, of
+    /// pool pages once there are some) until evictions have moved a page's worth of dirty
+    /// pages into the pool and the evictors are done; returns how many pages it wrote.
+    fn feed_pool(umap: &Umap, region: &Region) -> usize {
+        let buffer = &umap.shared().buffer;
+        let base = region.as_mut_ptr();
+        let mut next = 0;
+        while next < 48 {
+            // SAFETY: inside the region, mapped readable and writable.
+            unsafe { base.add(next * BIG).write(mark(next)) };
+            next += 1;
+            if next < 20 {
+                continue;
+            }
+            // The evictors have had more than the buffer to evict: wait for their round to
+            // end (its trim done, its slot given back) with pages in the pool. If the pool is
+            // empty (the last fills took its pages), the next fill finds it short and makes
+            // evictions feed it again.
+            let deadline = Instant::now() + Duration::from_millis(500);
+            while Instant::now() < deadline {
+                if buffer.pooled() >= BIG && buffer.at_or_below_low_water() {
+                    std::thread::sleep(Duration::from_millis(20));
+                    if buffer.pooled() >= BIG {
+                        return next;
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        panic!(
+            "no pool pages after writing {next} pages (pooled {})",
+            buffer.pooled()
+        );
+    }
+
+    /// Waits (bounded) until the buffer's and the pool's counts are exact: the region's
+    /// resident pages are the buffer's region bytes, the pool's present pages are its pooled
+    /// bytes and what its slots hold by their bookkeeping.
+    fn assert_exact_accounting(umap: &Umap, region: &Region) {
+        let shared = umap.shared();
+        let pool = shared.pool.as_ref().expect("a pool");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let pooled = shared.buffer.pooled();
+            let (held, present) = pool.held_and_present();
+            let resident = shared.buffer.resident();
+            let pages = region.shared.pages.count_resident() * BIG;
+            if (held, present, resident) == (Some(pooled), pooled, pages) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "buffer counts {resident} region bytes for {pages} resident; pooled {pooled}, \
+                 slots hold {held:?}, {present} present in the pool"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Asserts that every system page of `page` is present.
+    fn assert_whole(region: &Region, page: usize) {
+        let sys = crate::sys::page_size();
+        for k in 0..BIG / sys {
+            assert!(
+                present(region.as_ptr() as usize + page * BIG + k * sys),
+                "system page {k} of page {page} is missing"
+            );
+        }
+    }
+
+    /// Unmaps the region (writing it back) and checks the store: page `page` holds `byte` at
+    /// `offset`, every page fed to the pool its mark, and every other byte the store's `fill`.
+    fn assert_stored(
+        mut region: LeakOnPanic,
+        store: &MemStore,
+        fed: usize,
+        page: usize,
+        (offset, byte): (usize, u8),
+        fill: u8,
+    ) {
+        region.0.take().expect("mapped").unmap().unwrap();
+        let mut bytes = vec![0u8; 64 * BIG];
+        store.read_at(&mut bytes, 0).unwrap();
+        for (p, data) in bytes.chunks(BIG).enumerate() {
+            for (i, &b) in data.iter().enumerate() {
+                let want = match (p, i) {
+                    _ if (p, i) == (page, offset) => byte,
+                    (p, 0) if p < fed => mark(p),
+                    _ => fill,
+                };
+                assert_eq!(b, want, "byte {i} of page {p}");
+            }
+        }
+    }
+
+    /// The pool fill of `page` (for a write at `offset` of it, from this thread) meets the
+    /// failures `ops`, each after `after` bytes: the fill must end with the page whole and
+    /// dirty, holding the write, and the buffer's and the pool's counts exact.
+    fn pool_fill_fails(ops: &[Op], after: usize, pause: Duration, offset: usize) {
+        let (umap, store, region) = recycling_setup(9);
+        let fed = feed_pool(&umap, &region);
+        let page = 60;
+        let at = region.as_ptr() as usize + page * BIG;
+        inject::arm(Fault {
+            range: at..at + BIG,
+            ops: ops.iter().copied().collect(),
+            after,
+            pause,
+        });
+        let recycled = umap.stats().recycled_bytes;
+        // SAFETY: inside the region, mapped readable and writable.
+        unsafe { region.as_mut_ptr().add(page * BIG + offset).write(0x77) };
+        wait_for_state(&region, page, DIRTY);
+        let left = inject::disarm(&(at..at + BIG)).map(|f| f.ops);
+        assert_eq!(left, Some([].into()), "every failure happened");
+        assert!(
+            umap.stats().recycled_bytes > recycled,
+            "the fill took pool pages"
+        );
+        assert_whole(&region, page);
+        assert_exact_accounting(&umap, &region);
+        assert_stored(region, &store, fed, page, (offset, 0x77), 9);
+        assert_eq!(umap.stats().resident_bytes, 0);
+        let pool = umap.shared().pool.as_ref().expect("a pool");
+        let pooled = umap.shared().buffer.pooled();
+        assert_eq!(pool.held_and_present(), (Some(pooled), pooled));
+    }
+
+    /// A move of pool pages into the region stops half-way, after waking the writer, which
+    /// writes the moved half: the rest is copied, the page kept (dirty) with the write.
+    #[test]
+    fn a_page_moved_in_part_gets_the_rest_copied_and_is_kept() {
+        pool_fill_fails(&[Op::Move], BIG / 2, Duration::from_millis(20), 8);
+    }
+
+    /// A move stops after a quarter of the page, and the copy of the rest after another
+    /// quarter, whose writer (woken by the copy) writes it: the page is completed and kept.
+    #[test]
+    fn a_page_moved_then_copied_in_part_is_completed_and_kept() {
+        pool_fill_fails(
+            &[Op::Move, Op::Copy],
+            BIG / 4,
+            Duration::from_millis(20),
+            BIG / 4 + 8,
+        );
+    }
+
+    /// A move and every copy after it (the filler's own and the attempts to complete the
+    /// page) stop after one system page each: the installed part is dropped and the page
+    /// given back, filled again when the writer, waiting on its second half (never installed,
+    /// so never woken for it), is woken to fault again. Nothing of the run's pool pages or
+    /// buffer bytes is lost on the way.
+    #[test]
+    fn a_page_moved_in_part_that_cannot_be_completed_is_filled_again() {
+        let sys = crate::sys::page_size();
+        let mut ops = vec![Op::Move, Op::Copy];
+        ops.extend([Op::Copy; super::INSTALL_ATTEMPTS as usize]);
+        assert!((ops.len() * sys) < BIG, "the page stays installed in part");
+        pool_fill_fails(&ops, sys, Duration::from_millis(1), BIG / 2);
     }
 }

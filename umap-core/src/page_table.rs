@@ -83,6 +83,9 @@ pub(crate) struct PageTable {
     /// `Clean` by a write-back has it clear. Only those owners touch it, ordered by the
     /// state's claims and releases. (A page of a read-only region has it set, unused.)
     filled_clean: Box<[AtomicBool]>,
+    /// Added to the process's stamp clock ([`crate::buffer::stamp_of`]) for this table's
+    /// stamps: the engine's (0, but for tests that start the clock just before the wrap).
+    stamp_offset: u32,
 }
 
 impl PageTable {
@@ -92,7 +95,21 @@ impl PageTable {
             states: (0..pages).map(|_| AtomicU8::new(ABSENT)).collect(),
             stamps: (0..pages).map(|_| AtomicU32::new(0)).collect(),
             filled_clean: (0..pages).map(|_| AtomicBool::new(false)).collect(),
+            stamp_offset: 0,
         }
+    }
+
+    /// The table with its stamps taken on a clock `offset` ahead of the process's (see
+    /// [`PageTable::stamp_at`]).
+    pub(crate) fn with_stamp_offset(mut self, offset: u32) -> PageTable {
+        self.stamp_offset = offset;
+        self
+    }
+
+    /// `at` as a stamp of this table: [`crate::buffer::stamp_of`] on the engine's clock.
+    #[inline]
+    pub(crate) fn stamp_at(&self, at: std::time::Instant) -> u32 {
+        crate::buffer::stamp_of(at).wrapping_add(self.stamp_offset)
     }
 
     /// Number of pages.

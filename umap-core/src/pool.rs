@@ -37,7 +37,8 @@
 //!   find the room above it as they would without a pool. Between rounds, fills that do not
 //!   take pool pages (clean fills) grow the region under a pool that stays: a fill whose
 //!   reservation takes region and pool pages past the midpoint between the high-water mark and
-//!   the capacity kicks the evictors ([`Pool::crossed_trim_mark`]), which trim again. Only a
+//!   the capacity kicks the evictors ([`Pool::crossed_trim_mark`], exact from the
+//!   reservation's own total), which trim again (one at a time). Only a
 //!   fill that finds the buffer full all the same (evictors behind) trims the pool itself,
 //!   counted in `pool_fault_trims`, before evicting region pages.
 //! - Only fills that install their pages writable and `Dirty` take pool pages: a page moved
@@ -89,6 +90,8 @@ pub(crate) struct Pool {
     trim_at: usize,
     /// Region and pool bytes the evictors trim the pool down to.
     trim_to: usize,
+    /// Held by the evictor trimming the pool to its mark ([`Pool::trim_to_mark`]).
+    trimming: Mutex<()>,
 }
 
 impl Pool {
@@ -128,6 +131,7 @@ impl Pool {
             hungry: AtomicBool::new(true),
             trim_at: usize::MAX,
             trim_to: usize::MAX,
+            trimming: Mutex::new(()),
         }))
     }
 
@@ -142,29 +146,73 @@ impl Pool {
         self
     }
 
-    /// Whether a reservation of `bytes` (made) took region and pool pages together past the
-    /// mark from which the evictors should trim the pool, with pool pages to trim.
+    /// Whether `reserved`, a reservation of `bytes` just made, took region and pool pages
+    /// together past the mark from which the evictors should trim the pool, with pool pages
+    /// to trim.
+    ///
+    /// Exact, from the total the reservation itself stored: of the reservations that raise the
+    /// total past the mark, exactly one sees itself cross it, however many race (reading the
+    /// counters again after the reservation, two racing fills could each see the other's bytes
+    /// and both miss the crossing). No atomic operation is added to the fault path: the pool's
+    /// count is read only by the reservation that crossed. A kick can still be forgone when
+    /// the pool is empty at the crossing and gets pages while the total stays above the mark
+    /// (no reservation crosses it again): those pages come from evictions, whose round ends
+    /// with a trim to the mark anyway; and a trim that leaves the total above the mark (its
+    /// pages taken by fills meanwhile) leaves the rest to the evictors' wake-up every 200 ms
+    /// ([`Pool::over_trim_mark`]) and, if the buffer fills first, to the fill that finds it
+    /// full and trims the pool itself (`Stats::pool_fault_trims`).
     #[inline]
-    pub(crate) fn crossed_trim_mark(&self, buffer: &Buffer, bytes: usize) -> bool {
-        let pooled = buffer.pooled();
-        let total = buffer.resident() + pooled;
-        pooled > 0 && total >= self.trim_at && total - bytes.min(total) < self.trim_at
+    pub(crate) fn crossed_trim_mark(
+        &self,
+        buffer: &Buffer,
+        reserved: crate::buffer::Reserved,
+        bytes: usize,
+    ) -> bool {
+        let total = reserved.total;
+        total >= self.trim_at && total - bytes.min(total) < self.trim_at && buffer.pooled() > 0
     }
 
     /// Whether region and pool pages together are past the mark from which the evictors
     /// should trim the pool.
     pub(crate) fn over_trim_mark(&self, buffer: &Buffer) -> bool {
-        buffer.resident() + buffer.pooled() >= self.trim_at
+        buffer.total() >= self.trim_at
     }
 
     /// Evictor side: drops pool pages until region and pool pages together are at most the
     /// high-water mark (see the module documentation); returns how many bytes it freed.
+    /// One evictor at a time: several that each measured the same excess would trim it once
+    /// each (another one trimming now does it for this one). The excess is measured again
+    /// after each slot, so that pages freed meanwhile (a fill's own trim, evictions) count.
     pub(crate) fn trim_to_mark(&self, buffer: &Buffer) -> usize {
-        let total = buffer.resident() + buffer.pooled();
-        match total.checked_sub(self.trim_to) {
-            Some(over) if over > 0 => self.trim(buffer, over),
-            _ => 0,
+        let Some(_alone) = self.trimming.try_lock() else {
+            return 0;
+        };
+        let mut freed = 0;
+        loop {
+            let over = buffer.total().saturating_sub(self.trim_to);
+            let n = if over > 0 {
+                self.trim_slot(buffer, over)
+            } else {
+                0
+            };
+            if n == 0 {
+                break;
+            }
+            freed += n;
         }
+        self.trimmed(freed);
+        freed
+    }
+
+    /// For tests, with no slot taken by a thread: the bytes the slots hold by their
+    /// bookkeeping, and the bytes of pool pages present (`mincore`). Equal if it is exact.
+    #[cfg(test)]
+    pub(crate) fn held_and_present(&self) -> (Option<usize>, usize) {
+        let held = self.free.lock().slots().into_iter().sum();
+        let present = sys::resident_pages(self.mapping.addr(), self.mapping.len())
+            .expect("mincore of the pool")
+            * sys::page_size();
+        (held, present)
     }
 
     fn slot_addr(&self, slot: &Slot) -> usize {
@@ -357,26 +405,49 @@ impl Pool {
     pub(crate) fn trim(&self, buffer: &Buffer, bytes: usize) -> usize {
         let mut freed = 0;
         while freed < bytes {
-            let Some(mut slot) = self.free.lock().pop_fullest(1, usize::MAX) else {
+            let n = self.trim_slot(buffer, bytes - freed);
+            if n == 0 {
                 break;
-            };
-            let n = slot
-                .filled
-                .min((bytes - freed).next_multiple_of(sys::page_size()));
-            let addr = self.slot_addr(&slot) + slot.filled - n;
-            self.discard(addr, n);
-            slot.filled -= n;
+            }
             freed += n;
-            buffer.unpool(n);
-            buffer.release(n);
-            self.free.lock().push(slot);
         }
-        // Only a trim that gave room back says the pool was holding pages nobody took: an
-        // empty pool freed nothing, and the fills that made it hungry still want pages.
+        self.trimmed(freed);
+        freed
+    }
+
+    /// Drops up to `bytes` (rounded up to system pages) from the top of the fullest slot;
+    /// returns how many bytes it freed (0 if no slot a thread does not hold has pages).
+    fn trim_slot(&self, buffer: &Buffer, bytes: usize) -> usize {
+        let Some(mut slot) = self.free.lock().pop_fullest(1, usize::MAX) else {
+            return 0;
+        };
+        let n = slot.filled.min(bytes.next_multiple_of(sys::page_size()));
+        let addr = self.slot_addr(&slot) + slot.filled - n;
+        self.discard(addr, n);
+        slot.filled -= n;
+        buffer.unpool(n);
+        buffer.release(n);
+        self.free.lock().push(slot);
+        n
+    }
+
+    /// After a trim that freed `freed` bytes: only a trim that gave room back says the pool
+    /// was holding pages nobody took (an empty pool freed nothing, and the fills that made it
+    /// hungry still want pages), so evictions stop feeding it until a fill asks again.
+    ///
+    /// Every trim clears it, the evictors' as the fault path's. For the trims kicked by clean
+    /// fills growing the region under the pool that is what stops evictions feeding a pool
+    /// nobody takes from (a move and a drop for every page evicted). The evictors' trim after
+    /// a round can also cut back only what the round itself moved in past the high-water
+    /// mark (a round that began above it, under dirty fills that empty the pool between
+    /// rounds): then the next round drops instead of pooling until a dirty fill finds the
+    /// pool short again, so recycling may skip a round there. Kept as it is: keeping the
+    /// pool hungry across such trims would keep moving pages in only to drop them in
+    /// workloads that stopped taking them, and which costs more is a measurement not made.
+    fn trimmed(&self, freed: usize) {
         if freed > 0 {
             self.hungry.store(false, Ordering::Relaxed);
         }
-        freed
     }
 }
 
@@ -978,28 +1049,86 @@ mod tests {
         unsafe { pool.stash(&uffd, &buffer, &counters, &runs, &mut rest) };
         assert!(rest.is_empty());
         assert_eq!((buffer.resident(), buffer.pooled()), (0, 4 * PAGE));
+        // Reserves `bytes`: whether that asks the evictors to trim the pool.
+        let crosses = |bytes: usize| {
+            let reserved = buffer.try_reserve(bytes).expect("room");
+            pool.crossed_trim_mark(&buffer, reserved, bytes)
+        };
         // Region pages grow under the pool: nothing to trim up to the high-water mark.
-        assert!(buffer.try_reserve(2 * PAGE).is_some());
-        assert!(!pool.crossed_trim_mark(&buffer, 2 * PAGE));
+        assert!(!crosses(2 * PAGE));
         assert!(!pool.over_trim_mark(&buffer));
         assert_eq!(pool.trim_to_mark(&buffer), 0, "at the high-water mark");
         assert!(pool.wants_pages());
         // Past the midpoint (8 pages): the reservation that crosses it asks, the next does not.
-        assert!(buffer.try_reserve(2 * PAGE).is_some());
-        assert!(pool.crossed_trim_mark(&buffer, 2 * PAGE));
+        assert!(crosses(2 * PAGE));
         assert!(pool.over_trim_mark(&buffer));
-        assert!(buffer.try_reserve(PAGE).is_some());
-        assert!(!pool.crossed_trim_mark(&buffer, PAGE), "crossed already");
+        assert!(!crosses(PAGE), "crossed already");
         // 5 region pages and 4 pool pages: 3 pool pages go.
         assert_eq!(pool.trim_to_mark(&buffer), 3 * PAGE);
         assert_eq!((buffer.resident(), buffer.pooled()), (5 * PAGE, PAGE));
         assert!(!pool.wants_pages(), "a trim that freed pages");
         assert!(!pool.over_trim_mark(&buffer));
+        // Two fills racing past the mark (7 pages, then 8 and 9) before either looks: the
+        // first asks, from its own reservation (reading the total again, both saw 9 pages
+        // and neither asked).
+        assert!(!crosses(PAGE));
+        let first = buffer.try_reserve(PAGE).expect("room");
+        let second = buffer.try_reserve(PAGE).expect("room");
+        assert!(
+            pool.crossed_trim_mark(&buffer, first, PAGE),
+            "the first crossed"
+        );
+        assert!(!pool.crossed_trim_mark(&buffer, second, PAGE));
+        buffer.release(3 * PAGE);
         // Region pages alone past the mark: no pool pages to trim, nothing asked.
         assert_eq!(pool.trim(&buffer, PAGE), PAGE);
-        assert!(buffer.try_reserve(4 * PAGE).is_some());
-        assert!(!pool.crossed_trim_mark(&buffer, 4 * PAGE), "an empty pool");
+        assert!(!crosses(4 * PAGE), "an empty pool");
         assert_eq!(pool.trim_to_mark(&buffer), 0);
+    }
+
+    /// Several evictors trimming at once trim the excess once: while one trims, the others
+    /// leave it to it, and racing ones together free exactly the excess.
+    #[test]
+    fn evictors_trimming_at_once_trim_the_excess_once() {
+        let uffd = uffd();
+        let counters = Counters::default();
+        for round in 0..20 {
+            // Four slots of two pages, all full; a buffer of 10 pages with the high-water
+            // mark at 6: two pool pages too many.
+            let pool = Pool::new(&uffd, 8 * PAGE)
+                .unwrap()
+                .expect("a pool")
+                .with_marks(10 * PAGE, 6 * PAGE);
+            let region = region(&uffd, 8);
+            let buffer = Buffer::new(10 * PAGE, 60, 20);
+            assert!(buffer.try_reserve(8 * PAGE).is_some());
+            let runs: Vec<(usize, usize)> = (0..4)
+                .map(|k| (region.addr() + k * 2 * PAGE, 2 * PAGE))
+                .collect();
+            let mut rest = Vec::new();
+            // SAFETY: the test owns the region's pages; they read as missing afterwards.
+            unsafe { pool.stash(&uffd, &buffer, &counters, &runs, &mut rest) };
+            assert!(rest.is_empty());
+            if round == 0 {
+                let busy = pool.trimming.lock();
+                assert_eq!(pool.trim_to_mark(&buffer), 0, "another evictor trims");
+                drop(busy);
+            }
+            let start = std::sync::Barrier::new(4);
+            let freed: usize = std::thread::scope(|s| {
+                let threads: Vec<_> = (0..4)
+                    .map(|_| {
+                        s.spawn(|| {
+                            start.wait();
+                            pool.trim_to_mark(&buffer)
+                        })
+                    })
+                    .collect();
+                threads.into_iter().map(|t| t.join().unwrap()).sum()
+            });
+            assert_eq!(freed, 2 * PAGE, "round {round}");
+            assert_eq!(buffer.pooled(), 6 * PAGE, "round {round}");
+        }
     }
 
     /// A fill whose move into the region fails (here onto a present page: `EEXIST`) counts

@@ -348,10 +348,13 @@ impl fmt::Display for RegionStats {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
     use super::*;
 
     #[test]
-    fn both_sets_count_and_the_table_names_every_field() {
+    fn both_sets_count() {
         let (engine, region) = (Counters::default(), Counters::default());
         bump_both(&engine, &region, |c| &c.fills, 3);
         bump(&engine.event_batches, 1);
@@ -359,10 +362,115 @@ mod tests {
         assert_eq!((s.fills, s.event_batches, s.resident_bytes), (3, 1, 4096));
         let r = region.region_snapshot(1, 0);
         assert_eq!((r.fills, r.resident_pages), (3, 1));
-        let text = s.to_string();
-        for name in ["fills", "read-ahead pages", "buffer bytes", "fault latency"] {
-            assert!(text.contains(name), "{text}");
+    }
+
+    /// The top-level numeric fields of a pretty-printed (`{:#?}`) struct, by name: an atomic
+    /// counter prints as its value, so this reads `Counters` as well as the snapshots.
+    fn numeric_fields(debug: &str) -> BTreeMap<String, u64> {
+        debug
+            .lines()
+            .filter_map(|line| {
+                let field = line.strip_prefix("    ").filter(|f| !f.starts_with(' '))?;
+                let (name, value) = field.split_once(": ")?;
+                let value = value.strip_suffix(',')?.parse().ok()?;
+                Some((name.to_string(), value))
+            })
+            .collect()
+    }
+
+    /// The rows of a printed table, by the field each names (its words joined by
+    /// underscores: "buffer-full waits" is `buffer_full_waits`), and its last line.
+    fn rows(table: &str) -> (BTreeMap<String, u64>, String) {
+        let mut lines: Vec<&str> = table.lines().collect();
+        let last = lines.pop().expect("a latency line").to_string();
+        let mut rows = BTreeMap::new();
+        for line in lines {
+            let (name, value) = line.split_at(20);
+            let field = name.trim_end().replace([' ', '-'], "_");
+            let value = value
+                .trim_start()
+                .parse()
+                .unwrap_or_else(|e| panic!("{line}: {e}"));
+            assert!(rows.insert(field, value).is_none(), "row {line} twice");
         }
-        assert!(r.to_string().contains("resident pages"));
+        (rows, last)
+    }
+
+    /// Every counter reaches its field of both snapshots, and the printed tables have one row
+    /// per field of the snapshot, showing that field's value: each counter holds a value of its
+    /// own, so a row that printed another field (or a field without a row) fails here.
+    #[test]
+    fn the_tables_print_every_field_on_its_own_row() {
+        let n = |k: u64| AtomicU64::new(k);
+        // Every field listed (no `..Default::default()`): a new counter must be added here.
+        let counters = Counters {
+            read_faults: n(1),
+            write_faults: n(2),
+            wp_faults: n(3),
+            duplicate_faults: n(4),
+            parked_faults: n(5),
+            fills: n(6),
+            prefetched_pages: n(7),
+            read_ahead_pages: n(8),
+            eager_dirty_pages: n(9),
+            bytes_read: n(10),
+            evictions: n(11),
+            dirty_evictions: n(12),
+            clustered_evictions: n(13),
+            pages_written: n(14),
+            bytes_written: n(15),
+            write_errors: n(16),
+            flushes: n(17),
+            read_errors: n(18),
+            buffer_full_waits: n(19),
+            buffer_stalls: n(20),
+            errors_unrecorded: n(21),
+            high_water_hits: n(22),
+            pooled_bytes: n(23),
+            recycled_bytes: n(24),
+            pool_peak_bytes: n(25),
+            pool_fault_trims: n(26),
+            event_batches: n(27),
+            signal_faults: n(28),
+            fault_latency: Histogram::default(),
+        };
+        counters.fault_latency.record(Duration::from_micros(3));
+        let live = numeric_fields(&format!("{counters:#?}"));
+        assert_eq!(live.len(), 28, "{live:?}");
+
+        let s = counters.snapshot(1001, 1002);
+        let fields = numeric_fields(&format!("{s:#?}"));
+        let mut expected = live.clone();
+        expected.insert("resident_bytes".into(), 1001);
+        expected.insert("buffer_bytes".into(), 1002);
+        assert_eq!(fields, expected, "each counter in its own field");
+        let text = s.to_string();
+        let (table, latency) = rows(&text);
+        assert_eq!(table, fields, "{text}");
+        assert_eq!(table["pool_fault_trims"], 26, "{text}");
+        assert_eq!(
+            latency,
+            format!("{:<20}{}", "fault latency", s.fault_latency)
+        );
+        assert_eq!(s.fault_latency.count, 1);
+
+        let r = counters.region_snapshot(1003, 1004);
+        let fields = numeric_fields(&format!("{r:#?}"));
+        for (name, value) in &fields {
+            let want = match name.as_str() {
+                "resident_pages" => 1003,
+                "dirty_pages" => 1004,
+                _ => live[name],
+            };
+            assert_eq!(*value, want, "region field {name}");
+        }
+        assert_eq!(fields.len(), 20, "{fields:?}");
+        let text = r.to_string();
+        let (table, latency) = rows(&text);
+        assert_eq!(table, fields, "{text}");
+        assert_eq!(
+            latency,
+            format!("{:<20}{}", "fault latency", r.fault_latency)
+        );
     }
 }
