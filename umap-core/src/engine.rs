@@ -698,9 +698,10 @@ impl ConfigBuilder {
 impl Handle {
     fn spawn(&self, name: String, body: fn(Arc<Shared>)) -> Result<()> {
         let shared = self.shared.clone();
+        let thread_name = name.clone();
         let thread = std::thread::Builder::new()
             .name(name.clone())
-            .spawn(move || body(shared))
+            .spawn(move || crate::unwind::abort_on_panic(&thread_name, || body(shared)))
             .map_err(|source| Error::Thread { name, source })?;
         self.threads.lock().push(thread);
         Ok(())
@@ -780,5 +781,56 @@ impl fmt::Debug for Umap {
             .field("regions", &self.region_count())
             .field("resident", &self.handle.shared.buffer.resident())
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::Command;
+
+    /// Set in the child process of the test below.
+    const PANIC_CHILD: &str = "UMAP_TEST_ENGINE_THREAD_PANIC";
+
+    #[test]
+    fn a_panicking_engine_thread_aborts_the_process_saying_why() {
+        if std::env::var_os(PANIC_CHILD).is_some() {
+            // An engine thread started as the fillers and evictors are, whose body panics.
+            let umap = Umap::for_tests(4096);
+            umap.handle
+                .spawn("umap-test-panicker".into(), |_| {
+                    panic!("injected engine bug")
+                })
+                .unwrap();
+            // The abort comes first; if it does not, the parent sees a clean exit and fails.
+            std::thread::sleep(Duration::from_secs(10));
+            std::process::exit(0);
+        }
+        let exe = std::env::current_exe().expect("the test binary's path");
+        let out = Command::new(exe)
+            .args([
+                "--exact",
+                "engine::tests::a_panicking_engine_thread_aborts_the_process_saying_why",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(PANIC_CHILD, "1")
+            .output()
+            .expect("the child test runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.signal(),
+            Some(libc::SIGABRT),
+            "the child should abort, got {:?}:\n{stderr}",
+            out.status
+        );
+        assert!(
+            stderr.contains(
+                "the engine thread umap-test-panicker panicked (injected engine bug); threads \
+                 faulting on umap memory would wait forever"
+            ),
+            "{stderr}"
+        );
     }
 }

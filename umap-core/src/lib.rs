@@ -46,6 +46,7 @@ mod stats;
 mod store_guard;
 pub mod sys;
 pub mod uffd;
+mod unwind;
 mod write_intent;
 mod writeback;
 

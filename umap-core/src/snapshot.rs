@@ -307,7 +307,10 @@ pub unsafe fn start(
     snapshot.fault_thread = Some(
         std::thread::Builder::new()
             .name("umap-snap-fault".into())
-            .spawn(move || fault_inner.serve_faults())
+            // Writers wait on it in the kernel: it must not die quietly (see `unwind`).
+            .spawn(move || {
+                crate::unwind::abort_on_panic("umap-snap-fault", || fault_inner.serve_faults())
+            })
             .map_err(spawn_error)?,
     );
     for i in 0..options.copiers {

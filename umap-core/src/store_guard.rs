@@ -59,13 +59,7 @@ fn guarded(
 /// The error for a store call that panicked with `payload`; logs it.
 #[cold]
 fn panicked(op: &'static str, offset: u64, len: usize, payload: Box<dyn Any + Send>) -> StoreError {
-    let message = if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "(a panic payload that is not a string)".to_owned()
-    };
+    let message = crate::unwind::message(payload.as_ref());
     // A payload's destructor may panic too (`panic_any` of such a value): keep that from
     // unwinding into the engine, and leak what it left.
     if let Err(again) = catch_unwind(AssertUnwindSafe(move || drop(payload))) {
