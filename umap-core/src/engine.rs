@@ -709,7 +709,22 @@ impl Handle {
 }
 
 /// The monitor thread (`Config::monitor_interval`): prints the statistics to stderr.
+///
+/// No thread waits on it, so unlike the other engine threads a panic here does not abort the
+/// process (see `unwind`): it is logged and the printing stops.
 fn monitor(shared: Arc<Shared>) {
+    let printing = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| print_stats(&shared)));
+    if let Err(payload) = printing {
+        log::error!(
+            "the statistics monitor panicked ({}); the statistics are no longer printed",
+            crate::unwind::message(payload.as_ref())
+        );
+    }
+}
+
+/// The monitor's loop: prints the statistics every `Config::monitor_interval` until the
+/// engine stops.
+fn print_stats(shared: &Shared) {
     let Some(interval) = shared.config.monitor_interval else {
         return;
     };
@@ -738,7 +753,9 @@ fn monitor(shared: Arc<Shared>) {
                 region.pages.count_resident()
             ));
         }
-        eprint!("{text}");
+        // Not `eprint!`, which panics when stderr is closed (a daemon's): a lost report is
+        // no reason to stop.
+        let _ = std::io::Write::write_all(&mut std::io::stderr(), text.as_bytes());
     }
 }
 

@@ -33,7 +33,8 @@ pub(crate) fn abort_on_panic<T>(name: &str, body: impl FnOnce() -> T) -> T {
             message(payload.as_ref())
         );
         log::error!("{text}");
-        eprintln!("{text}");
+        // Not `eprintln!`, which panics when stderr is closed.
+        let _ = std::io::Write::write_all(&mut std::io::stderr(), format!("{text}\n").as_bytes());
         std::process::abort()
     })
 }
