@@ -344,6 +344,31 @@ fn the_monitor_prints_statistics_periodically() {
 }
 
 #[test]
+fn the_monitor_survives_a_closed_stderr() {
+    // A daemon's stderr may be gone: writes fail (EPIPE here, the reader closed), which makes
+    // `eprint!` panic. The monitor must go on without printing, not take the process down.
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    for var in umap::env::VARIABLES {
+        cmd.env_remove(var);
+    }
+    cmd.args(["--exact", "child_entry", "--nocapture", "--test-threads=1"])
+        .env(CHILD, "work")
+        .env("UMAP_MONITOR_FREQ", "0.05")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().expect("cannot run the test binary as a child");
+    // The first report is due after 50 ms: close the pipe's only reader before that.
+    drop(child.stderr.take());
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{:?}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
 fn the_log_level_installs_a_stderr_logger() {
     let (ok, out, err) = run_child("work", &[("UMAP_LOG_LEVEL", "debug")], None);
     assert!(ok, "{out}\n{err}");
