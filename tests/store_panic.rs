@@ -281,9 +281,7 @@ fn write_backs_that_panic_keep_their_pages_and_eviction_goes_on() {
     let mut region = umap
         .map_shared(store.clone(), MapOptions::new().writable(true))
         .unwrap();
-    for (i, page) in region.as_mut_slice().unwrap().chunks_mut(PS).enumerate() {
-        page[..8].copy_from_slice(&(i as u64 ^ 0xABCD).to_le_bytes());
-    }
+    common::tag_pages(region.as_mut_slice().unwrap(), PS);
     let stats = umap.stats();
     assert!(stats.dirty_evictions >= 100, "{stats:?}");
     assert!(stats.write_errors > 0, "{stats:?}");
@@ -292,14 +290,7 @@ fn write_backs_that_panic_keep_their_pages_and_eviction_goes_on() {
     assert!(is_panic(&err, "write", WRITE_PANIC), "{err:?}");
     store.writes.store(false, Ordering::SeqCst);
     region.flush().unwrap();
-    let data = store.inner.to_vec();
-    for (i, page) in data.chunks(PS).enumerate() {
-        assert_eq!(
-            page[..8],
-            (i as u64 ^ 0xABCD).to_le_bytes(),
-            "page {i} in the store"
-        );
-    }
+    common::check_tags(&store.inner.to_vec(), PS);
     region.unmap().unwrap();
     drop(umap);
 }
@@ -340,6 +331,17 @@ fn snapshot_memory(pages: usize) -> Mapping {
     mem
 }
 
+/// Starts a snapshot of all of `mem` into `store`.
+///
+/// # Safety
+///
+/// `mem` must stay mapped until the snapshot has ended.
+unsafe fn start_snapshot(mem: &Mapping, store: Arc<PanickyStore>) -> snapshot::Snapshot {
+    // SAFETY: the caller keeps `mem` mapped until the snapshot has ended.
+    unsafe { snapshot::start(mem.as_ptr(), mem.len(), store, SnapshotOptions::new()) }
+        .expect("snapshot")
+}
+
 /// A snapshot whose store writes panic ends with that error (while a thread writes to the
 /// memory, so the fault thread writes to the store too), and the memory is writable again.
 #[test]
@@ -350,15 +352,7 @@ fn a_snapshot_whose_writes_panic_ends_with_the_error() {
     let store = Arc::new(PanickyStore::new(MemStore::new(0), 0..u64::MAX));
     store.writes.store(true, Ordering::SeqCst);
     // SAFETY: `mem` stays mapped until the snapshot has ended (wait below).
-    let snap = unsafe {
-        snapshot::start(
-            mem.as_ptr(),
-            pages * PS,
-            store.clone(),
-            SnapshotOptions::new(),
-        )
-    }
-    .expect("snapshot");
+    let snap = unsafe { start_snapshot(&mem, store.clone()) };
     let stop = AtomicBool::new(false);
     let base = mem.as_ptr() as usize;
     let result = std::thread::scope(|s| {
@@ -394,15 +388,7 @@ fn a_snapshot_whose_sync_panics_returns_the_error() {
     let store = Arc::new(PanickyStore::new(MemStore::new(0), 0..0));
     store.syncs.store(true, Ordering::SeqCst);
     // SAFETY: `mem` stays mapped until the snapshot has ended (wait below).
-    let snap = unsafe {
-        snapshot::start(
-            mem.as_ptr(),
-            pages * PS,
-            store.clone(),
-            SnapshotOptions::new(),
-        )
-    }
-    .expect("snapshot");
+    let snap = unsafe { start_snapshot(&mem, store.clone()) };
     let err = snap.wait().unwrap_err();
     assert!(is_panic(&err, "sync", SYNC_PANIC), "{err:?}");
     assert_eq!(store.panics(), 1);

@@ -91,6 +91,24 @@ pub fn pattern_file(dir: &Path, name: &str, seed: u64, len: u64) -> PathBuf {
     f.into_inner().unwrap().sync_all().unwrap();
     path
 }
+/// Writes each `page_size` page's tag (its index `^ 0xABCD`, 8 bytes little-endian) at its
+/// start, dirtying every page of `mem`; [`check_tags`] checks them.
+pub fn tag_pages(mem: &mut [u8], page_size: usize) {
+    for (i, page) in mem.chunks_mut(page_size).enumerate() {
+        page[..8].copy_from_slice(&(i as u64 ^ 0xABCD).to_le_bytes());
+    }
+}
+
+/// Checks that every `page_size` page of `bytes` starts with the tag [`tag_pages`] wrote.
+pub fn check_tags(bytes: &[u8], page_size: usize) {
+    for (i, page) in bytes.chunks(page_size).enumerate() {
+        assert_eq!(
+            page[..8],
+            (i as u64 ^ 0xABCD).to_le_bytes(),
+            "page {i}'s tag"
+        );
+    }
+}
 
 /// Asserts that `got` equals the pattern at `offset`, naming the first differing byte.
 pub fn check_pattern(seed: u64, offset: u64, got: &[u8]) {
