@@ -4,6 +4,7 @@
 //! ```text
 //! cargo run --release --example sort -- [--size BYTES] [--buffer BYTES] [--page-size BYTES]
 //!     [--threads N] [--fillers N] [--evictors N] [--file PATH] [--keep] [--mmap] [--direct]
+//!     [--versus-mmap ROUNDS]
 //! ```
 //!
 //! With no flags it writes 1 GiB of random `u64`s to a file in a temporary directory, maps it
@@ -14,7 +15,9 @@
 //! resident set size, and exits non-zero if any check fails.
 //!
 //! `--mmap` does the same work through kernel `mmap(MAP_SHARED)` of the file (the flush is
-//! `msync(MS_SYNC)`). `--threads 128 --fillers 40 --evictors 40 --page-size 4K` is the classic
+//! `msync(MS_SYNC)`). `--versus-mmap N` runs the sort through umap and then through kernel
+//! `mmap`, N rounds, and prints each round's sort times, their ratio and the median ratio: the
+//! comparison issue 9's sort target asks for, made in one sitting. `--threads 128 --fillers 40 --evictors 40 --page-size 4K` is the classic
 //! stress test of userfaultfd write protection: 128 sorting threads, 80 pager threads.
 
 #[path = "support/cli.rs"]
@@ -48,6 +51,8 @@ usage: sort [OPTIONS]
   --keep             keep the sorted file afterwards (it is deleted by default)
   --mmap             do the same work through kernel mmap(MAP_SHARED), for comparison
   --direct           umap reads and writes the file with O_DIRECT
+  --versus-mmap N    sort through umap, then through kernel mmap, N rounds (at most 100),
+                     and print the sort times of each round, umap/mmap, and the median
   -h, --help         this text
 
 BYTES takes a suffix K, M, G, KiB, MiB or GiB (all binary: 1K = 1024).
@@ -58,6 +63,8 @@ UMAP_READ_AHEAD ...) configure the pager too; the flags above override them.";
 const SEED: u64 = 0x736f_7274_2d75_6d61;
 /// Bytes the input is written and the output read back in.
 const CHUNK: usize = 8 << 20;
+/// The most rounds `--versus-mmap` takes.
+const MAX_ROUNDS: usize = 100;
 /// Words each verification task summarises.
 const VERIFY_WORDS: usize = 1 << 16;
 
@@ -79,6 +86,8 @@ struct Args {
     keep: bool,
     mmap: bool,
     direct: bool,
+    /// `--versus-mmap`: rounds of a umap run then an mmap run.
+    versus_mmap: Option<usize>,
 }
 
 enum Parsed {
@@ -98,6 +107,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> 
         keep: false,
         mmap: false,
         direct: false,
+        versus_mmap: None,
     };
     // Options that mean nothing with --mmap, to refuse them there.
     let mut umap_only = Vec::new();
@@ -114,6 +124,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> 
             "--keep" => a.keep = true,
             "--mmap" => a.mmap = true,
             "--direct" => a.direct = true,
+            "--versus-mmap" => a.versus_mmap = Some(flags.count()?),
             "-h" | "--help" => return Ok(Parsed::Help),
             _ => return Err(format!("unknown argument `{name}`")),
         }
@@ -129,6 +140,23 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> 
             "{}: umap options, which do not apply with --mmap (the kernel pages the mapping)",
             umap_only.join(", ")
         ));
+    }
+    if let Some(rounds) = a.versus_mmap {
+        if a.mmap {
+            return Err("--versus-mmap runs both umap and kernel mmap: leave out --mmap".into());
+        }
+        if a.keep {
+            return Err(
+                "--keep keeps one run's file, and --versus-mmap makes several: use one or the \
+                 other"
+                    .into(),
+            );
+        }
+        if rounds > MAX_ROUNDS {
+            return Err(format!(
+                "--versus-mmap: {rounds} rounds is too many (at most {MAX_ROUNDS})"
+            ));
+        }
     }
     if a.size == 0 || a.size % 8 != 0 {
         return Err(format!(
@@ -622,7 +650,10 @@ fn sort_mmap(
     Ok(())
 }
 
-fn run(args: &Args) -> Result<(), Failure> {
+/// Sorts once, as `args` say, printing the phases; returns the time of the sort phase.
+/// `rss`: also print the process's peak RSS (meaningless after an earlier run in the same
+/// process, so `--versus-mmap` leaves it out).
+fn run(args: &Args, rss: bool) -> Result<Duration, Failure> {
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(args.threads)
         .thread_name(|i| format!("sort-{i}"))
@@ -662,6 +693,7 @@ fn run(args: &Args) -> Result<(), Failure> {
         println!("input digest: {input}");
         Ok::<(), Failure>(())
     })();
+    let sorted = phases.get("sort");
 
     // The file goes (unless kept) before anything else can fail.
     if args.keep {
@@ -675,12 +707,14 @@ fn run(args: &Args) -> Result<(), Failure> {
 
     println!();
     phases.print(args.size);
-    let peak = peak_rss()?;
-    println!(
-        "peak RSS {:.1} MiB ({:.1}% of the data)",
-        mib(peak),
-        peak as f64 * 100.0 / args.size as f64
-    );
+    if rss {
+        let peak = peak_rss()?;
+        println!(
+            "peak RSS {:.1} MiB ({:.1}% of the data)",
+            mib(peak),
+            peak as f64 * 100.0 / args.size as f64
+        );
+    }
     if let Some(sort) = phases.get("sort") {
         println!(
             "sort: {:.1} M words/s",
@@ -690,7 +724,65 @@ fn run(args: &Args) -> Result<(), Failure> {
     if args.keep {
         println!("kept {}", path.display());
     }
-    result
+    result?;
+    sorted.ok_or_else(|| Failure::Run("the sort phase did not run".into()))
+}
+
+/// `--versus-mmap`: `rounds` rounds of the sort through umap, then through kernel `mmap`
+/// (the same data, written afresh for each run); prints each round's sort times and their
+/// ratio, then the median ratio. Returns the (umap, mmap) sort times of each round.
+fn versus_mmap(args: &Args, rounds: usize) -> Result<Vec<(Duration, Duration)>, Failure> {
+    let mut times = Vec::with_capacity(rounds);
+    for round in 1..=rounds {
+        let sort_with = |mmap: bool| {
+            let name = if mmap { "kernel mmap" } else { "umap" };
+            println!("\n== round {round} of {rounds}: {name}");
+            run(
+                &Args {
+                    mmap,
+                    ..args.clone()
+                },
+                false,
+            )
+        };
+        let umap = sort_with(false)?;
+        let mmap = sort_with(true)?;
+        times.push((umap, mmap));
+    }
+    let ratios: Vec<f64> = times
+        .iter()
+        .map(|(u, m)| u.as_secs_f64() / m.as_secs_f64().max(1e-9))
+        .collect();
+    println!("\nround  umap sort s  mmap sort s  umap/mmap");
+    for (i, ((u, m), r)) in times.iter().zip(&ratios).enumerate() {
+        println!(
+            "{:>5}  {:>11.3}  {:>11.3}  {:>8.2}x",
+            i + 1,
+            u.as_secs_f64(),
+            m.as_secs_f64(),
+            r
+        );
+    }
+    let (low, high) = ratios
+        .iter()
+        .fold((f64::INFINITY, 0.0_f64), |(l, h), &r| (l.min(r), h.max(r)));
+    println!(
+        "median umap/mmap {:.2}x (range {low:.2}-{high:.2}x) over {rounds} round(s)",
+        median(&ratios)
+    );
+    Ok(times)
+}
+
+/// The median of `values` (not empty): the middle one, or the mean of the two middle ones.
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let n = sorted.len();
+    if n % 2 == 1 {
+        sorted[n / 2]
+    } else {
+        (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
+    }
 }
 
 /// Runs the program with `args` (without the program name); returns its exit status: 0 when
@@ -707,7 +799,10 @@ pub fn run_cli(args: impl IntoIterator<Item = String>) -> u8 {
             return 2;
         }
     };
-    let result = run(&args);
+    let result = match args.versus_mmap {
+        Some(rounds) => versus_mmap(&args, rounds).map(drop),
+        None => run(&args, true).map(drop),
+    };
     let _ = std::io::stdout().flush();
     match result {
         Ok(()) => {

@@ -1,5 +1,6 @@
 //! The sort example's memory: sorting data 16 times larger than the buffer keeps the process's
-//! peak resident set near the buffer, not near the data.
+//! peak resident set near the buffer, not near the data. Also its `--versus-mmap` comparison,
+//! which runs in a child process the same way.
 //!
 //! The example runs in a child process (this test binary, re-executed with the example's
 //! arguments in an environment variable), so that its peak RSS is its own: the parent reads it
@@ -197,4 +198,77 @@ fn signal_faults_keep_the_peak_rss_of_fillers() {
         output.contains("all checks passed") && served > 0,
         "the sort did not report its checks, or served no fault in the handler\n{output}"
     );
+}
+
+/// `--versus-mmap 2`: two rounds, each a checked sort through umap and one through kernel
+/// `mmap`, then a table of the rounds and the median ratio, which must agree with the times
+/// printed; bad combinations are refused with a message.
+#[test]
+fn versus_mmap_sorts_both_ways_each_round_and_prints_the_median_ratio() {
+    let (_, output) = run_sort("--size 32M --buffer 4M --threads 2 --versus-mmap 2");
+    for round in 1..=2 {
+        for system in ["umap", "kernel mmap"] {
+            assert!(
+                output.contains(&format!("== round {round} of 2: {system}")),
+                "round {round} through {system} missing\n{output}"
+            );
+        }
+    }
+    assert_eq!(
+        output.matches("sort: 32 MiB of random u64s").count(),
+        4,
+        "four sorts\n{output}"
+    );
+    assert_eq!(
+        output.matches("all checks passed").count(),
+        1,
+        "one verdict, after every sort checked\n{output}"
+    );
+    assert!(!output.contains("peak RSS"), "RSS of mixed runs\n{output}");
+    // The table: `round  umap  mmap  ratio`, the ratio being the times' quotient.
+    let rows: Vec<(f64, f64, f64)> = output
+        .lines()
+        .skip_while(|l| !l.starts_with("round  umap sort s"))
+        .skip(1)
+        .take(2)
+        .map(|l| {
+            let cells: Vec<&str> = l.split_whitespace().collect();
+            assert_eq!(cells.len(), 4, "{l}");
+            let number = |c: &str| c.trim_end_matches('x').parse::<f64>().unwrap();
+            (number(cells[1]), number(cells[2]), number(cells[3]))
+        })
+        .collect();
+    assert_eq!(rows.len(), 2, "{output}");
+    for (umap, mmap, ratio) in &rows {
+        assert!(*umap > 0.0 && *mmap > 0.0, "{output}");
+        assert!(
+            (umap / mmap - ratio).abs() < 0.02 + ratio * 0.02,
+            "{output}"
+        );
+    }
+    // The median of two rounds is their mean (from the rounded ratios: within 0.01).
+    let printed: f64 = output
+        .lines()
+        .find_map(|l| l.strip_prefix("median umap/mmap "))
+        .and_then(|rest| rest.split('x').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no median line\n{output}"));
+    let mean = (rows[0].2 + rows[1].2) / 2.0;
+    assert!(
+        (printed - mean).abs() <= 0.011,
+        "median {printed} of {rows:?}\n{output}"
+    );
+
+    for (args, needle) in [
+        ("--versus-mmap 2 --mmap", "leave out --mmap"),
+        ("--versus-mmap 2 --keep", "use one or the other"),
+        ("--versus-mmap 0", "must be at least 1"),
+        ("--versus-mmap 101", "at most 100"),
+    ] {
+        assert_eq!(
+            sort::run_cli(args.split_whitespace().map(String::from)),
+            2,
+            "`{args}` should be refused ({needle})"
+        );
+    }
 }
