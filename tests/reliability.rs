@@ -316,15 +316,21 @@ fn check_invalid(what: &str, err: &Error, name: &str, hint: &str) {
 fn fixed_addresses_place_the_region_exactly() {
     let umap = engine(MIB, 1);
     let data = common::pattern(5, 0, 16 * PS);
-    let store = MemStore::from_vec(data.clone());
-    // A free range: reserve one, note where, give it back (nothing else in this process
-    // maps memory meanwhile).
-    let probe = Mapping::anonymous(16 * PS, libc::PROT_NONE, 0).unwrap();
-    let addr = probe.addr();
-    probe.unmap().unwrap();
-    let region = umap
-        .map(store, MapOptions::new().fixed_address(addr))
-        .unwrap();
+    // A free range: reserve one, note where, give it back. Another thread of this process
+    // (an engine thread's first allocation, under load) may map memory there in between:
+    // then the map is refused as overlapping, and another free range is tried.
+    let mut overlaps = 0;
+    let (region, addr) = loop {
+        let probe = Mapping::anonymous(16 * PS, libc::PROT_NONE, 0).unwrap();
+        let addr = probe.addr();
+        probe.unmap().unwrap();
+        let store = MemStore::from_vec(data.clone());
+        match umap.map(store, MapOptions::new().fixed_address(addr)) {
+            Ok(region) => break (region, addr),
+            Err(e) if overlaps < 10 && e.to_string().contains("overlaps") => overlaps += 1,
+            Err(e) => panic!("mapping at a free address {addr:#x} failed: {e}"),
+        }
+    };
     assert_eq!(region.as_ptr() as usize, addr);
     assert_eq!(region.as_slice(), &data[..]);
     // The range is taken now: a second region there is refused and the first one keeps
