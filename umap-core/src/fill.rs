@@ -1134,9 +1134,9 @@ mod tests {
     }
 
     /// Writes [`mark`] at the start of pages 0, 1, ... (a write fault each: a dirty fill, of
-    /// pool pages once there are some) until evictions have moved a page's worth of dirty
-    /// pages into the pool and the evictors are done; returns how many pages it wrote.
-    fn feed_pool(umap: &Umap, region: &Region) -> usize {
+    /// pool pages once there are some) until evictions have moved `pages` pages' worth of
+    /// dirty pages into the pool and the evictors are done; returns how many pages it wrote.
+    fn feed_pool(umap: &Umap, region: &Region, pages: usize) -> usize {
         let buffer = &umap.shared().buffer;
         let base = region.as_mut_ptr();
         let mut next = 0;
@@ -1153,9 +1153,9 @@ mod tests {
             // evictions feed it again.
             let deadline = Instant::now() + Duration::from_millis(500);
             while Instant::now() < deadline {
-                if buffer.pooled() >= BIG && buffer.at_or_below_low_water() {
+                if buffer.pooled() >= pages * BIG && buffer.at_or_below_low_water() {
                     std::thread::sleep(Duration::from_millis(20));
-                    if buffer.pooled() >= BIG {
+                    if buffer.pooled() >= pages * BIG {
                         return next;
                     }
                 }
@@ -1230,10 +1230,18 @@ mod tests {
 
     /// The pool fill of `page` (for a write at `offset` of it, from this thread) meets the
     /// failures `ops`, each after `after` bytes: the fill must end with the page whole and
-    /// dirty, holding the write, and the buffer's and the pool's counts exact.
-    fn pool_fill_fails(ops: &[Op], after: usize, pause: Duration, offset: usize) {
+    /// dirty, holding the write, and the buffer's and the pool's counts exact. The pool holds
+    /// at least `pool_pages` pages when the fill starts: one per fill of the page that takes
+    /// pool pages (a fill given up drops those it took, and the fill after it must find more).
+    fn pool_fill_fails(
+        ops: &[Op],
+        after: usize,
+        pause: Duration,
+        offset: usize,
+        pool_pages: usize,
+    ) {
         let (umap, store, region) = recycling_setup(9);
-        let fed = feed_pool(&umap, &region);
+        let fed = feed_pool(&umap, &region, pool_pages);
         let page = 60;
         let at = region.as_ptr() as usize + page * BIG;
         inject::arm(Fault {
@@ -1265,7 +1273,7 @@ mod tests {
     /// writes the moved half: the rest is copied, the page kept (dirty) with the write.
     #[test]
     fn a_page_moved_in_part_gets_the_rest_copied_and_is_kept() {
-        pool_fill_fails(&[Op::Move], BIG / 2, Duration::from_millis(20), 8);
+        pool_fill_fails(&[Op::Move], BIG / 2, Duration::from_millis(20), 8, 1);
     }
 
     /// A move stops after a quarter of the page, and the copy of the rest after another
@@ -1277,6 +1285,7 @@ mod tests {
             BIG / 4,
             Duration::from_millis(20),
             BIG / 4 + 8,
+            1,
         );
     }
 
@@ -1291,6 +1300,8 @@ mod tests {
         let mut ops = vec![Op::Move, Op::Copy];
         ops.extend([Op::Copy; super::INSTALL_ATTEMPTS as usize]);
         assert!((ops.len() * sys) < BIG, "the page stays installed in part");
-        pool_fill_fails(&ops, sys, Duration::from_millis(1), BIG / 2);
+        // Two pool pages: the fill that gives up drops the one it took, and the fill after it
+        // takes the other (with one, it copies from the store and recycles nothing).
+        pool_fill_fails(&ops, sys, Duration::from_millis(1), BIG / 2, 2);
     }
 }
