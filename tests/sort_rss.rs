@@ -241,8 +241,9 @@ fn versus_mmap_sorts_both_ways_each_round_and_prints_the_median_ratio() {
     assert_eq!(rows.len(), 2, "{output}");
     for (umap, mmap, ratio) in &rows {
         assert!(*umap > 0.0 && *mmap > 0.0, "{output}");
+        // Times printed to the millisecond: a 30 ms sort is off by up to 1.7% from rounding.
         assert!(
-            (umap / mmap - ratio).abs() < 0.02 + ratio * 0.02,
+            (umap / mmap - ratio).abs() < 0.01 + ratio * 0.06,
             "{output}"
         );
     }

@@ -130,6 +130,7 @@ mod tests {
             matches!(&err, StoreError::Panicked { op: "sync", .. }),
             "{err}"
         );
+        assert_eq!(err.to_string(), "store sync panicked: sync refused");
     }
 
     #[test]

@@ -73,7 +73,7 @@ pub enum StoreError {
     /// The store's own code panicked during a call made by the pager. The pager catches the
     /// panic and treats the call as failed (a read as an I/O error, a write as a write-back
     /// that keeps its pages dirty); its errno is `EIO`.
-    #[error("store {op} of {len} bytes at offset {offset} panicked: {message}")]
+    #[error("store {op}{span} panicked: {message}", span = request_span(*offset, *len))]
     Panicked {
         /// What was being done: "read", "write" or "sync".
         op: &'static str,
@@ -84,6 +84,16 @@ pub enum StoreError {
         /// The panic's message, when it was a string.
         message: String,
     },
+}
+
+/// ` of 4096 bytes at offset 8192` for a read or write; nothing for a request without a
+/// range (a sync).
+fn request_span(offset: u64, len: usize) -> String {
+    if len == 0 && offset == 0 {
+        String::new()
+    } else {
+        format!(" of {len} bytes at offset {offset}")
+    }
 }
 
 impl StoreError {
