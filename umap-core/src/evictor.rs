@@ -396,7 +396,9 @@ mod tests {
     /// ones, too young to be clustered, must stay.
     #[test]
     fn eviction_and_clustering_work_across_the_stamp_wrap() {
-        const LEAD: Duration = Duration::from_millis(300);
+        // Long enough that the writes before the wrap fit in it under load, and that the young
+        // pages stay under half the cold ones' age (clustering's bar) until the evictors run.
+        const LEAD: Duration = Duration::from_secs(2);
         // 64 pages of buffer: eviction from 58 pages down to 44.
         let config = Config::builder()
             .buffer_size(64 * PAGE)
