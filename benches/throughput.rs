@@ -33,6 +33,8 @@ mod cli;
 mod data_file;
 #[path = "support/faults.rs"]
 mod faults;
+#[path = "../examples/support/median.rs"]
+mod median;
 #[path = "../examples/support/mix.rs"]
 mod mix;
 #[path = "support/report.rs"]
@@ -1392,27 +1394,26 @@ fn run(options: &Options) -> Result<ExitCode, BoxError> {
                 .map(move |s| (round, s))
         });
         for (round, system) in rounds {
+            // "2/5" with --repeat 5; nothing for single runs.
+            let of_rounds =
+                (options.repeat > 1).then(|| format!("{}/{}", round + 1, options.repeat));
             let label = format!(
                 "{} on {} {}{}",
                 workload.name(),
                 system.name(workload),
                 system.page(),
-                if options.repeat > 1 {
-                    format!(" (round {} of {})", round + 1, options.repeat)
-                } else {
-                    String::new()
-                }
+                of_rounds
+                    .as_ref()
+                    .map_or(String::new(), |r| format!(" (round {r})"))
             );
             eprint!(
                 "{:<10} {:<6} {:>7}{} ... ",
                 workload.name(),
                 system.name(workload),
                 system.page(),
-                if options.repeat > 1 {
-                    format!(" [{}/{}]", round + 1, options.repeat)
-                } else {
-                    String::new()
-                }
+                of_rounds
+                    .as_ref()
+                    .map_or(String::new(), |r| format!(" [{r}]"))
             );
             let m = measure(&bench, &plan, system).map_err(|e| {
                 eprintln!("failed");

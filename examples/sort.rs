@@ -22,6 +22,8 @@
 
 #[path = "support/cli.rs"]
 mod cli;
+#[path = "support/median.rs"]
+mod median;
 #[path = "support/mix.rs"]
 mod mix;
 
@@ -763,26 +765,12 @@ fn versus_mmap(args: &Args, rounds: usize) -> Result<Vec<(Duration, Duration)>, 
             r
         );
     }
-    let (low, high) = ratios
-        .iter()
-        .fold((f64::INFINITY, 0.0_f64), |(l, h), &r| (l.min(r), h.max(r)));
+    let (low, high) = median::min_max(&ratios).unwrap_or((f64::NAN, f64::NAN));
     println!(
         "median umap/mmap {:.2}x (range {low:.2}-{high:.2}x) over {rounds} round(s)",
-        median(&ratios)
+        median::median(&ratios).unwrap_or(f64::NAN)
     );
     Ok(times)
-}
-
-/// The median of `values` (not empty): the middle one, or the mean of the two middle ones.
-fn median(values: &[f64]) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let n = sorted.len();
-    if n % 2 == 1 {
-        sorted[n / 2]
-    } else {
-        (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
-    }
 }
 
 /// Runs the program with `args` (without the program name); returns its exit status: 0 when

@@ -6,6 +6,8 @@
 mod args;
 #[path = "../examples/support/cli.rs"]
 mod cli;
+#[path = "../examples/support/median.rs"]
+mod median;
 #[path = "../benches/support/report.rs"]
 mod report;
 

@@ -3,6 +3,8 @@
 //! MB/s within a workload's panel, and text escaped; repeated runs become one row each, with
 //! per-round ratios and their medians.
 
+#[path = "../examples/support/median.rs"]
+mod median;
 #[path = "../benches/support/report.rs"]
 mod report;
 

@@ -1,6 +1,7 @@
 //! The throughput bench's results as JSON and as an SVG chart (the bench and the test of these
 //! writers include this file with `#[path = ...] mod report;`), and how runs repeated with
-//! `--repeat` become one row each ([`summarize`]).
+//! `--repeat` become one row each ([`summarize`]). Its includers include
+//! `examples/support/median.rs` too, as `crate::median`.
 //!
 //! The chart is a grouped bar chart drawn by hand: one panel per workload, each with its own
 //! linear MB/s scale (sequential reads run orders of magnitude faster than random writes), one
@@ -102,29 +103,12 @@ pub fn summarize(runs: &[Run]) -> Vec<Row> {
     rows
 }
 
-/// The median of `values` (the mean of the two middle ones for an even count); `None` if
-/// there are none.
-pub fn median(values: &[f64]) -> Option<f64> {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let n = sorted.len();
-    match n {
-        0 => None,
-        _ if n % 2 == 1 => Some(sorted[n / 2]),
-        _ => Some((sorted[n / 2 - 1] + sorted[n / 2]) / 2.0),
-    }
-}
+pub use crate::median::median;
 
 /// The smallest and largest of `values`, if there are at least two (a range says nothing
 /// about one run).
 fn range(values: &[f64]) -> Option<(f64, f64)> {
-    (values.len() > 1).then(|| {
-        values
-            .iter()
-            .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| {
-                (lo.min(v), hi.max(v))
-            })
-    })
+    crate::median::min_max(values).filter(|_| values.len() > 1)
 }
 
 /// A row's time for the tables: `0.412`, or `0.412 (0.398-0.520)` over several rounds.
