@@ -1017,6 +1017,16 @@ mod tests {
         assert_eq!(buffer.pooled(), 2 * PAGE);
     }
 
+    /// A pool of four slots of two pages whose evictors trim it to the high-water mark of a
+    /// buffer of 10 pages (6), with that buffer (empty).
+    fn marked_pool(uffd: &Uffd) -> (Pool, Buffer) {
+        let pool = Pool::new(uffd, 8 * PAGE)
+            .unwrap()
+            .expect("a pool")
+            .with_marks(10 * PAGE, 6 * PAGE);
+        (pool, Buffer::new(10 * PAGE, 60, 20))
+    }
+
     /// The evictors' marks: a reservation that takes region and pool pages past the midpoint
     /// between the high-water mark and the capacity asks for a trim (once, as it crosses), and
     /// the trim drops pool pages until region and pool pages are at most the high-water mark.
@@ -1025,12 +1035,8 @@ mod tests {
         let uffd = uffd();
         let counters = Counters::default();
         // Four slots of two pages, in a buffer of 10 pages with the high-water mark at 6.
-        let pool = Pool::new(&uffd, 8 * PAGE)
-            .unwrap()
-            .expect("a pool")
-            .with_marks(10 * PAGE, 6 * PAGE);
+        let (pool, buffer) = marked_pool(&uffd);
         let region = region(&uffd, 4);
-        let buffer = Buffer::new(10 * PAGE, 60, 20);
         assert!(buffer.try_reserve(4 * PAGE).is_some());
         let mut rest = Vec::new();
         let runs = [(region.addr(), 4 * PAGE)];
@@ -1095,12 +1101,8 @@ mod tests {
         for round in 0..20 {
             // Four slots of two pages, all full; a buffer of 10 pages with the high-water
             // mark at 6: two pool pages too many.
-            let pool = Pool::new(&uffd, 8 * PAGE)
-                .unwrap()
-                .expect("a pool")
-                .with_marks(10 * PAGE, 6 * PAGE);
+            let (pool, buffer) = marked_pool(&uffd);
             let region = region(&uffd, 8);
-            let buffer = Buffer::new(10 * PAGE, 60, 20);
             assert!(buffer.try_reserve(8 * PAGE).is_some());
             let runs: Vec<(usize, usize)> = (0..4)
                 .map(|k| (region.addr() + k * 2 * PAGE, 2 * PAGE))
