@@ -1237,6 +1237,10 @@ fn render(path: &Path) -> Result<String, String> {
             _ => String::new(),
         },
     );
+    if let Some(failure) = meta["stopped"].as_str() {
+        out.push_str(&report::stopped_note(failure, &rows));
+        out.push_str("\n\n");
+    }
     out.push_str(&report::to_markdown(&rows));
     Ok(out)
 }
@@ -1368,13 +1372,16 @@ fn run(options: &Options) -> Result<ExitCode, BoxError> {
     // Each measurement with the round it was made in.
     let mut results: Vec<(usize, Measurement)> = Vec::new();
     let mut errors: Vec<String> = Vec::new();
+    // The first run that failed (not a data mismatch: an error that ends the bench). The runs
+    // before it are still reported, so that a long `--repeat` sitting keeps its rounds.
+    let mut stopped: Option<String> = None;
     // A given file is only read: the write workloads need a generated one.
     let workloads = options
         .workloads
         .iter()
         .copied()
         .filter(|w| generated || !w.writes());
-    for workload in workloads {
+    'workloads: for workload in workloads {
         let ops = if workload.writes() { writes } else { reads };
         let plan = Plan::new(workload, size, options.threads, ops);
         // The checksum every system must produce and, for the write workloads, what the file
@@ -1415,10 +1422,14 @@ fn run(options: &Options) -> Result<ExitCode, BoxError> {
                     .as_ref()
                     .map_or(String::new(), |r| format!(" [{r}]"))
             );
-            let m = measure(&bench, &plan, system).map_err(|e| {
-                eprintln!("failed");
-                format!("{label}: {e}")
-            })?;
+            let m = match measure(&bench, &plan, system) {
+                Ok(m) => m,
+                Err(e) => {
+                    eprintln!("failed");
+                    stopped = Some(format!("{label}: {e}"));
+                    break 'workloads;
+                }
+            };
             eprintln!(
                 "{:.3} s{}, {} faults{}, {:.2}% of the file cached at the start, checksum \
                  {:#018x}",
@@ -1470,8 +1481,15 @@ fn run(options: &Options) -> Result<ExitCode, BoxError> {
                 }
             }
             if let Some(final_file) = &final_file {
-                let differences = check_and_restore(&path, final_file)
-                    .map_err(|e| format!("{label}: checking the file afterwards: {e}"))?;
+                let differences = match check_and_restore(&path, final_file) {
+                    Ok(differences) => differences,
+                    Err(e) => {
+                        // The run's data is unchecked and the file maybe not restored: neither
+                        // this run nor any later one can be trusted.
+                        stopped = Some(format!("{label}: checking the file afterwards: {e}"));
+                        break 'workloads;
+                    }
+                };
                 errors.extend(
                     differences
                         .into_iter()
@@ -1484,6 +1502,10 @@ fn run(options: &Options) -> Result<ExitCode, BoxError> {
 
     let rows = report_rows(&results);
     println!();
+    if let Some(failure) = &stopped {
+        println!("{}", report::stopped_note(failure, &rows));
+        println!();
+    }
     print_table(&rows);
     println!();
     println!(
@@ -1548,6 +1570,7 @@ fn run(options: &Options) -> Result<ExitCode, BoxError> {
             "quick": options.quick,
             "repeat": options.repeat,
             "data_errors": errors.len(),
+            "stopped": stopped,
         });
         write_output(
             file,
@@ -1584,6 +1607,13 @@ fn run(options: &Options) -> Result<ExitCode, BoxError> {
     }
     io::stdout().flush()?;
 
+    if let Some(failure) = stopped {
+        // The data errors, if any, are reported with the failure.
+        for e in &errors {
+            eprintln!("throughput: data mismatch: {e}");
+        }
+        return Err(failure.into());
+    }
     if errors.is_empty() {
         Ok(ExitCode::SUCCESS)
     } else {

@@ -143,6 +143,37 @@ fn an_even_number_of_rounds_takes_the_slower_middle_run_and_the_mean_middle_rati
 }
 
 #[test]
+fn a_bench_stopped_by_a_failed_run_reports_the_runs_before_it() {
+    // Round 2 of 3 failed at its umap run, after its mmap and pread runs: mmap and pread ran
+    // twice, umap once. Every run that exists is reported, umap's ratio against the mmap run
+    // of its own round.
+    let mut runs = Vec::new();
+    for round in 0..2 {
+        runs.push(run(round, "seq-read", "mmap", 4096, [0.4, 0.8][round]));
+        runs.push(run(round, "seq-read", "pread", 4096, 0.5));
+        if round == 0 {
+            runs.push(run(round, "seq-read", "umap", 64 << 10, 0.5));
+        }
+    }
+    let rows = report::summarize(&runs);
+    assert_eq!(rows.len(), 3);
+    let umap = &rows[2];
+    assert_eq!(umap.seconds_each, [0.5]);
+    assert_eq!(umap.vs_mmap_each, [0.4 / 0.5], "not against round 1's mmap");
+    assert_eq!(rows[0].seconds_each, [0.4, 0.8]);
+    assert_eq!(
+        report::stopped_note("seq-read on umap 64 KiB (round 2/3): no memory", &rows),
+        "The bench stopped at a failed run (seq-read on umap 64 KiB (round 2/3): no memory); \
+         the table holds the 5 runs made before it."
+    );
+    assert!(report::stopped_note("x", &rows[2..]).ends_with("the 1 run made before it."));
+    // A report from before `seconds_each` counts a run per row.
+    let mut old = rows[2].clone();
+    old.seconds_each.clear();
+    assert!(report::stopped_note("x", &[old]).contains("the 1 run made"));
+}
+
+#[test]
 fn reports_written_before_repeat_read_as_single_runs() {
     let old = r#"{"meta": {}, "rows": [{"workload": "seq-read", "system": "umap",
         "page_bytes": 65536, "seconds": 0.5, "flush_seconds": null, "mb_per_s": 2000.0,

@@ -128,6 +128,18 @@ pub fn ratio_cell(ratio: Option<f64>, each: &[f64]) -> String {
     }
 }
 
+/// The line a report opens with when the bench stopped at a failed run (`failure` says which
+/// and why): the table then holds only the runs made before it, counted from `rows`.
+pub fn stopped_note(failure: &str, rows: &[Row]) -> String {
+    // A report from before `seconds_each` existed counts one run per row.
+    let runs: usize = rows.iter().map(|r| r.seconds_each.len().max(1)).sum();
+    format!(
+        "The bench stopped at a failed run ({failure}); the table holds the {runs} run{} \
+         made before it.",
+        if runs == 1 { "" } else { "s" }
+    )
+}
+
 impl Row {
     /// The series the row belongs to in the chart: system and page size (`umap 64 KiB`).
     pub fn series(&self) -> String {
