@@ -476,6 +476,8 @@ struct Bench {
     memory_store: bool,
     /// umap serves faults on the faulting thread (`--signal-faults` or `UMAP_SIGNAL_FAULTS=1`).
     signal_faults: bool,
+    /// umap's file store copies sequential runs from a mapping of the file.
+    mapped_reads: bool,
     /// How long one run may take before the bench declares a hang.
     run_limit: Duration,
 }
@@ -796,6 +798,7 @@ fn map_bench_file(
         let store = FileStore::options()
             .read_only(!writable)
             .direct(bench.direct)
+            .mapped_reads(bench.mapped_reads)
             .open(&bench.path)?;
         (umap.map(store, options)?, BenchStore::File)
     };
@@ -1218,9 +1221,14 @@ fn render(path: &Path) -> Result<String, String> {
         } else {
             "cold (the file dropped before every run)"
         },
-        match (meta["direct"].as_bool(), meta["memory_store"].as_bool()) {
-            (Some(true), _) => ", umap's store O_DIRECT",
-            (_, Some(true)) => ", umap's store a MemStore copy of the file",
+        match (
+            meta["direct"].as_bool(),
+            meta["memory_store"].as_bool(),
+            meta["mapped_reads"].as_bool(),
+        ) {
+            (Some(true), _, _) => ", umap's store O_DIRECT",
+            (_, Some(true), _) => ", umap's store a MemStore copy of the file",
+            (_, _, Some(true)) => ", umap's store with mapped reads",
             _ => "",
         },
         if meta["signal_faults"].as_bool() == Some(true) {
@@ -1313,6 +1321,7 @@ fn run(options: &Options) -> Result<ExitCode, BoxError> {
         warm: options.warm,
         memory_store: options.memory_store,
         signal_faults: options.signal_faults || Umap::builder().env()?.config().signal_faults,
+        mapped_reads: options.mapped_reads,
         run_limit: Duration::from_secs(if options.quick { 120 } else { 900 }),
     };
     println!("umap throughput: reads and writes");
@@ -1342,6 +1351,8 @@ fn run(options: &Options) -> Result<ExitCode, BoxError> {
             ", umap store O_DIRECT"
         } else if options.memory_store {
             ", umap store a MemStore copy of the file (--memory-store)"
+        } else if options.mapped_reads {
+            ", umap store with mapped reads (--mapped-reads)"
         } else {
             ""
         }
@@ -1567,6 +1578,7 @@ fn run(options: &Options) -> Result<ExitCode, BoxError> {
             "warm_page_cache": options.warm,
             "memory_store": options.memory_store,
             "signal_faults": bench.signal_faults,
+            "mapped_reads": bench.mapped_reads,
             "quick": options.quick,
             "repeat": options.repeat,
             "data_errors": errors.len(),

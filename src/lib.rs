@@ -29,7 +29,7 @@ pub use umap_core::{
 
 /// The `UMAP_*` environment variables ([`Config::from_env`], [`ConfigBuilder::env`]).
 pub use umap_core::env;
-pub use umap_store::{FileStore, FileStoreOptions, MemStore, Store, StoreError};
+pub use umap_store::{CopySource, FileStore, FileStoreOptions, MemStore, Store, StoreError};
 
 /// The typed userfaultfd layer, for programs that drive userfaultfd themselves.
 pub use umap_core::uffd;

@@ -15,7 +15,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::sync::Arc;
 
 use common::Rng;
-use umap::{FileStore, MapOptions, MemStore, Region, Umap};
+use umap::{MapOptions, MemStore, Region, Umap};
 use umap_store::fault::{Fault, FaultyStore, Op};
 
 const KIB: usize = 1024;
@@ -41,10 +41,7 @@ fn model_run(page: usize, threads: usize, seed: u64) {
     let path = common::pattern_file(dir.path(), "data", seed, len as u64);
     let umap = signal_engine(len / 8, page);
     let region = umap
-        .map(
-            FileStore::open(&path).unwrap(),
-            MapOptions::new().writable(true),
-        )
+        .map(common::open_store(&path), MapOptions::new().writable(true))
         .unwrap();
     let base = region.as_mut_ptr() as usize;
     let models: Vec<Vec<u8>> = std::thread::scope(|s| {

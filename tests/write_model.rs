@@ -14,13 +14,13 @@
 mod common;
 
 use common::{assert_same, file_bytes, Rng};
-use umap::{FileStore, MapOptions, Region, Umap};
+use umap::{MapOptions, Region, Umap};
 
 const KIB: usize = 1024;
 
 fn map(umap: &Umap, path: &std::path::Path, page: usize, offset: usize, len: usize) -> Region {
     umap.map(
-        FileStore::open(path).unwrap(),
+        common::open_store(path),
         MapOptions::new()
             .page_size(page)
             .offset(offset as u64)

@@ -46,6 +46,9 @@ usage: cargo bench --bench throughput -- [OPTIONS]
                     without the file system's; mmap and pread still use the file)
   --signal-faults   umap serves faults on the faulting thread (Config::signal_faults; the
                     same as UMAP_SIGNAL_FAULTS=1)
+  --mapped-reads    umap's file store copies sequential runs straight from a read-only
+                    mapping of the file, mapped ahead of each scan
+                    (FileStoreOptions::mapped_reads)
   --repeat N        measure every system N times (default 1), alternating the systems round
                     by round; each row shows the run of median time, the range of the times
                     and the median (and range) of its ratios to mmap and pread of the same round
@@ -77,6 +80,9 @@ pub struct Options {
     pub memory_store: bool,
     /// umap serves faults on the faulting thread (`Config::signal_faults`).
     pub signal_faults: bool,
+    /// umap's file store copies sequential runs from a mapping of the file
+    /// (`FileStoreOptions::mapped_reads`).
+    pub mapped_reads: bool,
     /// How many times every (workload, system) pair is measured, in alternating rounds.
     pub repeat: usize,
     /// The workloads to run, in [`Workload::ALL`] order.
@@ -110,6 +116,7 @@ pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Parsed, Stri
     let mut warm = false;
     let mut memory_store = false;
     let mut signal_faults = false;
+    let mut mapped_reads = false;
     let mut repeat = None;
     let mut workloads: Option<Vec<Workload>> = None;
     let mut page_sizes: Vec<usize> = UMAP_PAGE_SIZES.to_vec();
@@ -132,6 +139,7 @@ pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Parsed, Stri
             "--warm" => warm = true,
             "--memory-store" => memory_store = true,
             "--signal-faults" => signal_faults = true,
+            "--mapped-reads" => mapped_reads = true,
             "--render" => render = Some(PathBuf::from(flags.value()?)),
             "--workloads" => {
                 let list = flags.value()?;
@@ -207,6 +215,11 @@ pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Parsed, Stri
     if memory_store && direct {
         return Err("--memory-store and --direct exclude each other (umap reads no file)".into());
     }
+    if mapped_reads && (direct || memory_store) {
+        return Err(
+            "--mapped-reads maps the store's file: not with --direct or --memory-store".into(),
+        );
+    }
     if warm && direct {
         return Err(
             "--warm and --direct exclude each other (O_DIRECT bypasses the page cache)".into(),
@@ -278,6 +291,7 @@ pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Parsed, Stri
         warm,
         memory_store,
         signal_faults,
+        mapped_reads,
         repeat,
         workloads,
         page_sizes,

@@ -280,6 +280,17 @@ pub fn fds_and_threads() -> (usize, usize) {
     (fds, threads)
 }
 
+/// The file at `path` as a read-write store; with `UMAP_TEST_MAPPED_READS=1` in the
+/// environment, with mapped reads (`FileStoreOptions::mapped_reads`), so that the suites that
+/// open their files here run in that configuration too.
+pub fn open_store(path: &Path) -> umap::FileStore {
+    let mapped = std::env::var("UMAP_TEST_MAPPED_READS").is_ok_and(|v| v == "1");
+    umap::FileStore::options()
+        .mapped_reads(mapped)
+        .open(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
 /// An engine with `buffer` bytes of `page`-byte pages and the given thread counts, and the
 /// file at `path` mapped writable through it.
 pub fn map_file_writable(
@@ -312,7 +323,7 @@ pub fn map_file_writable_with(
         .unwrap_or_else(|e| panic!("the engine needs userfaultfd: {e}"));
     let region = umap
         .map(
-            umap::FileStore::open(path).unwrap(),
+            open_store(path),
             umap::MapOptions::new().page_size(page).writable(true),
         )
         .unwrap();

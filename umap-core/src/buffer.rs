@@ -443,6 +443,7 @@ mod tests {
             streams: Default::default(),
             write_intent: Default::default(),
             pins: Default::default(),
+            copy_source_failed: Default::default(),
         })
     }
 

@@ -598,6 +598,7 @@ impl Umap {
             streams: Default::default(),
             write_intent: Default::default(),
             pins: Default::default(),
+            copy_source_failed: Default::default(),
         });
         shared.registry.insert(region.clone());
         log::debug!("mapped {region:?}");

@@ -264,34 +264,52 @@ impl Filler<'_> {
         let all_dirty = matches!(cause, Cause::Fault { dirty: true, .. });
         let first_write = all_dirty || matches!(cause, Cause::Fault { write: true, .. });
         // A run installed writable and dirty as a whole is read into pool pages and moved into
-        // the region (see `crate::pool`); any other run is read into the scratch buffer and
-        // copied.
+        // the region (see `crate::pool`); any other run is copied from the store's own memory
+        // if it offers that (below), or else read into the scratch buffer and copied.
         let pooled = match &shared.pool {
             Some(pool) if pool.recycles(region) && (all_dirty || (first_write && n == 1)) => {
                 pool.take(bytes)
             }
             _ => None,
         };
-        let buf = match &pooled {
-            // SAFETY: `at..at + bytes` lies in a pool slot this thread took: nothing else
-            // reads or writes it until the slot is given back; missing pool pages are
-            // allocated by the kernel when written (the pool raises no userfaultfd fault).
-            Some((_, at, _)) => unsafe { std::slice::from_raw_parts_mut(*at as *mut u8, bytes) },
-            None => match self.scratch(bytes) {
-                Some(buf) => buf,
-                None => {
-                    watch_again(shared, lent);
-                    self.abandon(region, start..start + n);
-                    return Ok(());
-                }
-            },
+        // Any other run that holds only store bytes (none past the end) may be copied straight
+        // from the store's own memory, a file's page cache mapped read-only, if the store
+        // offers it (`Store::copy_source`), instead of being read into the scratch buffer.
+        let source = if pooled.is_none()
+            && data_len == bytes
+            && !region.copy_source_failed.load(Ordering::Relaxed)
+        {
+            crate::store_guard::copy_source(&*region.store, offset, bytes)
+        } else {
+            None
         };
-        let read = read_with_retries(&*region.store, &mut buf[..data_len], offset);
-        watch_again(shared, lent);
-        if read.is_ok() {
-            buf[data_len..bytes].fill(0);
-        }
-        let src = buf.as_ptr();
+        let (src, read) = if let Some(source) = source {
+            watch_again(shared, lent);
+            (source.as_ptr(), Ok(()))
+        } else {
+            let buf = match &pooled {
+                // SAFETY: `at..at + bytes` lies in a pool slot this thread took: nothing else
+                // reads or writes it until the slot is given back; missing pool pages are
+                // allocated by the kernel when written (the pool raises no userfaultfd fault).
+                Some((_, at, _)) => unsafe {
+                    std::slice::from_raw_parts_mut(*at as *mut u8, bytes)
+                },
+                None => match self.scratch(bytes) {
+                    Some(buf) => buf,
+                    None => {
+                        watch_again(shared, lent);
+                        self.abandon(region, start..start + n);
+                        return Ok(());
+                    }
+                },
+            };
+            let read = read_with_retries(&*region.store, &mut buf[..data_len], offset);
+            watch_again(shared, lent);
+            if read.is_ok() {
+                buf[data_len..bytes].fill(0);
+            }
+            (buf.as_ptr(), read)
+        };
         if let Err(e) = read {
             if let (Some(pool), Some((slot, at, present))) = (&shared.pool, pooled) {
                 pool.put_back_unused(slot, at, present, bytes);
@@ -405,6 +423,23 @@ impl Filler<'_> {
                 .map_err(|e| keep(start, src, protect && !mode.write_protect, e))
         };
         if let Err((from, kept, e)) = installed {
+            if source.is_some() && e.errno() == Some(libc::EFAULT) {
+                // The store's memory could not be read (the file shrank, or a page of it
+                // cannot be read): this region reads with `read_at` from now on, which
+                // reports such failures the store's way.
+                if !region.copy_source_failed.swap(true, Ordering::Relaxed) {
+                    log::warn!(
+                        "copying {n} pages at offset {offset} from the store's memory failed \
+                         ({e}); the region's fills read with read_at from now on"
+                    );
+                }
+                if kept == 0 && e.done() == 0 {
+                    // Nothing was installed: the same pages, still this thread's, are read
+                    // and installed again that way.
+                    counts.add(shared, region, -1);
+                    return self.fill_run(region, start, n, cause);
+                }
+            }
             log::error!(
                 "cannot install {n} pages at {addr:#x}: {e}; {kept} whole pages from page {from} \
                  stay"

@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::ops::Range;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use umap_store::Store;
@@ -144,6 +145,10 @@ pub(crate) struct RegionShared {
     pub(crate) write_intent: WriteIntent,
     /// Pages never evicted (`Region::pin`).
     pub(crate) pins: Pins,
+    /// A copy from the store's [`copy_source`](umap_store::Store::copy_source) failed (the
+    /// memory could not be read: the file shrank, or a page of it cannot be read): from then
+    /// on this region's fills read with `read_at`, which reports such failures properly.
+    pub(crate) copy_source_failed: AtomicBool,
 }
 
 impl RegionShared {

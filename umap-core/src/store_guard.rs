@@ -24,7 +24,7 @@
 use std::any::Any;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use umap_store::{Store, StoreError};
+use umap_store::{CopySource, Store, StoreError};
 
 /// [`Store::read_at`], a panic turned into an error.
 pub(crate) fn read_at(store: &dyn Store, buf: &mut [u8], offset: u64) -> Result<(), StoreError> {
@@ -40,6 +40,14 @@ pub(crate) fn write_at(store: &dyn Store, buf: &[u8], offset: u64) -> Result<(),
 /// [`Store::sync`], a panic turned into an error.
 pub(crate) fn sync(store: &dyn Store) -> Result<(), StoreError> {
     guarded("sync", 0, 0, || store.sync())
+}
+
+/// [`Store::copy_source`], a panic turned into `None` (the run is then read with `read_at`).
+pub(crate) fn copy_source(store: &dyn Store, offset: u64, len: usize) -> Option<CopySource> {
+    catch_unwind(AssertUnwindSafe(|| store.copy_source(offset, len))).unwrap_or_else(|payload| {
+        panicked("copy_source", offset, len, payload);
+        None
+    })
 }
 
 /// Runs `call`. Unwind safety: after a panic the engine uses nothing the call touched (a

@@ -8,7 +8,8 @@ use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::{Result, Store, StoreError};
+use crate::mapped::FileMapping;
+use crate::{CopySource, Result, Store, StoreError};
 
 /// The direct-I/O alignment used when the kernel does not report one (`STATX_DIOALIGN` needs
 /// Linux 6.1 and a file system that fills it in).
@@ -61,6 +62,9 @@ pub struct FileStore {
     read_only: bool,
     /// Where the file is, for messages and `Debug` (best effort for [`FileStore::from_file`]).
     path: Option<PathBuf>,
+    /// The file mapped read-only, for [`Store::copy_source`] (see `crate::mapped`); none in
+    /// direct mode, for an empty file, or when turned off.
+    mapping: Option<FileMapping>,
 }
 
 /// An `O_DIRECT` descriptor and the alignment its requests need.
@@ -98,6 +102,7 @@ pub struct FileStoreOptions {
     read_only: bool,
     direct: bool,
     create: Option<u64>,
+    mapped_reads: bool,
 }
 
 impl FileStoreOptions {
@@ -117,6 +122,21 @@ impl FileStoreOptions {
     /// Opening fails with [`StoreError::DirectIoUnsupported`] on file systems that refuse it.
     pub fn direct(&mut self, direct: bool) -> &mut Self {
         self.direct = direct;
+        self
+    }
+
+    /// Whether sequential reads are copied straight from a read-only mapping of the file
+    /// (off by default; not with [`direct`](Self::direct)). The pager then installs each run
+    /// of a sequential scan with one copy from the page cache instead of a `pread` and a
+    /// copy, and a helper thread maps the file ahead of each scan (`MADV_POPULATE_READ`), so
+    /// that the disk reads while the pager copies. Random reads and descending scans still
+    /// use `pread`.
+    ///
+    /// The price is resident memory outside the pager's buffer: the file's pages mapped ahead
+    /// of and just behind each scan (clean page cache, up to 16 MiB ahead and 4 MiB behind,
+    /// for at most 4 scans at once) count in the process's resident set.
+    pub fn mapped_reads(&mut self, on: bool) -> &mut Self {
+        self.mapped_reads = on;
         self
     }
 
@@ -193,7 +213,13 @@ impl FileStoreOptions {
             None
         };
 
-        FileStore::assemble(file, direct, self.read_only, Some(path.to_path_buf()))
+        FileStore::assemble(
+            file,
+            direct,
+            self.read_only,
+            Some(path.to_path_buf()),
+            self.mapped_reads,
+        )
     }
 }
 
@@ -284,7 +310,7 @@ impl FileStore {
         }
 
         if flags & libc::O_DIRECT == 0 {
-            return FileStore::assemble(file, None, read_only, path);
+            return FileStore::assemble(file, None, read_only, path, false);
         }
         // The descriptor is direct: reopen the same file (not a dup, which would share the
         // O_DIRECT flag) for the requests that cannot be aligned.
@@ -308,7 +334,13 @@ impl FileStore {
             )));
         }
         let align = direct_alignment(&file, path.as_deref())?;
-        FileStore::assemble(buffered, Some(DirectFile { file, align }), read_only, path)
+        FileStore::assemble(
+            buffered,
+            Some(DirectFile { file, align }),
+            read_only,
+            path,
+            false,
+        )
     }
 
     /// Finishes opening: checks the file type and reads the length.
@@ -317,6 +349,7 @@ impl FileStore {
         direct: Option<DirectFile>,
         read_only: bool,
         path: Option<PathBuf>,
+        mapped_reads: bool,
     ) -> Result<FileStore> {
         let open_err = |source| match &path {
             Some(path) => StoreError::Open {
@@ -345,12 +378,17 @@ impl FileStore {
                 "{name} is neither a regular file nor a block device"
             )));
         };
+        // Best effort: a file that cannot be mapped is read with `pread` only.
+        let mapping = (mapped_reads && direct.is_none() && len > 0)
+            .then(|| FileMapping::new(&file, len).ok())
+            .flatten();
         Ok(FileStore {
             file,
             direct,
             len: AtomicU64::new(len),
             read_only,
             path,
+            mapping,
         })
     }
 
@@ -508,6 +546,16 @@ impl Store for FileStore {
     fn preferred_alignment(&self) -> usize {
         self.direct.as_ref().map_or(1, |direct| direct.align)
     }
+
+    fn copy_source(&self, offset: u64, len: usize) -> Option<CopySource> {
+        let ptr = self.mapping.as_ref()?.source(offset, len)?;
+        // SAFETY: `ptr` points into the store's read-only shared mapping of its file, at
+        // `offset`, with `offset + len` inside the mapping (`FileMapping::source` checks it);
+        // the mapping lives as long as the store. Its bytes are the file's, as `read_at` reads
+        // them (the page cache is shared), or, if the file shrank or a page cannot be read,
+        // they cannot be read at all.
+        Some(unsafe { CopySource::new(ptr) })
+    }
 }
 
 impl fmt::Debug for FileStore {
@@ -518,6 +566,7 @@ impl fmt::Debug for FileStore {
             .field("read_only", &self.read_only)
             .field("direct", &self.is_direct())
             .field("alignment", &self.preferred_alignment())
+            .field("mapped_reads", &self.mapping.is_some())
             .finish()
     }
 }

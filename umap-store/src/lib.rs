@@ -28,6 +28,7 @@ mod error;
 #[cfg(feature = "fault-injection")]
 pub mod fault;
 mod file;
+mod mapped;
 mod mem;
 #[cfg(test)]
 mod tests;
@@ -36,6 +37,7 @@ pub use error::StoreError;
 pub use file::{FileStore, FileStoreOptions};
 pub use mem::MemStore;
 
+use std::ptr::NonNull;
 use std::sync::Arc;
 
 /// The result type of store operations.
@@ -79,7 +81,54 @@ pub trait Store: Send + Sync {
     fn preferred_alignment(&self) -> usize {
         1
     }
+
+    /// Where the pager may copy the bytes of `offset..offset + len` from directly, instead of
+    /// reading them into a buffer first: memory that holds them, typically a store's file
+    /// mapped read-only (see [`CopySource`]). `None` (the default) means "read them with
+    /// [`read_at`](Store::read_at)", which the pager then does.
+    ///
+    /// The pager asks before each run it fills clean and whole (not past the end), and only
+    /// installs the bytes with `UFFDIO_COPY`, a copy done by the kernel; if that copy fails
+    /// (the memory cannot be read any more), it falls back to `read_at` for good.
+    /// [`FileStore`] answers for runs that continue a sequential stream.
+    fn copy_source(&self, offset: u64, len: usize) -> Option<CopySource> {
+        let _ = (offset, len);
+        None
+    }
 }
+
+/// Memory holding a run of a store's bytes, for the pager to copy from (see
+/// [`Store::copy_source`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CopySource {
+    ptr: NonNull<u8>,
+}
+
+impl CopySource {
+    /// Memory at `ptr` holding the bytes of the run asked for.
+    ///
+    /// # Safety
+    ///
+    /// For as long as the store is alive, the run's length of bytes from `ptr` must either be
+    /// readable memory holding the store's bytes at that run (what
+    /// [`read_at`](Store::read_at) would read), or not be readable at all (unmapped, or a
+    /// file mapping's page that cannot be read), never memory of something else: the pager
+    /// copies them into the application's pages.
+    pub unsafe fn new(ptr: NonNull<u8>) -> CopySource {
+        CopySource { ptr }
+    }
+
+    /// The address of the run's first byte.
+    pub fn as_ptr(self) -> *const u8 {
+        self.ptr.as_ptr()
+    }
+}
+
+// SAFETY: a `CopySource` is an address the pager passes to the kernel; the memory it names is
+// owned by the store (see `CopySource::new`), which is itself `Send + Sync`.
+unsafe impl Send for CopySource {}
+// SAFETY: as for `Send`: nothing is read or written through it in user space.
+unsafe impl Sync for CopySource {}
 
 macro_rules! forward_store {
     ($($ty:ty),*) => {$(
@@ -101,6 +150,9 @@ macro_rules! forward_store {
             }
             fn preferred_alignment(&self) -> usize {
                 (**self).preferred_alignment()
+            }
+            fn copy_source(&self, offset: u64, len: usize) -> Option<CopySource> {
+                (**self).copy_source(offset, len)
             }
         }
     )*};

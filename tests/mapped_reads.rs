@@ -1,0 +1,159 @@
+//! `FileStoreOptions::mapped_reads`: the runs of a sequential scan are copied straight from a
+//! read-only mapping of the file (`Store::copy_source`), every byte read right, random reads
+//! still through `pread`; a file that shrinks under the mapping reads as a shrunk file does.
+
+mod common;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use umap::{CopySource, FileStore, MapOptions, Store, StoreError, Umap};
+
+const MIB: usize = 1 << 20;
+const PAGE: usize = 64 << 10;
+const SEED: u64 = 0x3a9;
+
+/// A file store with mapped reads that counts how the pager reads it.
+struct Counting {
+    inner: FileStore,
+    /// Runs the pager was given memory to copy from.
+    sources: AtomicUsize,
+    /// `read_at` calls.
+    reads: AtomicUsize,
+}
+
+impl Counting {
+    fn open(path: &Path) -> Arc<Counting> {
+        let inner = FileStore::options()
+            .read_only(true)
+            .mapped_reads(true)
+            .open(path)
+            .unwrap();
+        Arc::new(Counting {
+            inner,
+            sources: AtomicUsize::new(0),
+            reads: AtomicUsize::new(0),
+        })
+    }
+}
+
+impl Store for Counting {
+    fn len(&self) -> u64 {
+        self.inner.len()
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), StoreError> {
+        self.reads.fetch_add(1, Ordering::Relaxed);
+        self.inner.read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), StoreError> {
+        self.inner.write_at(buf, offset)
+    }
+    fn sync(&self) -> Result<(), StoreError> {
+        self.inner.sync()
+    }
+    fn is_read_only(&self) -> bool {
+        self.inner.is_read_only()
+    }
+    fn copy_source(&self, offset: u64, len: usize) -> Option<CopySource> {
+        let source = self.inner.copy_source(offset, len);
+        if source.is_some() {
+            self.sources.fetch_add(1, Ordering::Relaxed);
+        }
+        source
+    }
+}
+
+fn engine(buffer: usize) -> Umap {
+    Umap::builder()
+        .buffer_size(buffer)
+        .page_size(PAGE)
+        .fillers(2)
+        .start()
+        .unwrap_or_else(|e| panic!("the engine needs userfaultfd: {e}"))
+}
+
+#[test]
+fn a_scan_copies_its_runs_from_the_mapping_and_reads_every_byte() {
+    let _watchdog = common::watchdog("a scan with mapped reads", Duration::from_secs(120));
+    let dir = tempfile::tempdir().unwrap();
+    let len = 32 * MIB;
+    let path = common::pattern_file(dir.path(), "data", SEED, len as u64);
+    let store = Counting::open(&path);
+    // A buffer of an eighth of the file: the second pass reads it all again.
+    let umap = engine(4 * MIB);
+    let region = umap
+        .map_shared(store.clone(), MapOptions::new().page_size(PAGE))
+        .unwrap();
+    for pass in 0..2 {
+        common::check_pattern(SEED, 0, region.as_slice());
+        let (sources, reads) = (
+            store.sources.load(Ordering::Relaxed),
+            store.reads.load(Ordering::Relaxed),
+        );
+        // Each stream's first run is read; the runs that continue it are copied.
+        assert!(
+            sources > 4 * reads,
+            "pass {pass}: {sources} runs copied from the mapping, {reads} read"
+        );
+    }
+    // Random pages, right too (those that land near a stream may be copied from the
+    // mapping; the others are read).
+    let bytes = region.as_slice();
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+    for _ in 0..200 {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        let page = (rng % (len / PAGE) as u64) as usize * PAGE;
+        let at = page + (rng >> 40) as usize % PAGE;
+        assert_eq!(
+            bytes[at],
+            common::pattern_byte(SEED, at as u64),
+            "byte {at}"
+        );
+    }
+    region.unmap().unwrap();
+}
+
+#[test]
+fn a_file_that_shrinks_under_the_mapping_reads_zeros_past_its_new_end() {
+    let _watchdog = common::watchdog(
+        "a shrinking file with mapped reads",
+        Duration::from_secs(120),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let len = 16 * MIB;
+    let path = common::pattern_file(dir.path(), "data", SEED, len as u64);
+    let store = Counting::open(&path);
+    let umap = engine(4 * MIB);
+    let region = umap
+        .map_shared(store.clone(), MapOptions::new().page_size(PAGE))
+        .unwrap();
+    let bytes = region.as_slice();
+    // A scan of the first quarter: the stream copies from the mapping.
+    common::check_pattern(SEED, 0, &bytes[..4 * MIB]);
+    assert!(store.sources.load(Ordering::Relaxed) > 0);
+    // The file shrinks, not at a page boundary: the mapping's pages past the new end can no
+    // longer be read, and the copies from them fail.
+    let new_len = 8 * MIB + 100;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(new_len as u64)
+        .unwrap();
+    // The scan goes on: the pages up to the new end hold the file, the rest reads as zeros
+    // (the store's length is still the old one; a read past the file's end gives zeros).
+    common::check_pattern(SEED, 4 * MIB as u64, &bytes[4 * MIB..new_len]);
+    assert!(
+        bytes[new_len..].iter().all(|&b| b == 0),
+        "bytes past the new end are not zero"
+    );
+    // From the failed copy on, the region reads with read_at only.
+    let sources = store.sources.load(Ordering::Relaxed);
+    common::check_pattern(SEED, 0, &bytes[..4 * MIB]);
+    assert_eq!(store.sources.load(Ordering::Relaxed), sources);
+    region.unmap().unwrap();
+}

@@ -1,0 +1,480 @@
+//! A read-only mapping of a [`FileStore`](crate::FileStore)'s file that the pager copies
+//! sequential runs from, with a thread that maps the file ahead of each stream.
+//!
+//! Kernel `mmap` reads a file faster than `read` does on some machines (its fault read-around
+//! keeps larger requests in flight), and a copy straight from the page cache saves the copy
+//! into a scratch buffer. So for a run that continues a sequential stream, the store offers
+//! the pager a pointer into a shared read-only mapping of the file, and the pager installs the
+//! run with one `UFFDIO_COPY` from there (see [`Store::copy_source`](crate::Store)). A helper
+//! thread keeps each stream's next pages mapped ahead of it (`MADV_POPULATE_READ`, so the disk
+//! works while the pager copies) and unmaps the pages behind it (`MADV_DONTNEED`: they stay in
+//! the page cache, but leave the process's resident set).
+//!
+//! Only a run that continues a stream upwards gets a pointer; any other read, including a
+//! stream's first, goes through `pread` as before. So random reads never map anything, and
+//! what is mapped at any time is bounded: at most [`MAX_STREAMS`] streams, each with at most
+//! [`MAX_AHEAD`] mapped ahead of it and [`BEHIND`] (plus the runs in flight) behind.
+//!
+//! The mapping covers the file's length when the store was opened. If the file shrinks later,
+//! or a page cannot be read, a copy from the mapping fails with `EFAULT` (the kernel copy
+//! does not raise `SIGBUS`), and the pager falls back to `pread`, which reports the store's
+//! usual result (zeros past the end, or the I/O error).
+
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::ptr::NonNull;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use parking_lot::{Condvar, Mutex};
+
+/// Streams followed at once; a new one replaces the least recently used (whose mapped pages
+/// are unmapped).
+pub(crate) const MAX_STREAMS: usize = 4;
+/// The most a stream has mapped ahead of its last run. Its window is [`FIRST_AHEAD`] after
+/// the first run that continues it, and doubles with every further one.
+pub(crate) const MAX_AHEAD: u64 = 16 << 20;
+/// A stream's window once a run has continued it (a stream of one run maps nothing ahead:
+/// random reads must not read ahead).
+const FIRST_AHEAD: u64 = 2 << 20;
+/// How much the helper maps in one call.
+const STEP: u64 = 1 << 20;
+/// How far below a stream's end a run may start and still continue it (several threads serve
+/// one stream's faults, so its runs arrive a little out of order).
+const SLACK: u64 = 2 << 20;
+/// How far beyond a stream's end a run may start and still continue it.
+const GAP: u64 = 64 << 10;
+/// The kernel may map a whole page-cache folio when one page of it is touched, and folios
+/// reach 2 MiB: every range mapped or unmapped here is widened to these blocks.
+const BLOCK: u64 = 2 << 20;
+/// How far below a stream's end its pages stay mapped: the runs that may still continue it
+/// ([`SLACK`]), and the block they lie in.
+pub(crate) const BEHIND: u64 = SLACK + BLOCK;
+
+/// `MADV_POPULATE_READ` (Linux 5.14), defined here for older C headers.
+const MADV_POPULATE_READ: libc::c_int = 22;
+
+/// See the module documentation.
+pub(crate) struct FileMapping {
+    shared: Arc<Shared>,
+    helper: Option<JoinHandle<()>>,
+}
+
+struct Shared {
+    /// The mapping's address and length (the file's length when mapped).
+    base: usize,
+    len: u64,
+    state: Mutex<State>,
+    wake: Condvar,
+}
+
+#[derive(Default)]
+struct State {
+    streams: Vec<Stream>,
+    /// Ranges to unmap: those of streams replaced by newer ones.
+    zap: Vec<(u64, u64)>,
+    /// Counts calls, for least-recently-used replacement.
+    tick: u64,
+    stop: bool,
+    /// `MADV_POPULATE_READ` is refused (a kernel before 5.14): unmap behind only.
+    no_populate: bool,
+}
+
+/// One stream: a sequence of adjacent runs. Runs above it continue it upwards and get the
+/// mapping; runs below it (a descending scan) continue it too, so that they do not replace the
+/// streams that use the mapping, but they are read with `pread`.
+struct Stream {
+    /// The lowest offset of its runs.
+    start: u64,
+    /// The highest end of its runs.
+    end: u64,
+    /// Mapped by the helper up to here.
+    mapped_to: u64,
+    /// Nothing is mapped below here (a multiple of [`BLOCK`]).
+    unmapped_to: u64,
+    /// How far ahead of `end` to map (0 until a run continues the stream).
+    ahead: u64,
+    last_used: u64,
+}
+
+impl FileMapping {
+    /// Maps the first `len` bytes of `file` (at least 1) read-only and starts the helper
+    /// thread. `file` must be open for reading.
+    pub(crate) fn new(file: &File, len: u64) -> io::Result<FileMapping> {
+        let map_len = usize::try_from(len)
+            .ok()
+            .filter(|&l| l > 0)
+            .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+        // SAFETY: a new shared read-only mapping at an address the kernel chooses; `file` is
+        // an open descriptor for the duration of the call (the mapping holds its own
+        // reference). Nothing in this process writes through it, and it is only read by the
+        // kernel (`UFFDIO_COPY`, `madvise`), which turns a page that cannot be read into an
+        // error instead of a signal.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                map_len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let shared = Arc::new(Shared {
+            base: base as usize,
+            len,
+            state: Mutex::new(State::default()),
+            wake: Condvar::new(),
+        });
+        let helper = {
+            let shared = Arc::clone(&shared);
+            std::thread::Builder::new()
+                .name("umap-map-ahead".into())
+                .spawn(move || shared.run())
+        };
+        match helper {
+            Ok(helper) => Ok(FileMapping {
+                shared,
+                helper: Some(helper),
+            }),
+            Err(e) => {
+                // SAFETY: the mapping made above, used by nobody else (the thread never ran).
+                unsafe { libc::munmap(base, map_len) };
+                Err(e)
+            }
+        }
+    }
+
+    /// Where to copy `offset..offset + len` from, if that run continues a stream upwards;
+    /// notes the run either way (a run that continues no stream starts a new one).
+    pub(crate) fn source(&self, offset: u64, len: usize) -> Option<NonNull<u8>> {
+        let end = offset.checked_add(len as u64)?;
+        if len == 0 || end > self.shared.len {
+            return None;
+        }
+        let continues =
+            {
+                let mut state = self.shared.state.lock();
+                state.tick += 1;
+                let tick = state.tick;
+                // Upwards: from at most SLACK below the stream's end (its runs a little out of
+                // order) to just past it; downwards, the same below its start.
+                let upwards = state.streams.iter_mut().find(|s| {
+                    offset >= s.start && offset + SLACK >= s.end && offset <= s.end + GAP
+                });
+                if let Some(stream) = upwards {
+                    if end > stream.end {
+                        // Only progress widens the window (a late run of the stream does not).
+                        stream.end = end;
+                        stream.ahead = (stream.ahead * 2).clamp(FIRST_AHEAD, MAX_AHEAD);
+                    }
+                    stream.last_used = tick;
+                    true
+                } else {
+                    let downwards = state.streams.iter_mut().find(|s| {
+                        offset < s.start && end <= s.start + SLACK && end + GAP >= s.start
+                    });
+                    match downwards {
+                        Some(stream) => {
+                            stream.start = stream.start.min(offset);
+                            stream.last_used = tick;
+                            false
+                        }
+                        None => {
+                            if state.streams.len() >= MAX_STREAMS {
+                                let oldest = (0..state.streams.len())
+                                    .min_by_key(|&i| state.streams[i].last_used)
+                                    .expect("MAX_STREAMS > 0");
+                                let old = state.streams.swap_remove(oldest);
+                                // Up to the end of the block its last mapped page lies in.
+                                let mapped_to = align_up(old.mapped_to.max(old.end), BLOCK);
+                                if mapped_to > old.unmapped_to {
+                                    state.zap.push((old.unmapped_to, mapped_to));
+                                }
+                            }
+                            state.streams.push(Stream {
+                                start: offset,
+                                end,
+                                mapped_to: end,
+                                // A later run's block may reach down to here.
+                                unmapped_to: align_down(offset.saturating_sub(SLACK), BLOCK),
+                                ahead: 0,
+                                last_used: tick,
+                            });
+                            false
+                        }
+                    }
+                }
+            };
+        self.shared.wake.notify_one();
+        if !continues {
+            return None;
+        }
+        // `offset + len <= self.len`, the mapping's length, so this stays inside it.
+        NonNull::new((self.shared.base + offset as usize) as *mut u8)
+    }
+}
+
+impl Drop for FileMapping {
+    fn drop(&mut self) {
+        self.shared.state.lock().stop = true;
+        self.shared.wake.notify_one();
+        if let Some(helper) = self.helper.take() {
+            // The helper catches nothing: if it panicked, there is nothing left to stop.
+            let _ = helper.join();
+        }
+        // SAFETY: the mapping made in `new`, of that length; the helper has ended, and the
+        // store that owned this mapping hands out no more pointers into it (it is being
+        // dropped, and the pager holds the store while it copies).
+        unsafe {
+            libc::munmap(
+                self.shared.base as *mut libc::c_void,
+                self.shared.len as usize,
+            )
+        };
+    }
+}
+
+impl Shared {
+    /// The helper thread: maps ahead of the streams and unmaps behind them until stopped.
+    fn run(&self) {
+        loop {
+            let (from, to, populate) = {
+                let mut state = self.state.lock();
+                loop {
+                    if state.stop {
+                        return;
+                    }
+                    if let Some(work) = self.next_work(&mut state) {
+                        break work;
+                    }
+                    self.wake.wait(&mut state);
+                }
+            };
+            let page = page_size();
+            let start = from & !(page - 1);
+            let end = to.min(self.len);
+            if end <= start {
+                continue;
+            }
+            let advice = if populate {
+                MADV_POPULATE_READ
+            } else {
+                libc::MADV_DONTNEED
+            };
+            // SAFETY: `start..end` lies inside the mapping (`end <= len`, `start` rounded
+            // down to a page inside it). Populating reads the file into the page cache and
+            // maps it; unmapping a shared read-only mapping's pages loses nothing (they stay
+            // in the page cache), and a copy from them afterwards maps them again.
+            let res = unsafe {
+                libc::madvise(
+                    (self.base + start as usize) as *mut libc::c_void,
+                    (end - start) as usize,
+                    advice,
+                )
+            };
+            if res != 0 && populate {
+                let error = io::Error::last_os_error();
+                if error.raw_os_error() == Some(libc::EINVAL) {
+                    // An older kernel: stop populating; unmapping behind still bounds what
+                    // the copies map.
+                    self.state.lock().no_populate = true;
+                }
+                // Otherwise (the file shrank, a read failed): the copy will fail the same
+                // way and the pager falls back to `pread`, which reports it.
+            }
+        }
+    }
+
+    /// The next range to unmap (`false`) or to map (`true`), updating the streams as if it
+    /// were done; `None` if there is nothing to do.
+    fn next_work(&self, state: &mut State) -> Option<(u64, u64, bool)> {
+        if let Some((from, to)) = state.zap.pop() {
+            return Some((from, to, false));
+        }
+        for stream in state.streams.iter_mut() {
+            let keep_from = align_down(stream.end.saturating_sub(BEHIND), BLOCK);
+            if stream.unmapped_to + BLOCK <= keep_from {
+                let from = stream.unmapped_to;
+                stream.unmapped_to = keep_from;
+                return Some((from, keep_from, false));
+            }
+        }
+        if state.no_populate {
+            return None;
+        }
+        for stream in state.streams.iter_mut() {
+            stream.mapped_to = stream.mapped_to.max(stream.end);
+            let target = (stream.end + stream.ahead).min(self.len);
+            if stream.mapped_to < target {
+                let from = stream.mapped_to;
+                let to = (from + STEP).min(target);
+                stream.mapped_to = to;
+                return Some((from, to, true));
+            }
+        }
+        None
+    }
+}
+
+fn align_down(x: u64, to: u64) -> u64 {
+    x & !(to - 1)
+}
+
+fn align_up(x: u64, to: u64) -> u64 {
+    x.saturating_add(to - 1) & !(to - 1)
+}
+
+fn page_size() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u64::try_from(size).unwrap_or(4096)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    const MIB: u64 = 1 << 20;
+
+    /// A file of `len` bytes, byte `i` being `i % 251`, opened for reading.
+    fn pattern_file(dir: &tempfile::TempDir, len: u64) -> File {
+        let path = dir.path().join("data");
+        let bytes: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, bytes).unwrap();
+        File::open(&path).unwrap()
+    }
+
+    /// Bytes of `mapping` mapped in this process (its `Rss` in `/proc/self/smaps`).
+    fn mapped_bytes(mapping: &FileMapping) -> u64 {
+        let start = format!("{:x}-", mapping.shared.base);
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let mut lines = smaps.lines().skip_while(|l| !l.starts_with(&start));
+        assert!(lines.next().is_some(), "the mapping is not in smaps");
+        let rss = lines.find(|l| l.starts_with("Rss:")).unwrap();
+        rss.split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            * 1024
+    }
+
+    /// Reads one byte per 4 KiB of the run at `ptr`, as the kernel's copy would (it maps the
+    /// pages it reads); checks them against the pattern at `offset`.
+    fn copy_from(ptr: NonNull<u8>, offset: u64, len: u64) {
+        for i in (0..len).step_by(4096) {
+            // SAFETY: the run lies inside the mapping of an intact file.
+            let byte = unsafe { ptr.as_ptr().add(i as usize).read_volatile() };
+            assert_eq!(byte, ((offset + i) % 251) as u8, "byte at {}", offset + i);
+        }
+    }
+
+    /// Waits until `done` holds, for at most 10 s.
+    fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+        let t0 = Instant::now();
+        while !done() {
+            assert!(t0.elapsed() < Duration::from_secs(10), "timed out: {what}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn only_runs_that_continue_an_ascending_stream_get_the_mapping() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = pattern_file(&dir, 16 * MIB);
+        let mapping = FileMapping::new(&file, 16 * MIB).unwrap();
+        // A stream's first run is read with pread.
+        assert_eq!(mapping.source(MIB, MIB as usize), None);
+        // The next one comes from the mapping, at its offset, holding the file's bytes.
+        let next = mapping
+            .source(2 * MIB, MIB as usize)
+            .expect("a continuing run");
+        assert_eq!(
+            next.as_ptr() as usize,
+            mapping.shared.base + 2 * MIB as usize
+        );
+        copy_from(next, 2 * MIB, MIB);
+        // A run arriving a little out of order still continues it.
+        assert!(mapping.source(2 * MIB + 65536, 65536).is_some());
+        // A run far from every stream starts a new one; below a stream (a descending scan)
+        // continues it without the mapping.
+        assert_eq!(mapping.source(12 * MIB, 65536), None);
+        assert_eq!(mapping.source(12 * MIB - 65536, 65536), None);
+        assert_eq!(mapping.source(12 * MIB - 131072, 65536), None);
+        // Nothing past the file, nothing empty.
+        assert_eq!(mapping.source(16 * MIB - 4096, 8192), None);
+        assert_eq!(mapping.source(3 * MIB, 0), None);
+        assert_eq!(mapping.source(u64::MAX - 10, 100), None);
+    }
+
+    #[test]
+    fn random_runs_map_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = pattern_file(&dir, 64 * MIB);
+        let mapping = FileMapping::new(&file, 64 * MIB).unwrap();
+        // Scattered 64 KiB runs, 5 MiB apart: each starts a stream of its own, which maps
+        // nothing ahead (the reads would be wasted).
+        for k in 0..12 {
+            assert_eq!(mapping.source(k * 5 * MIB, 65536), None);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(mapped_bytes(&mapping), 0);
+    }
+
+    #[test]
+    fn a_stream_is_mapped_ahead_and_unmapped_behind_within_bounds() {
+        let dir = tempfile::tempdir().unwrap();
+        let len = 96 * MIB;
+        let file = pattern_file(&dir, len);
+        let mapping = FileMapping::new(&file, len).unwrap();
+        assert_eq!(mapping.source(0, MIB as usize), None);
+        // A few runs: the helper maps ahead of the stream, pages nobody copied yet.
+        for k in 1..4 {
+            let ptr = mapping.source(k * MIB, MIB as usize).unwrap();
+            copy_from(ptr, k * MIB, MIB);
+        }
+        eventually("pages mapped ahead of the stream", || {
+            mapped_bytes(&mapping) >= 4 * MIB + 4 * MIB
+        });
+        // The whole file, one run at a time: what stays mapped is bounded by the window
+        // ahead, the margin behind and the blocks they round to, however long the stream.
+        let bound = MAX_AHEAD + BEHIND + 2 * BLOCK + MIB;
+        let mut peak = 0;
+        for k in 4..len / MIB {
+            let ptr = mapping.source(k * MIB, MIB as usize).unwrap();
+            copy_from(ptr, k * MIB, MIB);
+            // Let the helper keep up, as it does while the pager copies.
+            std::thread::sleep(Duration::from_millis(1));
+            peak = peak.max(mapped_bytes(&mapping));
+        }
+        eventually("the pages behind the stream unmapped", || {
+            mapped_bytes(&mapping) <= bound
+        });
+        assert!(peak <= bound + 4 * MIB, "{peak} bytes mapped at the peak");
+        // New streams, away from it, replace it: its pages are unmapped, and theirs map
+        // nothing.
+        for k in 0..MAX_STREAMS as u64 {
+            assert_eq!(mapping.source((k * 10 + 5) * MIB, 65536), None);
+        }
+        eventually("the replaced stream unmapped", || {
+            mapped_bytes(&mapping) == 0
+        });
+    }
+
+    #[test]
+    fn an_empty_or_unreadable_file_is_not_mapped() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = pattern_file(&dir, MIB);
+        assert!(FileMapping::new(&file, 0).is_err());
+        let path = dir.path().join("write-only");
+        std::fs::write(&path, [1u8; 4096]).unwrap();
+        let write_only = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        assert!(FileMapping::new(&write_only, 4096).is_err());
+    }
+}
