@@ -4,7 +4,7 @@
 //! ```text
 //! cargo run --release --example sort -- [--size BYTES] [--buffer BYTES] [--page-size BYTES]
 //!     [--threads N] [--fillers N] [--evictors N] [--file PATH] [--keep] [--mmap] [--direct]
-//!     [--versus-mmap ROUNDS]
+//!     [--mapped-reads] [--versus-mmap ROUNDS]
 //! ```
 //!
 //! With no flags it writes 1 GiB of random `u64`s to a file in a temporary directory, maps it
@@ -53,6 +53,8 @@ usage: sort [OPTIONS]
   --keep             keep the sorted file afterwards (it is deleted by default)
   --mmap             do the same work through kernel mmap(MAP_SHARED), for comparison
   --direct           umap reads and writes the file with O_DIRECT
+  --mapped-reads     umap copies sequential runs from a read-only mapping of the file
+                     (FileStoreOptions::mapped_reads)
   --versus-mmap N    sort through umap, then through kernel mmap, N rounds (at most 100),
                      and print the sort times of each round, umap/mmap, and the median
   -h, --help         this text
@@ -88,6 +90,7 @@ struct Args {
     keep: bool,
     mmap: bool,
     direct: bool,
+    mapped_reads: bool,
     /// `--versus-mmap`: rounds of a umap run then an mmap run.
     versus_mmap: Option<usize>,
 }
@@ -109,6 +112,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> 
         keep: false,
         mmap: false,
         direct: false,
+        mapped_reads: false,
         versus_mmap: None,
     };
     // Options that mean nothing with --mmap, to refuse them there.
@@ -126,13 +130,14 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> 
             "--keep" => a.keep = true,
             "--mmap" => a.mmap = true,
             "--direct" => a.direct = true,
+            "--mapped-reads" => a.mapped_reads = true,
             "--versus-mmap" => a.versus_mmap = Some(flags.count()?),
             "-h" | "--help" => return Ok(Parsed::Help),
             _ => return Err(format!("unknown argument `{name}`")),
         }
         if matches!(
             name.as_str(),
-            "--buffer" | "--page-size" | "--fillers" | "--evictors" | "--direct"
+            "--buffer" | "--page-size" | "--fillers" | "--evictors" | "--direct" | "--mapped-reads"
         ) {
             umap_only.push(name);
         }
@@ -542,7 +547,10 @@ fn sort_umap(
     }
     let (umap, mut region) = phases.run("map", || -> Result<_, Failure> {
         let umap = builder.start()?;
-        let store = FileStore::options().direct(args.direct).open(path)?;
+        let store = FileStore::options()
+            .direct(args.direct)
+            .mapped_reads(args.mapped_reads)
+            .open(path)?;
         let region = umap.map(store, MapOptions::new().writable(true))?;
         Ok((umap, region))
     })?;
@@ -554,7 +562,13 @@ fn sort_umap(
         config.fillers,
         config.evictors,
         umap.open_method(),
-        if args.direct { ", O_DIRECT" } else { "" }
+        if args.direct {
+            ", O_DIRECT"
+        } else if args.mapped_reads {
+            ", mapped reads"
+        } else {
+            ""
+        }
     );
     let words = as_words(region.as_mut_slice()?)?;
     let sorted = sort_and_check_mapping(phases, pool, words, input);

@@ -373,9 +373,7 @@ fn concurrent_versioned_slots_never_go_backwards_and_all_reach_the_file() {
         .evictors(2)
         .start()
         .expect("userfaultfd engine");
-    let region = umap
-        .map(FileStore::open(&path).unwrap(), writable())
-        .unwrap();
+    let region = umap.map(common::open_store(&path), writable()).unwrap();
     let base = Base(region.as_mut_ptr());
     let done = AtomicUsize::new(0);
     let finals: Vec<Vec<u64>> = std::thread::scope(|s| {

@@ -11,6 +11,9 @@
 //! - [`Store::write_at`] writes the whole buffer or fails; a read-only store refuses with
 //!   [`StoreError::ReadOnly`]. Writing past the end grows the store where the backend can.
 //! - [`Store::sync`] makes earlier writes durable (for files: `fdatasync`).
+//! - [`Store::copy_source`] may offer memory holding a run's bytes, for the pager to copy
+//!   from instead of reading them (a [`FileStore`] with
+//!   [`mapped_reads`](FileStoreOptions::mapped_reads) does for sequential scans).
 //!
 //! ```
 //! use umap_store::{MemStore, Store};
