@@ -156,66 +156,90 @@ impl FileMapping {
         if len == 0 || end > self.shared.len {
             return None;
         }
-        let continues =
-            {
-                let mut state = self.shared.state.lock();
-                state.tick += 1;
-                let tick = state.tick;
-                // Upwards: from at most SLACK below the stream's end (its runs a little out of
-                // order) to just past it; downwards, the same below its start.
-                let upwards = state.streams.iter_mut().find(|s| {
-                    offset >= s.start && offset + SLACK >= s.end && offset <= s.end + GAP
-                });
-                if let Some(stream) = upwards {
-                    if end > stream.end {
-                        // Only progress widens the window (a late run of the stream does not).
-                        stream.end = end;
-                        stream.ahead = (stream.ahead * 2).clamp(FIRST_AHEAD, MAX_AHEAD);
-                    }
-                    stream.last_used = tick;
-                    true
-                } else {
-                    let downwards = state.streams.iter_mut().find(|s| {
-                        offset < s.start && end <= s.start + SLACK && end + GAP >= s.start
-                    });
-                    match downwards {
-                        Some(stream) => {
-                            stream.start = stream.start.min(offset);
-                            stream.last_used = tick;
-                            false
-                        }
-                        None => {
-                            if state.streams.len() >= MAX_STREAMS {
-                                let oldest = (0..state.streams.len())
-                                    .min_by_key(|&i| state.streams[i].last_used)
-                                    .expect("MAX_STREAMS > 0");
-                                let old = state.streams.swap_remove(oldest);
-                                // Up to the end of the block its last mapped page lies in.
-                                let mapped_to = align_up(old.mapped_to.max(old.end), BLOCK);
-                                if mapped_to > old.unmapped_to {
-                                    state.zap.push((old.unmapped_to, mapped_to));
-                                }
-                            }
-                            state.streams.push(Stream {
-                                start: offset,
-                                end,
-                                mapped_to: end,
-                                // A later run's block may reach down to here.
-                                unmapped_to: align_down(offset.saturating_sub(SLACK), BLOCK),
-                                ahead: 0,
-                                last_used: tick,
-                            });
-                            false
-                        }
-                    }
-                }
-            };
-        self.shared.wake.notify_one();
-        if !continues {
+        let noted = self.shared.state.lock().note(offset, end);
+        if noted.new_work {
+            // Only then: a random read must not wake the helper for nothing.
+            self.shared.wake.notify_one();
+        }
+        if !noted.continues {
             return None;
         }
         // `offset + len <= self.len`, the mapping's length, so this stays inside it.
         NonNull::new((self.shared.base + offset as usize) as *mut u8)
+    }
+}
+
+/// What [`State::note`] made of a run.
+struct Noted {
+    /// The run continues a stream upwards: it is copied from the mapping.
+    continues: bool,
+    /// The helper has something new to map or unmap.
+    new_work: bool,
+}
+
+impl State {
+    /// Notes the run `offset..end`: it continues a stream upwards (from at most [`SLACK`]
+    /// below its end, as its runs arrive a little out of order, to [`GAP`] past it) or
+    /// downwards (the same below its start), or starts a new stream, replacing the least
+    /// recently used one if the table is full.
+    fn note(&mut self, offset: u64, end: u64) -> Noted {
+        self.tick += 1;
+        let tick = self.tick;
+        let upwards = self
+            .streams
+            .iter_mut()
+            .find(|s| offset >= s.start && offset + SLACK >= s.end && offset <= s.end + GAP);
+        if let Some(stream) = upwards {
+            stream.last_used = tick;
+            // Only progress widens the window (a late run of the stream does not).
+            let progressed = end > stream.end;
+            if progressed {
+                stream.end = end;
+                stream.ahead = (stream.ahead * 2).clamp(FIRST_AHEAD, MAX_AHEAD);
+            }
+            return Noted {
+                continues: true,
+                new_work: progressed,
+            };
+        }
+        let downwards = self
+            .streams
+            .iter_mut()
+            .find(|s| offset < s.start && end <= s.start + SLACK && end + GAP >= s.start);
+        if let Some(stream) = downwards {
+            stream.start = stream.start.min(offset);
+            stream.last_used = tick;
+            return Noted {
+                continues: false,
+                new_work: false,
+            };
+        }
+        let mut new_work = false;
+        if self.streams.len() >= MAX_STREAMS {
+            let oldest = (0..self.streams.len())
+                .min_by_key(|&i| self.streams[i].last_used)
+                .expect("the table is full, so not empty");
+            let old = self.streams.swap_remove(oldest);
+            // Up to the end of the block its last mapped page lies in.
+            let mapped_to = align_up(old.mapped_to.max(old.end), BLOCK);
+            if mapped_to > old.unmapped_to {
+                self.zap.push((old.unmapped_to, mapped_to));
+                new_work = true;
+            }
+        }
+        self.streams.push(Stream {
+            start: offset,
+            end,
+            mapped_to: end,
+            // A later run's block may reach down to here.
+            unmapped_to: align_down(offset.saturating_sub(SLACK), BLOCK),
+            ahead: 0,
+            last_used: tick,
+        });
+        Noted {
+            continues: false,
+            new_work,
+        }
     }
 }
 
