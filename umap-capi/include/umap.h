@@ -10,6 +10,11 @@
  * call that needs the configuration fail with errno EINVAL and a message on stderr
  * (umap_flush, umap_has_write_support and umapcfg_get_system_page_size do not need it).
  *
+ * UMAP_MAPPED_READS=1, read at each umap call, opens the file with mapped reads: the runs of
+ * a sequential scan are copied straight from a read-only mapping of the file, which a helper
+ * thread maps ahead of the scan (faster scans; the pages mapped around each scan count in the
+ * resident set, outside the buffer). Any value but 0 or 1 makes umap fail with EINVAL.
+ *
  * UMAP_SIGNAL_FAULTS=1 serves each fault on the faulting thread, in a SIGBUS handler the
  * library installs (several times faster for random access). Then a system call that reads
  * or writes a page of a region that is not resident (read(fd, region, n), write, ...) fails

@@ -238,18 +238,46 @@ fn store_from_fd(fd: c_int, writable: bool) -> Result<FileStore, Failure> {
     }
     // SAFETY: `dup` is a descriptor we just created and nobody else owns.
     let file = unsafe { File::from_raw_fd(dup) };
-    FileStore::from_file(file, !writable).map_err(|e| {
-        let hint = match e {
-            StoreError::AccessMode { .. } => {
-                " (umap needs fd open O_RDONLY or O_RDWR for PROT_READ, O_RDWR for PROT_WRITE)"
-            }
-            _ => "",
-        };
-        Failure::new(
-            e.raw_os_error().unwrap_or(libc::EIO),
-            format!("fd {fd}: {e}{hint}"),
-        )
-    })
+    FileStore::from_file(file, !writable)
+        .map_err(|e| {
+            let hint = match e {
+                StoreError::AccessMode { .. } => {
+                    " (umap needs fd open O_RDONLY or O_RDWR for PROT_READ, O_RDWR for PROT_WRITE)"
+                }
+                _ => "",
+            };
+            Failure::new(
+                e.raw_os_error().unwrap_or(libc::EIO),
+                format!("fd {fd}: {e}{hint}"),
+            )
+        })
+        .and_then(|store| {
+            let mapped = std::env::var_os(MAPPED_READS_VARIABLE);
+            Ok(if mapped_reads_setting(mapped.as_deref())? {
+                store.with_mapped_reads()
+            } else {
+                store
+            })
+        })
+}
+
+/// `1` opens every file with mapped reads (`FileStoreOptions::mapped_reads`): sequential
+/// runs copied straight from a read-only mapping of the file. `0` or unset: off.
+const MAPPED_READS_VARIABLE: &str = "UMAP_MAPPED_READS";
+
+/// Reads [`MAPPED_READS_VARIABLE`]'s value.
+fn mapped_reads_setting(value: Option<&std::ffi::OsStr>) -> Result<bool, Failure> {
+    match value.map(|v| v.to_str()) {
+        None | Some(Some("0")) => Ok(false),
+        Some(Some("1")) => Ok(true),
+        Some(other) => Err(Failure::new(
+            libc::EINVAL,
+            format!(
+                "{MAPPED_READS_VARIABLE}={}: use 0 or 1",
+                other.unwrap_or("(not UTF-8)")
+            ),
+        )),
+    }
 }
 
 fn map(
@@ -803,6 +831,24 @@ mod tests {
     fn errno() -> c_int {
         // SAFETY: the calling thread's errno slot.
         unsafe { *libc::__errno_location() }
+    }
+
+    #[test]
+    fn umap_mapped_reads_takes_0_or_1() {
+        use std::ffi::OsStr;
+        use std::os::unix::ffi::OsStrExt;
+        assert!(!mapped_reads_setting(None).unwrap());
+        assert!(!mapped_reads_setting(Some(OsStr::new("0"))).unwrap());
+        assert!(mapped_reads_setting(Some(OsStr::new("1"))).unwrap());
+        for bad in [
+            OsStr::new("yes"),
+            OsStr::new(""),
+            OsStr::from_bytes(b"\xff"),
+        ] {
+            let e = mapped_reads_setting(Some(bad)).unwrap_err();
+            assert_eq!(e.errno, libc::EINVAL);
+            assert!(e.message.contains("UMAP_MAPPED_READS=") && e.message.contains("0 or 1"));
+        }
     }
 
     #[test]

@@ -187,6 +187,7 @@ fn run(exe: &Path, args: &[&str], env: &[(&str, &str)]) -> Finished {
     for var in umap_core::env::VARIABLES {
         cmd.env_remove(var);
     }
+    cmd.env_remove("UMAP_MAPPED_READS");
     cmd.envs(env.iter().copied());
     let what = format!("{exe:?} {args:?} with {env:?}");
     let out = process::run_captured(&mut cmd, &what, Duration::from_secs(60));
@@ -298,6 +299,34 @@ fn threads_read_write_flush_and_uunmap_with_signal_faults() {
         served.is_some_and(|n| n > 0),
         "no faults served in the SIGBUS handler:\n{}",
         out.text()
+    );
+}
+
+/// The same with every file opened with mapped reads (`UMAP_MAPPED_READS=1`).
+#[test]
+fn threads_read_write_flush_and_uunmap_with_mapped_reads() {
+    Program::c11("rw_threads.c").run_on_data(
+        &[
+            ("UMAP_PAGESIZE", "4096"),
+            ("UMAP_BUFSIZE", "256"),
+            ("UMAP_MAPPED_READS", "1"),
+        ],
+        "rw_threads ok: 4 threads, 16 MiB through 256 pages of 4096 bytes",
+    );
+}
+
+/// An invalid `UMAP_MAPPED_READS`: mapping a file fails with EINVAL and says why.
+#[test]
+fn bad_mapped_reads_variable_fails_umap() {
+    let out = Program::c11("errors.c").run_expecting(
+        &["badmapped"],
+        &[("UMAP_MAPPED_READS", "2")],
+        "errors badmapped ok",
+    );
+    assert!(
+        out.stderr.contains("UMAP_MAPPED_READS=2: use 0 or 1"),
+        "{}",
+        out.stderr
     );
 }
 

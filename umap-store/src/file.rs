@@ -403,6 +403,26 @@ impl FileStore {
         self.direct.is_some()
     }
 
+    /// Turns on mapped reads (see [`FileStoreOptions::mapped_reads`]) for a store made
+    /// otherwise, such as with [`FileStore::from_file`]. As with the option, a store in direct
+    /// mode, an empty file or a file that cannot be mapped keeps reading with `pread` only;
+    /// [`has_mapped_reads`](Self::has_mapped_reads) tells.
+    pub fn with_mapped_reads(mut self) -> FileStore {
+        if self.mapping.is_none() && self.direct.is_none() {
+            let len = self.len.load(Ordering::Relaxed);
+            if len > 0 {
+                self.mapping = FileMapping::new(&self.file, len).ok();
+            }
+        }
+        self
+    }
+
+    /// Whether sequential runs are copied from a mapping of the file (mapped reads on, and
+    /// the file mapped).
+    pub fn has_mapped_reads(&self) -> bool {
+        self.mapping.is_some()
+    }
+
     /// The file to use for a request with this buffer address, offset and length.
     fn file_for(&self, addr: *const u8, offset: u64, len: usize) -> &File {
         match &self.direct {
@@ -566,7 +586,7 @@ impl fmt::Debug for FileStore {
             .field("read_only", &self.read_only)
             .field("direct", &self.is_direct())
             .field("alignment", &self.preferred_alignment())
-            .field("mapped_reads", &self.mapping.is_some())
+            .field("mapped_reads", &self.has_mapped_reads())
             .finish()
     }
 }
@@ -780,6 +800,48 @@ pub(crate) mod tests {
             .unwrap_err();
         assert!(matches!(err, StoreError::Invalid(_)), "{err:?}");
         assert!(!dir.path().join("x").exists());
+    }
+
+    #[test]
+    fn mapped_reads_are_off_unless_asked_and_never_in_direct_mode() {
+        let dir = dir();
+        let path = dir.path().join("data");
+        std::fs::write(&path, pattern(1 << 20, 3)).unwrap();
+        assert!(!FileStore::open(&path).unwrap().has_mapped_reads());
+        let store = FileStore::options().mapped_reads(true).open(&path).unwrap();
+        assert!(store.has_mapped_reads());
+        assert!(format!("{store:?}").contains("mapped_reads: true"));
+        // From a descriptor: off, then on when asked.
+        let store = FileStore::from_file(File::open(&path).unwrap(), true).unwrap();
+        assert!(!store.has_mapped_reads());
+        let store = store.with_mapped_reads();
+        assert!(store.has_mapped_reads());
+        // A stream's second run comes from the mapping, holding the file's bytes.
+        assert!(store.copy_source(0, 65536).is_none());
+        let source = store.copy_source(65536, 65536).expect("a continuing run");
+        // SAFETY: the run lies inside the mapping of an intact file, alive with `store`.
+        let bytes = unsafe { std::slice::from_raw_parts(source.as_ptr(), 65536) };
+        assert_eq!(bytes, &pattern(1 << 20, 3)[65536..131072]);
+        // Not in direct mode.
+        let direct_dir = direct_dir();
+        let direct_path = direct_dir.path().join("data");
+        std::fs::write(&direct_path, pattern(1 << 20, 3)).unwrap();
+        let store = FileStore::options()
+            .direct(true)
+            .mapped_reads(true)
+            .open(&direct_path)
+            .unwrap();
+        assert!(store.is_direct() && !store.has_mapped_reads());
+        assert!(!store.with_mapped_reads().has_mapped_reads());
+        // Nothing to map in an empty file.
+        let empty = dir.path().join("empty");
+        std::fs::write(&empty, []).unwrap();
+        let store = FileStore::options()
+            .mapped_reads(true)
+            .open(&empty)
+            .unwrap();
+        assert!(!store.has_mapped_reads());
+        assert!(!store.with_mapped_reads().has_mapped_reads());
     }
 
     #[test]

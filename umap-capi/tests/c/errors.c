@@ -1,6 +1,7 @@
 /* Every misuse fails with the right errno (and the program goes on).
  * Usage: errors FILE     (default configuration or any valid one)
- *        errors badenv   (run with an invalid UMAP_* variable: every call fails, EINVAL) */
+ *        errors badenv   (run with an invalid UMAP_* variable: every call fails, EINVAL)
+ *        errors badmapped (run with UMAP_MAPPED_READS invalid: umap fails, EINVAL) */
 #include <signal.h>
 #include <sys/resource.h>
 
@@ -22,10 +23,23 @@ static void bad_environment(void) {
   printf("errors badenv ok\n");
 }
 
+/* UMAP_MAPPED_READS is read when a file is mapped: the engine's configuration is fine. */
+static void bad_mapped_reads(void) {
+  int fd = open("/proc/self/exe", O_RDONLY);
+  CHECK(fd >= 0);
+  CHECK_ERRNO(umap(NULL, 4096, PROT_READ, UMAP_PRIVATE, fd, 0), FAILED, EINVAL);
+  CHECK(umapcfg_get_num_fillers() > 0);
+  printf("errors badmapped ok\n");
+}
+
 int main(int argc, char **argv) {
   CHECK(argc == 2);
   if (strcmp(argv[1], "badenv") == 0) {
     bad_environment();
+    return 0;
+  }
+  if (strcmp(argv[1], "badmapped") == 0) {
+    bad_mapped_reads();
     return 0;
   }
   size_t page = umapcfg_get_umap_page_size();
