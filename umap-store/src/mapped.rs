@@ -95,6 +95,10 @@ struct Stream {
     unmapped_to: u64,
     /// How far ahead of `end` to map (0 until a run continues the stream).
     ahead: u64,
+    /// A run continued it, so its runs may have been copied from the mapping (and its window
+    /// mapped): only then is there anything to unmap when it is replaced. A stream of one
+    /// run (a random read) mapped nothing.
+    copied: bool,
     last_used: u64,
 }
 
@@ -191,6 +195,7 @@ impl State {
             .find(|s| offset >= s.start && offset + SLACK >= s.end && offset <= s.end + GAP);
         if let Some(stream) = upwards {
             stream.last_used = tick;
+            stream.copied = true;
             // Only progress widens the window (a late run of the stream does not).
             let progressed = end > stream.end;
             if progressed {
@@ -222,7 +227,7 @@ impl State {
             let old = self.streams.swap_remove(oldest);
             // Up to the end of the block its last mapped page lies in.
             let mapped_to = align_up(old.mapped_to.max(old.end), BLOCK);
-            if mapped_to > old.unmapped_to {
+            if old.copied && mapped_to > old.unmapped_to {
                 self.zap.push((old.unmapped_to, mapped_to));
                 new_work = true;
             }
@@ -234,6 +239,7 @@ impl State {
             // A later run's block may reach down to here.
             unmapped_to: align_down(offset.saturating_sub(SLACK), BLOCK),
             ahead: 0,
+            copied: false,
             last_used: tick,
         });
         Noted {
@@ -449,6 +455,27 @@ mod tests {
         }
         std::thread::sleep(Duration::from_millis(100));
         assert_eq!(mapped_bytes(&mapping), 0);
+    }
+
+    #[test]
+    fn random_runs_give_the_helper_no_work() {
+        // However many replace one another in the table: none was continued, so none mapped
+        // anything, and none wakes the helper.
+        let mut state = State::default();
+        for k in 0..100 {
+            let offset = (k * 37 % 101) * 5 * MIB;
+            let noted = state.note(offset, offset + 65536);
+            assert!(!noted.continues && !noted.new_work, "run {k} at {offset}");
+        }
+        assert!(state.zap.is_empty());
+        // A stream that was continued is unmapped when replaced.
+        assert!(!state.note(1000 * MIB, 1001 * MIB).continues);
+        let noted = state.note(1001 * MIB, 1002 * MIB);
+        assert!(noted.continues && noted.new_work);
+        for k in 0..MAX_STREAMS as u64 {
+            state.note((2000 + 10 * k) * MIB, (2000 + 10 * k) * MIB + 65536);
+        }
+        assert_eq!(state.zap.len(), 1);
     }
 
     #[test]
