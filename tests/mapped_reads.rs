@@ -157,3 +157,123 @@ fn a_file_that_shrinks_under_the_mapping_reads_zeros_past_its_new_end() {
     assert_eq!(store.sources.load(Ordering::Relaxed), sources);
     region.unmap().unwrap();
 }
+
+/// A memory store whose `copy_source` offers memory that cannot be read (a `PROT_NONE`
+/// mapping, which the contract of `CopySource::new` allows), for every run: each copy fails
+/// with `EFAULT` before installing anything.
+struct Unreadable {
+    inner: umap::MemStore,
+    /// `PROT_NONE`, the store's length.
+    none: usize,
+    asked: AtomicUsize,
+    reads: AtomicUsize,
+}
+
+impl Unreadable {
+    fn new(bytes: Vec<u8>) -> Arc<Unreadable> {
+        let len = bytes.len();
+        // SAFETY: a new private anonymous mapping, unmapped in `drop`.
+        let none = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(none, libc::MAP_FAILED);
+        Arc::new(Unreadable {
+            inner: umap::MemStore::from_vec(bytes),
+            none: none as usize,
+            asked: AtomicUsize::new(0),
+            reads: AtomicUsize::new(0),
+        })
+    }
+}
+
+impl Drop for Unreadable {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`, of the store's length.
+        unsafe { libc::munmap(self.none as *mut libc::c_void, self.inner.len() as usize) };
+    }
+}
+
+impl Store for Unreadable {
+    fn len(&self) -> u64 {
+        self.inner.len()
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), StoreError> {
+        self.reads.fetch_add(1, Ordering::Relaxed);
+        self.inner.read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), StoreError> {
+        self.inner.write_at(buf, offset)
+    }
+    fn sync(&self) -> Result<(), StoreError> {
+        self.inner.sync()
+    }
+    fn is_read_only(&self) -> bool {
+        self.inner.is_read_only()
+    }
+    fn copy_source(&self, offset: u64, len: usize) -> Option<CopySource> {
+        assert!(offset + len as u64 <= self.len());
+        self.asked.fetch_add(1, Ordering::Relaxed);
+        let ptr = std::ptr::NonNull::new((self.none + offset as usize) as *mut u8).unwrap();
+        // SAFETY: the memory cannot be read at all (PROT_NONE) while the store lives.
+        Some(unsafe { CopySource::new(ptr) })
+    }
+}
+
+/// Memory offered that cannot be read: the first copies fail with nothing installed, the
+/// region stops asking, and every run is read again with `read_at`, counted once, for reads,
+/// writes and, with `signal_faults`, on the faulting thread.
+#[test]
+fn memory_that_cannot_be_read_falls_back_to_read_at_with_nothing_lost() {
+    let _watchdog = common::watchdog("unreadable copy sources", Duration::from_secs(120));
+    for signal in [false, true] {
+        for writable in [false, true] {
+            let len = 8 * MIB;
+            let store = Unreadable::new(common::pattern(SEED, 0, len));
+            let umap = Umap::builder()
+                .buffer_size(16 * MIB)
+                .page_size(PAGE)
+                .fillers(2)
+                .signal_faults(signal)
+                .start()
+                .unwrap_or_else(|e| panic!("the engine needs userfaultfd: {e}"));
+            let region = umap
+                .map_shared(
+                    store.clone(),
+                    MapOptions::new().page_size(PAGE).writable(writable),
+                )
+                .unwrap();
+            if writable {
+                // Write faults: a written page installed writable and its read-ahead around it.
+                // SAFETY: the region is writable and `len` bytes long; nothing else touches it.
+                let bytes = unsafe { std::slice::from_raw_parts_mut(region.as_mut_ptr(), len) };
+                for page in (0..len).step_by(PAGE) {
+                    let at = page + 17;
+                    assert_eq!(bytes[at], common::pattern_byte(SEED, at as u64));
+                    bytes[at] = !bytes[at];
+                    bytes[at] = !bytes[at];
+                }
+            }
+            common::check_pattern(SEED, 0, region.as_slice());
+            let asked = store.asked.load(Ordering::Relaxed);
+            assert!(
+                (1..=4).contains(&asked),
+                "signal {signal} writable {writable}: asked {asked} times"
+            );
+            let stats = region.stats();
+            assert_eq!(
+                stats.fills,
+                (len / PAGE) as u64,
+                "signal {signal} writable {writable}: {stats:?}"
+            );
+            assert_eq!(stats.bytes_read, len as u64);
+            region.unmap().unwrap();
+        }
+    }
+}
