@@ -277,3 +277,122 @@ fn memory_that_cannot_be_read_falls_back_to_read_at_with_nothing_lost() {
         }
     }
 }
+
+/// A memory store whose `copy_source` offers memory holding its bytes in the first system
+/// page of every umap page only, the rest `PROT_NONE`: each copy stops inside its first page
+/// with `EFAULT`, after installing (and waking the threads waiting on) that system page.
+struct PartlyReadable {
+    inner: umap::MemStore,
+    /// The offered memory, the store's length.
+    memory: usize,
+}
+
+impl PartlyReadable {
+    fn new(bytes: Vec<u8>) -> Arc<PartlyReadable> {
+        let len = bytes.len();
+        let sys_page = umap::sys::page_size();
+        // SAFETY: a new private anonymous mapping, unmapped in `drop`.
+        let memory = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(memory, libc::MAP_FAILED);
+        // SAFETY: the mapping just made, `len` bytes, readable and writable.
+        unsafe { std::slice::from_raw_parts_mut(memory.cast::<u8>(), len) }.copy_from_slice(&bytes);
+        for page in (0..len).step_by(PAGE) {
+            // SAFETY: inside the mapping just made; only its protection changes.
+            let rc = unsafe {
+                libc::mprotect(
+                    memory.cast::<u8>().add(page + sys_page).cast(),
+                    PAGE - sys_page,
+                    libc::PROT_NONE,
+                )
+            };
+            assert_eq!(rc, 0);
+        }
+        Arc::new(PartlyReadable {
+            inner: umap::MemStore::from_vec(bytes),
+            memory: memory as usize,
+        })
+    }
+}
+
+impl Drop for PartlyReadable {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`, of the store's length.
+        unsafe { libc::munmap(self.memory as *mut libc::c_void, self.inner.len() as usize) };
+    }
+}
+
+impl Store for PartlyReadable {
+    fn len(&self) -> u64 {
+        self.inner.len()
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), StoreError> {
+        self.inner.read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), StoreError> {
+        self.inner.write_at(buf, offset)
+    }
+    fn sync(&self) -> Result<(), StoreError> {
+        self.inner.sync()
+    }
+    fn is_read_only(&self) -> bool {
+        false
+    }
+    fn copy_source(&self, offset: u64, len: usize) -> Option<CopySource> {
+        assert!(offset + len as u64 <= self.len());
+        let ptr = std::ptr::NonNull::new((self.memory + offset as usize) as *mut u8).unwrap();
+        // SAFETY: each page of the memory holds the store's bytes or cannot be read, for as
+        // long as the store lives.
+        Some(unsafe { CopySource::new(ptr) })
+    }
+}
+
+/// A copy from the store's memory that stops inside a writable page (the memory cannot be
+/// read past its first system page): the page is completed from `read_at` and kept, so a
+/// write made to its installed part by the woken thread stays.
+#[test]
+fn a_copy_stopped_inside_a_written_page_completes_it_and_keeps_the_write() {
+    let _watchdog = common::watchdog("a copy stopped inside a page", Duration::from_secs(120));
+    let len = 8 * MIB;
+    for signal in [false, true] {
+        let store = PartlyReadable::new(common::pattern(SEED, 0, len));
+        let umap = Umap::builder()
+            .buffer_size(16 * MIB)
+            .page_size(PAGE)
+            .fillers(2)
+            .signal_faults(signal)
+            .start()
+            .unwrap_or_else(|e| panic!("the engine needs userfaultfd: {e}"));
+        let region = umap
+            .map_shared(
+                store.clone(),
+                MapOptions::new().page_size(PAGE).writable(true),
+            )
+            .unwrap();
+        // SAFETY: the region is writable and `len` bytes long; nothing else touches it.
+        let bytes = unsafe { std::slice::from_raw_parts_mut(region.as_mut_ptr(), len) };
+        // A write to the first system page of every umap page: its fault's copy installs
+        // that system page, wakes this thread, which writes, and then stops.
+        for page in (0..len).step_by(PAGE) {
+            bytes[page + 8] = 0xa5;
+        }
+        let mut want = common::pattern(SEED, 0, len);
+        for page in (0..len).step_by(PAGE) {
+            want[page + 8] = 0xa5;
+        }
+        common::assert_same(&format!("signal {signal}: the region"), 0, bytes, &want);
+        region.flush().unwrap();
+        let mut stored = vec![0u8; len];
+        store.inner.read_at(&mut stored, 0).unwrap();
+        common::assert_same(&format!("signal {signal}: the store"), 0, &stored, &want);
+        region.unmap().unwrap();
+    }
+}

@@ -356,6 +356,24 @@ impl Filler<'_> {
         // the page it began at, how many whole pages from there stay, and the error.
         let mut run = start..start + n;
         let keep = |from: usize, src: *const u8, writable: bool, e: UffdError| {
+            // A copy from the store's memory that stopped inside a page because that memory
+            // cannot be read (`EFAULT`) completes the page from `read_at` instead: copying the
+            // rest from there again would only fail again, and the part installed, perhaps
+            // written already, would be dropped.
+            let reread =
+                (source.is_some() && e.errno() == Some(libc::EFAULT) && e.done() % ps != 0)
+                    .then(|| {
+                        let mut bytes_read = vec![0u8; bytes];
+                        read_with_retries(&*region.store, &mut bytes_read[..data_len], offset)
+                            .ok()
+                            .map(|()| bytes_read)
+                    })
+                    .flatten();
+            let src = match &reread {
+                // The same layout as the run's source: the run's bytes from `start` on.
+                Some(run) => run[(from - start) * ps..].as_ptr(),
+                None => src,
+            };
             (
                 from,
                 self.keep_installed(region, from, src, writable, &e),

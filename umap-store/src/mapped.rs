@@ -51,6 +51,12 @@ const BLOCK: u64 = 2 << 20;
 /// How far below a stream's end its pages stay mapped: the runs that may still continue it
 /// ([`SLACK`]), and the block they lie in.
 pub(crate) const BEHIND: u64 = SLACK + BLOCK;
+/// A copy is made some time after its pointer was handed out (a thread may be preempted in
+/// between) and maps its block again if the helper had unmapped it meanwhile. So each unmap
+/// behind covers this much below the last one again (quick where nothing is mapped), and a
+/// replaced stream is unmapped from its [`floor`](Stream::floor). A copy later than this, on
+/// a stream never replaced, stays mapped until the store is dropped.
+const LATE: u64 = 8 << 20;
 
 /// `MADV_POPULATE_READ` (Linux 5.14), defined here for older C headers.
 const MADV_POPULATE_READ: libc::c_int = 22;
@@ -59,6 +65,9 @@ const MADV_POPULATE_READ: libc::c_int = 22;
 pub(crate) struct FileMapping {
     shared: Arc<Shared>,
     helper: Option<JoinHandle<()>>,
+    /// The process that started the helper: a child forked since has the mapping but not the
+    /// thread (nor, perhaps, a usable lock).
+    pid: u32,
 }
 
 struct Shared {
@@ -91,8 +100,12 @@ struct Stream {
     end: u64,
     /// Mapped by the helper up to here.
     mapped_to: u64,
-    /// Nothing is mapped below here (a multiple of [`BLOCK`]).
+    /// Unmapped below here, by the helper (a multiple of [`BLOCK`]); a copy handed out
+    /// before may still map a block below it (see [`LATE`]).
     unmapped_to: u64,
+    /// Where the stream's blocks begin: `unmapped_to` when it started. Nothing of it was
+    /// ever mapped below.
+    floor: u64,
     /// How far ahead of `end` to map (0 until a run continues the stream).
     ahead: u64,
     /// A run continued it, so its runs may have been copied from the mapping (and its window
@@ -144,6 +157,7 @@ impl FileMapping {
             Ok(helper) => Ok(FileMapping {
                 shared,
                 helper: Some(helper),
+                pid: std::process::id(),
             }),
             Err(e) => {
                 // SAFETY: the mapping made above, used by nobody else (the thread never ran).
@@ -227,17 +241,19 @@ impl State {
             let old = self.streams.swap_remove(oldest);
             // Up to the end of the block its last mapped page lies in.
             let mapped_to = align_up(old.mapped_to.max(old.end), BLOCK);
-            if old.copied && mapped_to > old.unmapped_to {
-                self.zap.push((old.unmapped_to, mapped_to));
+            if old.copied && mapped_to > old.floor {
+                self.zap.push((old.floor, mapped_to));
                 new_work = true;
             }
         }
+        // A later run's block may reach down to here.
+        let floor = align_down(offset.saturating_sub(SLACK), BLOCK);
         self.streams.push(Stream {
             start: offset,
             end,
             mapped_to: end,
-            // A later run's block may reach down to here.
-            unmapped_to: align_down(offset.saturating_sub(SLACK), BLOCK),
+            unmapped_to: floor,
+            floor,
             ahead: 0,
             copied: false,
             last_used: tick,
@@ -251,11 +267,15 @@ impl State {
 
 impl Drop for FileMapping {
     fn drop(&mut self) {
-        self.shared.state.lock().stop = true;
-        self.shared.wake.notify_one();
-        if let Some(helper) = self.helper.take() {
-            // The helper catches nothing: if it panicked, there is nothing left to stop.
-            let _ = helper.join();
+        // In a forked child there is no helper to stop, and the lock may have been held by a
+        // thread of the parent at the fork: only the mapping is released.
+        if std::process::id() == self.pid {
+            self.shared.state.lock().stop = true;
+            self.shared.wake.notify_one();
+            if let Some(helper) = self.helper.take() {
+                // The helper catches nothing: if it panicked, there is nothing left to stop.
+                let _ = helper.join();
+            }
         }
         // SAFETY: the mapping made in `new`, of that length; the helper has ended, and the
         // store that owned this mapping hands out no more pointers into it (it is being
@@ -329,7 +349,7 @@ impl Shared {
         for stream in state.streams.iter_mut() {
             let keep_from = align_down(stream.end.saturating_sub(BEHIND), BLOCK);
             if stream.unmapped_to + BLOCK <= keep_from {
-                let from = stream.unmapped_to;
+                let from = stream.unmapped_to.saturating_sub(LATE).max(stream.floor);
                 stream.unmapped_to = keep_from;
                 return Some((from, keep_from, false));
             }
@@ -516,6 +536,96 @@ mod tests {
         eventually("the replaced stream unmapped", || {
             mapped_bytes(&mapping) == 0
         });
+    }
+
+    #[test]
+    fn a_late_copy_is_unmapped_by_the_next_unmap_behind_or_when_its_stream_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let len = 96 * MIB;
+        let file = pattern_file(&dir, len);
+        let mapping = FileMapping::new(&file, len).unwrap();
+        assert_eq!(mapping.source(0, MIB as usize), None);
+        // A filler takes the pointer for run 1 and is preempted; other threads carry the
+        // stream on, and the helper unmaps behind them.
+        let late = mapping.source(MIB, MIB as usize).unwrap();
+        for k in 2..12 {
+            mapping.source(k * MIB, MIB as usize).unwrap();
+        }
+        eventually("the blocks behind the stream unmapped", || {
+            mapping.shared.state.lock().streams[0].unmapped_to >= 6 * MIB
+        });
+        // The late copy maps its block again, below what the helper unmapped.
+        copy_from(late, MIB, MIB);
+        assert!(mapped_bytes(&mapping) > 0);
+        // The stream goes on: its next unmap behind covers the late block again.
+        for k in 12..16 {
+            mapping.source(k * MIB, MIB as usize).unwrap();
+        }
+        eventually("the late block unmapped behind the stream", || {
+            let state = mapping.shared.state.lock();
+            state.streams[0].unmapped_to >= 10 * MIB && state.zap.is_empty()
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        let mut late_mapped = 0;
+        for page in (0..2 * MIB).step_by(4096) {
+            late_mapped += u64::from(is_mapped(&mapping, page));
+        }
+        assert_eq!(late_mapped, 0, "pages of the late block still mapped");
+        // And a stream replaced after a late copy is unmapped from its floor.
+        let again = mapping.source(16 * MIB, MIB as usize).unwrap();
+        for k in 17..40 {
+            mapping.source(k * MIB, MIB as usize).unwrap();
+        }
+        eventually("the stream unmapped behind", || {
+            mapping.shared.state.lock().streams[0].unmapped_to >= 30 * MIB
+        });
+        copy_from(again, 16 * MIB, MIB);
+        for k in 0..MAX_STREAMS as u64 {
+            assert_eq!(mapping.source((k * 3 + 50) * MIB, 65536), None);
+        }
+        eventually("the replaced stream unmapped from its floor", || {
+            mapped_bytes(&mapping) == 0
+        });
+    }
+
+    /// Whether the page at `offset` of `mapping` is mapped in this process (`mincore` says
+    /// whether it is cached, so ask `/proc/self/pagemap`: bit 63, present).
+    fn is_mapped(mapping: &FileMapping, offset: u64) -> bool {
+        use std::os::unix::fs::FileExt;
+        let page = page_size();
+        let vpn = (mapping.shared.base as u64 + offset) / page;
+        let pagemap = File::open("/proc/self/pagemap").unwrap();
+        let mut entry = [0u8; 8];
+        pagemap.read_exact_at(&mut entry, vpn * 8).unwrap();
+        u64::from_ne_bytes(entry) >> 63 == 1
+    }
+
+    #[test]
+    fn a_forked_child_drops_the_mapping_without_the_parents_helper() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = pattern_file(&dir, 8 * MIB);
+        let mapping = FileMapping::new(&file, 8 * MIB).unwrap();
+        // SAFETY: the child only drops the mapping (getpid, munmap, freeing memory: glibc's
+        // allocator is fork-safe) and exits with `_exit`, running no other code of the test
+        // harness.
+        let child = unsafe { libc::fork() };
+        assert!(child >= 0, "fork: {}", io::Error::last_os_error());
+        if child == 0 {
+            // A panic must not unwind into the test harness's copy in the child.
+            let dropped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(mapping)));
+            // SAFETY: ends the child at once, as fork's child should.
+            unsafe { libc::_exit(i32::from(dropped.is_err())) };
+        }
+        let mut status = 0;
+        // SAFETY: waits for the child just forked.
+        assert_eq!(unsafe { libc::waitpid(child, &mut status, 0) }, child);
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "the child's drop failed: status {status:#x}"
+        );
+        // The parent's mapping and helper are untouched.
+        assert_eq!(mapping.source(0, MIB as usize), None);
+        assert!(mapping.source(MIB, MIB as usize).is_some());
     }
 
     #[test]
