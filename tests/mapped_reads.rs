@@ -121,7 +121,7 @@ fn a_scan_copies_its_runs_from_the_mapping_and_reads_every_byte() {
 fn a_file_that_shrinks_under_the_mapping_reads_zeros_past_its_new_end() {
     let _watchdog = common::watchdog(
         "a shrinking file with mapped reads",
-        Duration::from_secs(120),
+        Duration::from_secs(30),
     );
     let dir = tempfile::tempdir().unwrap();
     let len = 16 * MIB;

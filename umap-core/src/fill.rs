@@ -591,7 +591,9 @@ impl Filler<'_> {
             }
             // SAFETY: `addr..addr + len` are pages of a registered region kept mapped by the
             // caller's gate and owned by this thread (Filling); `src` holds `len` initialised
-            // bytes (the scratch buffer or a pool slot this thread holds).
+            // bytes (the scratch buffer or a pool slot this thread holds), or is memory the
+            // store offers (`CopySource`), which only the kernel reads and whose unreadable
+            // pages make the copy fail with `EFAULT`.
             let res = unsafe { uffd.copy(addr + done, src.add(done), len - done, mode) };
             match res {
                 Ok(()) => return Ok(()),

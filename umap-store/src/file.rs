@@ -133,8 +133,15 @@ impl FileStoreOptions {
     /// use `pread`.
     ///
     /// The price is resident memory outside the pager's buffer: the file's pages mapped ahead
-    /// of and just behind each scan (clean page cache, up to 16 MiB ahead and 4 MiB behind,
-    /// for at most 4 scans at once) count in the process's resident set.
+    /// of and just behind each scan (clean page cache, about 18 MiB ahead and 6 MiB behind
+    /// once rounded to 2 MiB blocks, for at most 4 scans at once) count in the process's
+    /// resident set.
+    ///
+    /// It relies on `read`/`write` and `mmap` of the file sharing one page cache, as on
+    /// local file systems and block devices. Do not use it on file systems where they do not
+    /// (FUSE with `direct_io`, CIFS or 9p without caching): a copy could then install bytes
+    /// older than a write-back made with `pwrite`. If the file cannot be mapped, the store
+    /// reads with `pread` only ([`FileStore::has_mapped_reads`] tells).
     pub fn mapped_reads(&mut self, on: bool) -> &mut Self {
         self.mapped_reads = on;
         self

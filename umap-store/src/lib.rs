@@ -90,9 +90,10 @@ pub trait Store: Send + Sync {
     /// mapped read-only (see [`CopySource`]). `None` (the default) means "read them with
     /// [`read_at`](Store::read_at)", which the pager then does.
     ///
-    /// The pager asks before each run it fills clean and whole (not past the end), and only
-    /// installs the bytes with `UFFDIO_COPY`, a copy done by the kernel; if that copy fails
-    /// (the memory cannot be read any more), it falls back to `read_at` for good.
+    /// The pager asks before each run it copies (not one moved from the page pool) that lies
+    /// wholly inside the store, and only installs the bytes with `UFFDIO_COPY`, a copy done
+    /// by the kernel; if that copy fails (the memory cannot be read), the region falls back
+    /// to `read_at` for good.
     /// [`FileStore`] answers for runs that continue a sequential stream.
     fn copy_source(&self, offset: u64, len: usize) -> Option<CopySource> {
         let _ = (offset, len);
@@ -112,16 +113,19 @@ impl CopySource {
     ///
     /// # Safety
     ///
-    /// For as long as the store is alive, the run's length of bytes from `ptr` must either be
-    /// readable memory holding the store's bytes at that run (what
+    /// For as long as the store is alive, each page of the run's length of bytes from `ptr`
+    /// must either be readable memory holding the store's bytes there (what
     /// [`read_at`](Store::read_at) would read), or not be readable at all (unmapped, or a
     /// file mapping's page that cannot be read), never memory of something else: the pager
-    /// copies them into the application's pages.
+    /// copies them into the application's pages. Some pages readable and others not is
+    /// allowed.
     pub unsafe fn new(ptr: NonNull<u8>) -> CopySource {
         CopySource { ptr }
     }
 
-    /// The address of the run's first byte.
+    /// The address of the run's first byte. Reading through it in user space may raise
+    /// `SIGBUS` (for a [`FileStore`], a page past the end of a file that shrank): the pager
+    /// only passes it to the kernel, whose copy turns that into an error.
     pub fn as_ptr(self) -> *const u8 {
         self.ptr.as_ptr()
     }
