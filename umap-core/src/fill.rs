@@ -417,6 +417,10 @@ impl Filler<'_> {
                             // The written page is in: only these read-ahead pages go back,
                             // dropped (protected, nobody wrote them) so that the run stays
                             // one stretch of pages.
+                            if source.is_some() && e.errno() == Some(libc::EFAULT) {
+                                // As below: the store's memory cannot be read any more.
+                                region.copy_source_failed.store(true, Ordering::Relaxed);
+                            }
                             log::error!(
                                 "cannot install {} read-ahead pages at {side_addr:#x}: {e}",
                                 side.len()
