@@ -15,6 +15,29 @@ const MIB: usize = 1 << 20;
 const PAGE: usize = 64 << 10;
 const SEED: u64 = 0x3a9;
 
+/// The `Store` methods the test stores here pass to their `inner` store, counting the reads
+/// in their `reads`; each has its own `copy_source`.
+macro_rules! forward_to_inner {
+    () => {
+        fn len(&self) -> u64 {
+            self.inner.len()
+        }
+        fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), StoreError> {
+            self.reads.fetch_add(1, Ordering::Relaxed);
+            self.inner.read_at(buf, offset)
+        }
+        fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), StoreError> {
+            self.inner.write_at(buf, offset)
+        }
+        fn sync(&self) -> Result<(), StoreError> {
+            self.inner.sync()
+        }
+        fn is_read_only(&self) -> bool {
+            self.inner.is_read_only()
+        }
+    };
+}
+
 /// A file store with mapped reads that counts how the pager reads it.
 struct Counting {
     inner: FileStore,
@@ -40,22 +63,7 @@ impl Counting {
 }
 
 impl Store for Counting {
-    fn len(&self) -> u64 {
-        self.inner.len()
-    }
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), StoreError> {
-        self.reads.fetch_add(1, Ordering::Relaxed);
-        self.inner.read_at(buf, offset)
-    }
-    fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), StoreError> {
-        self.inner.write_at(buf, offset)
-    }
-    fn sync(&self) -> Result<(), StoreError> {
-        self.inner.sync()
-    }
-    fn is_read_only(&self) -> bool {
-        self.inner.is_read_only()
-    }
+    forward_to_inner!();
     fn copy_source(&self, offset: u64, len: usize) -> Option<CopySource> {
         let source = self.inner.copy_source(offset, len);
         if source.is_some() {
@@ -201,22 +209,7 @@ impl Drop for Unreadable {
 }
 
 impl Store for Unreadable {
-    fn len(&self) -> u64 {
-        self.inner.len()
-    }
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), StoreError> {
-        self.reads.fetch_add(1, Ordering::Relaxed);
-        self.inner.read_at(buf, offset)
-    }
-    fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), StoreError> {
-        self.inner.write_at(buf, offset)
-    }
-    fn sync(&self) -> Result<(), StoreError> {
-        self.inner.sync()
-    }
-    fn is_read_only(&self) -> bool {
-        self.inner.is_read_only()
-    }
+    forward_to_inner!();
     fn copy_source(&self, offset: u64, len: usize) -> Option<CopySource> {
         assert!(offset + len as u64 <= self.len());
         self.asked.fetch_add(1, Ordering::Relaxed);
@@ -285,6 +278,7 @@ struct PartlyReadable {
     inner: umap::MemStore,
     /// The offered memory, the store's length.
     memory: usize,
+    reads: AtomicUsize,
 }
 
 impl PartlyReadable {
@@ -319,6 +313,7 @@ impl PartlyReadable {
         Arc::new(PartlyReadable {
             inner: umap::MemStore::from_vec(bytes),
             memory: memory as usize,
+            reads: AtomicUsize::new(0),
         })
     }
 }
@@ -331,21 +326,7 @@ impl Drop for PartlyReadable {
 }
 
 impl Store for PartlyReadable {
-    fn len(&self) -> u64 {
-        self.inner.len()
-    }
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), StoreError> {
-        self.inner.read_at(buf, offset)
-    }
-    fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), StoreError> {
-        self.inner.write_at(buf, offset)
-    }
-    fn sync(&self) -> Result<(), StoreError> {
-        self.inner.sync()
-    }
-    fn is_read_only(&self) -> bool {
-        false
-    }
+    forward_to_inner!();
     fn copy_source(&self, offset: u64, len: usize) -> Option<CopySource> {
         assert!(offset + len as u64 <= self.len());
         let ptr = std::ptr::NonNull::new((self.memory + offset as usize) as *mut u8).unwrap();
