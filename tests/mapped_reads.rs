@@ -73,13 +73,22 @@ impl Store for Counting {
     }
 }
 
-fn engine(buffer: usize) -> Umap {
+/// An engine with a `buffer`-byte buffer of 64 KiB pages, 2 fillers, faults served on the
+/// faulting thread if `signal`.
+fn engine_with(buffer: usize, signal: bool) -> Umap {
     Umap::builder()
         .buffer_size(buffer)
         .page_size(PAGE)
         .fillers(2)
+        .signal_faults(signal)
         .start()
         .unwrap_or_else(|e| panic!("the engine needs userfaultfd: {e}"))
+}
+
+/// `store` mapped through `umap` with 64 KiB pages, writable if `writable`.
+fn map_store(umap: &Umap, store: Arc<dyn Store>, writable: bool) -> umap::Region {
+    umap.map_shared(store, MapOptions::new().page_size(PAGE).writable(writable))
+        .unwrap()
 }
 
 #[test]
@@ -90,10 +99,8 @@ fn a_scan_copies_its_runs_from_the_mapping_and_reads_every_byte() {
     let path = common::pattern_file(dir.path(), "data", SEED, len as u64);
     let store = Counting::open(&path);
     // A buffer of an eighth of the file: the second pass reads it all again.
-    let umap = engine(4 * MIB);
-    let region = umap
-        .map_shared(store.clone(), MapOptions::new().page_size(PAGE))
-        .unwrap();
+    let umap = engine_with(4 * MIB, false);
+    let region = map_store(&umap, store.clone(), false);
     for pass in 0..2 {
         common::check_pattern(SEED, 0, region.as_slice());
         let (sources, reads) = (
@@ -135,10 +142,8 @@ fn a_file_that_shrinks_under_the_mapping_reads_zeros_past_its_new_end() {
     let len = 16 * MIB;
     let path = common::pattern_file(dir.path(), "data", SEED, len as u64);
     let store = Counting::open(&path);
-    let umap = engine(4 * MIB);
-    let region = umap
-        .map_shared(store.clone(), MapOptions::new().page_size(PAGE))
-        .unwrap();
+    let umap = engine_with(4 * MIB, false);
+    let region = map_store(&umap, store.clone(), false);
     let bytes = region.as_slice();
     // A scan of the first quarter: the stream copies from the mapping.
     common::check_pattern(SEED, 0, &bytes[..4 * MIB]);
@@ -166,56 +171,97 @@ fn a_file_that_shrinks_under_the_mapping_reads_zeros_past_its_new_end() {
     region.unmap().unwrap();
 }
 
+/// Memory a test store offers as copy sources: an anonymous mapping holding the store's
+/// bytes, parts of which are then made unreadable; unmapped when dropped.
+struct Offered {
+    addr: usize,
+    len: usize,
+}
+
+impl Offered {
+    /// `bytes`, in memory of their own.
+    fn new(bytes: &[u8]) -> Offered {
+        let len = bytes.len();
+        // SAFETY: a new private anonymous mapping, unmapped in `drop`.
+        let addr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(addr, libc::MAP_FAILED);
+        // SAFETY: the mapping just made, `len` bytes, readable and writable.
+        unsafe { std::slice::from_raw_parts_mut(addr.cast::<u8>(), len) }.copy_from_slice(bytes);
+        Offered {
+            addr: addr as usize,
+            len,
+        }
+    }
+
+    /// Makes `range` unreadable.
+    fn forbid(&self, range: std::ops::Range<usize>) {
+        assert!(range.end <= self.len);
+        // SAFETY: inside the mapping; only its protection changes.
+        let rc = unsafe {
+            libc::mprotect(
+                (self.addr + range.start) as *mut libc::c_void,
+                range.len(),
+                libc::PROT_NONE,
+            )
+        };
+        assert_eq!(rc, 0);
+    }
+
+    /// The run at `offset`, `len` bytes, as a copy source.
+    fn source(&self, offset: u64, len: usize) -> CopySource {
+        assert!(offset as usize + len <= self.len);
+        let ptr = std::ptr::NonNull::new((self.addr + offset as usize) as *mut u8).unwrap();
+        // SAFETY: each page of the mapping holds the store's bytes (copied in `new`, never
+        // written since) or cannot be read, until it is dropped with the store that owns it.
+        unsafe { CopySource::new(ptr) }
+    }
+}
+
+impl Drop for Offered {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`, of that length.
+        unsafe { libc::munmap(self.addr as *mut libc::c_void, self.len) };
+    }
+}
+
 /// A memory store whose `copy_source` offers memory that cannot be read (a `PROT_NONE`
 /// mapping, which the contract of `CopySource::new` allows), for every run: each copy fails
 /// with `EFAULT` before installing anything.
 struct Unreadable {
     inner: umap::MemStore,
-    /// `PROT_NONE`, the store's length.
-    none: usize,
+    /// The store's bytes, all unreadable.
+    offered: Offered,
     asked: AtomicUsize,
     reads: AtomicUsize,
 }
 
 impl Unreadable {
     fn new(bytes: Vec<u8>) -> Arc<Unreadable> {
-        let len = bytes.len();
-        // SAFETY: a new private anonymous mapping, unmapped in `drop`.
-        let none = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_NONE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        assert_ne!(none, libc::MAP_FAILED);
+        let offered = Offered::new(&bytes);
+        offered.forbid(0..bytes.len());
         Arc::new(Unreadable {
             inner: umap::MemStore::from_vec(bytes),
-            none: none as usize,
+            offered,
             asked: AtomicUsize::new(0),
             reads: AtomicUsize::new(0),
         })
     }
 }
 
-impl Drop for Unreadable {
-    fn drop(&mut self) {
-        // SAFETY: the mapping made in `new`, of the store's length.
-        unsafe { libc::munmap(self.none as *mut libc::c_void, self.inner.len() as usize) };
-    }
-}
-
 impl Store for Unreadable {
     forward_to_inner!();
     fn copy_source(&self, offset: u64, len: usize) -> Option<CopySource> {
-        assert!(offset + len as u64 <= self.len());
         self.asked.fetch_add(1, Ordering::Relaxed);
-        let ptr = std::ptr::NonNull::new((self.none + offset as usize) as *mut u8).unwrap();
-        // SAFETY: the memory cannot be read at all (PROT_NONE) while the store lives.
-        Some(unsafe { CopySource::new(ptr) })
+        Some(self.offered.source(offset, len))
     }
 }
 
@@ -229,19 +275,8 @@ fn memory_that_cannot_be_read_falls_back_to_read_at_with_nothing_lost() {
         for writable in [false, true] {
             let len = 8 * MIB;
             let store = Unreadable::new(common::pattern(SEED, 0, len));
-            let umap = Umap::builder()
-                .buffer_size(16 * MIB)
-                .page_size(PAGE)
-                .fillers(2)
-                .signal_faults(signal)
-                .start()
-                .unwrap_or_else(|e| panic!("the engine needs userfaultfd: {e}"));
-            let region = umap
-                .map_shared(
-                    store.clone(),
-                    MapOptions::new().page_size(PAGE).writable(writable),
-                )
-                .unwrap();
+            let umap = engine_with(16 * MIB, signal);
+            let region = map_store(&umap, store.clone(), writable);
             if writable {
                 // Write faults: a written page installed writable and its read-ahead around it.
                 // SAFETY: the region is writable and `len` bytes long; nothing else touches it.
@@ -276,63 +311,30 @@ fn memory_that_cannot_be_read_falls_back_to_read_at_with_nothing_lost() {
 /// with `EFAULT`, after installing (and waking the threads waiting on) that system page.
 struct PartlyReadable {
     inner: umap::MemStore,
-    /// The offered memory, the store's length.
-    memory: usize,
+    /// The store's bytes, readable in the first system page of every umap page only.
+    offered: Offered,
     reads: AtomicUsize,
 }
 
 impl PartlyReadable {
     fn new(bytes: Vec<u8>) -> Arc<PartlyReadable> {
-        let len = bytes.len();
         let sys_page = umap::sys::page_size();
-        // SAFETY: a new private anonymous mapping, unmapped in `drop`.
-        let memory = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        assert_ne!(memory, libc::MAP_FAILED);
-        // SAFETY: the mapping just made, `len` bytes, readable and writable.
-        unsafe { std::slice::from_raw_parts_mut(memory.cast::<u8>(), len) }.copy_from_slice(&bytes);
-        for page in (0..len).step_by(PAGE) {
-            // SAFETY: inside the mapping just made; only its protection changes.
-            let rc = unsafe {
-                libc::mprotect(
-                    memory.cast::<u8>().add(page + sys_page).cast(),
-                    PAGE - sys_page,
-                    libc::PROT_NONE,
-                )
-            };
-            assert_eq!(rc, 0);
+        let offered = Offered::new(&bytes);
+        for page in (0..bytes.len()).step_by(PAGE) {
+            offered.forbid(page + sys_page..page + PAGE);
         }
         Arc::new(PartlyReadable {
             inner: umap::MemStore::from_vec(bytes),
-            memory: memory as usize,
+            offered,
             reads: AtomicUsize::new(0),
         })
-    }
-}
-
-impl Drop for PartlyReadable {
-    fn drop(&mut self) {
-        // SAFETY: the mapping made in `new`, of the store's length.
-        unsafe { libc::munmap(self.memory as *mut libc::c_void, self.inner.len() as usize) };
     }
 }
 
 impl Store for PartlyReadable {
     forward_to_inner!();
     fn copy_source(&self, offset: u64, len: usize) -> Option<CopySource> {
-        assert!(offset + len as u64 <= self.len());
-        let ptr = std::ptr::NonNull::new((self.memory + offset as usize) as *mut u8).unwrap();
-        // SAFETY: each page of the memory holds the store's bytes or cannot be read, for as
-        // long as the store lives.
-        Some(unsafe { CopySource::new(ptr) })
+        Some(self.offered.source(offset, len))
     }
 }
 
@@ -345,19 +347,8 @@ fn a_copy_stopped_inside_a_written_page_completes_it_and_keeps_the_write() {
     let len = 8 * MIB;
     for signal in [false, true] {
         let store = PartlyReadable::new(common::pattern(SEED, 0, len));
-        let umap = Umap::builder()
-            .buffer_size(16 * MIB)
-            .page_size(PAGE)
-            .fillers(2)
-            .signal_faults(signal)
-            .start()
-            .unwrap_or_else(|e| panic!("the engine needs userfaultfd: {e}"));
-        let region = umap
-            .map_shared(
-                store.clone(),
-                MapOptions::new().page_size(PAGE).writable(true),
-            )
-            .unwrap();
+        let umap = engine_with(16 * MIB, signal);
+        let region = map_store(&umap, store.clone(), true);
         // SAFETY: the region is writable and `len` bytes long; nothing else touches it.
         let bytes = unsafe { std::slice::from_raw_parts_mut(region.as_mut_ptr(), len) };
         // A write to the first system page of every umap page: its fault's copy installs
