@@ -71,6 +71,18 @@ fn warm_and_memory_store_are_set_and_exclude_direct() {
     refused("--warm --direct", "--warm and --direct");
     refused("--direct --warm", "--warm and --direct");
     refused("--memory-store --direct", "--memory-store and --direct");
+    // Mapped reads map umap's file: with a file store only, and not with O_DIRECT.
+    assert!(run("--mapped-reads").mapped_reads);
+    assert!(!run("--direct").mapped_reads);
+    assert!(run("--warm --mapped-reads").mapped_reads);
+    refused(
+        "--mapped-reads --direct",
+        "--mapped-reads maps the store's file",
+    );
+    refused(
+        "--memory-store --mapped-reads",
+        "--mapped-reads maps the store's file",
+    );
 }
 
 #[test]
