@@ -252,8 +252,9 @@ fn store_from_fd(fd: c_int, writable: bool) -> Result<FileStore, Failure> {
             )
         })
         .and_then(|store| {
-            let mapped = std::env::var_os(MAPPED_READS_VARIABLE);
-            Ok(if mapped_reads_setting(mapped.as_deref())? {
+            let mapped =
+                umap_core::env::switch_var(MAPPED_READS_VARIABLE, |name| std::env::var_os(name))?;
+            Ok(if mapped {
                 store.with_mapped_reads()
             } else {
                 store
@@ -264,21 +265,6 @@ fn store_from_fd(fd: c_int, writable: bool) -> Result<FileStore, Failure> {
 /// `1` opens every file with mapped reads (`FileStoreOptions::mapped_reads`): sequential
 /// runs copied straight from a read-only mapping of the file. `0` or unset: off.
 const MAPPED_READS_VARIABLE: &str = "UMAP_MAPPED_READS";
-
-/// Reads [`MAPPED_READS_VARIABLE`]'s value.
-fn mapped_reads_setting(value: Option<&std::ffi::OsStr>) -> Result<bool, Failure> {
-    match value.map(|v| v.to_str()) {
-        None | Some(Some("0")) => Ok(false),
-        Some(Some("1")) => Ok(true),
-        Some(other) => Err(Failure::new(
-            libc::EINVAL,
-            format!(
-                "{MAPPED_READS_VARIABLE}={}: use 0 or 1",
-                other.unwrap_or("(not UTF-8)")
-            ),
-        )),
-    }
-}
 
 fn map(
     addr: *mut c_void,
@@ -831,24 +817,6 @@ mod tests {
     fn errno() -> c_int {
         // SAFETY: the calling thread's errno slot.
         unsafe { *libc::__errno_location() }
-    }
-
-    #[test]
-    fn umap_mapped_reads_takes_0_or_1() {
-        use std::ffi::OsStr;
-        use std::os::unix::ffi::OsStrExt;
-        assert!(!mapped_reads_setting(None).unwrap());
-        assert!(!mapped_reads_setting(Some(OsStr::new("0"))).unwrap());
-        assert!(mapped_reads_setting(Some(OsStr::new("1"))).unwrap());
-        for bad in [
-            OsStr::new("yes"),
-            OsStr::new(""),
-            OsStr::from_bytes(b"\xff"),
-        ] {
-            let e = mapped_reads_setting(Some(bad)).unwrap_err();
-            assert_eq!(e.errno, libc::EINVAL);
-            assert!(e.message.contains("UMAP_MAPPED_READS=") && e.message.contains("0 or 1"));
-        }
     }
 
     #[test]

@@ -324,7 +324,8 @@ fn bad_mapped_reads_variable_fails_umap() {
         "errors badmapped ok",
     );
     assert!(
-        out.stderr.contains("UMAP_MAPPED_READS=2: use 0 or 1"),
+        out.stderr
+            .contains("invalid UMAP_MAPPED_READS = 2: must be 0 (off) or 1 (on)"),
         "{}",
         out.stderr
     );

@@ -117,6 +117,31 @@ impl ConfigBuilder {
     }
 }
 
+/// A switch variable that configures something besides the engine (the C library reads
+/// `UMAP_MAPPED_READS` so), read through `lookup` and checked as the engine's are: unset is
+/// off, `0` off, `1` on, anything else an error naming the variable.
+///
+/// ```
+/// let on = umap_core::env::switch_var("UMAP_EXAMPLE", |_| Some("1".into()))?;
+/// assert!(on);
+/// assert!(umap_core::env::switch_var("UMAP_EXAMPLE", |_| Some("yes".into())).is_err());
+/// # Ok::<(), umap_core::Error>(())
+/// ```
+pub fn switch_var(
+    variable: &'static str,
+    lookup: impl FnOnce(&str) -> Option<std::ffi::OsString>,
+) -> Result<bool> {
+    match lookup(variable) {
+        None => Ok(false),
+        Some(raw) => {
+            let value = raw.to_str().ok_or_else(|| {
+                Error::invalid(variable, raw.to_string_lossy(), "is not valid UTF-8")
+            })?;
+            switch(variable, value.trim())
+        }
+    }
+}
+
 fn apply(b: ConfigBuilder, variable: &'static str, value: &str) -> Result<ConfigBuilder> {
     let sys_page = sys::page_size();
     Ok(match variable {
@@ -344,6 +369,26 @@ mod tests {
             );
         }
         eprintln!("{} bad environment values tried", cases.len());
+    }
+
+    #[test]
+    fn a_switch_outside_the_engine_is_checked_as_the_engines_are() {
+        use std::os::unix::ffi::OsStringExt;
+        let read = |value: Option<&str>| switch_var("UMAP_X", |_| value.map(OsString::from));
+        assert!(!read(None).unwrap());
+        assert!(!read(Some("0")).unwrap());
+        assert!(read(Some(" 1 ")).unwrap());
+        for bad in ["yes", "", "2"] {
+            let err = read(Some(bad)).unwrap_err().to_string();
+            assert!(
+                err.contains("UMAP_X") && err.contains("0 (off) or 1 (on)"),
+                "{err}"
+            );
+        }
+        let err = switch_var("UMAP_X", |_| Some(OsString::from_vec(vec![0xff])))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("UMAP_X") && err.contains("UTF-8"), "{err}");
     }
 
     #[test]

@@ -360,15 +360,14 @@ impl Filler<'_> {
             // cannot be read (`EFAULT`) completes the page from `read_at` instead: copying the
             // rest from there again would only fail again, and the part installed, perhaps
             // written already, would be dropped.
-            let reread =
-                (source.is_some() && e.errno() == Some(libc::EFAULT) && e.done() % ps != 0)
-                    .then(|| {
-                        let mut bytes_read = vec![0u8; bytes];
-                        read_with_retries(&*region.store, &mut bytes_read[..data_len], offset)
-                            .ok()
-                            .map(|()| bytes_read)
-                    })
-                    .flatten();
+            let reread = (source_unreadable(region, source.is_some(), &e) && e.done() % ps != 0)
+                .then(|| {
+                    let mut bytes_read = vec![0u8; bytes];
+                    read_with_retries(&*region.store, &mut bytes_read[..data_len], offset)
+                        .ok()
+                        .map(|()| bytes_read)
+                })
+                .flatten();
             let src = match &reread {
                 // The same layout as the run's source: the run's bytes from `start` on.
                 Some(run) => run[(from - start) * ps..].as_ptr(),
@@ -417,10 +416,7 @@ impl Filler<'_> {
                             // The written page is in: only these read-ahead pages go back,
                             // dropped (protected, nobody wrote them) so that the run stays
                             // one stretch of pages.
-                            if source.is_some() && e.errno() == Some(libc::EFAULT) {
-                                // As below: the store's memory cannot be read any more.
-                                region.copy_source_failed.store(true, Ordering::Relaxed);
-                            }
+                            source_unreadable(region, source.is_some(), &e);
                             log::error!(
                                 "cannot install {} read-ahead pages at {side_addr:#x}: {e}",
                                 side.len()
@@ -445,22 +441,11 @@ impl Filler<'_> {
                 .map_err(|e| keep(start, src, protect && !mode.write_protect, e))
         };
         if let Err((from, kept, e)) = installed {
-            if source.is_some() && e.errno() == Some(libc::EFAULT) {
-                // The store's memory could not be read (the file shrank, or a page of it
-                // cannot be read): this region reads with `read_at` from now on, which
-                // reports such failures the store's way.
-                if !region.copy_source_failed.swap(true, Ordering::Relaxed) {
-                    log::warn!(
-                        "copying {n} pages at offset {offset} from the store's memory failed \
-                         ({e}); the region's fills read with read_at from now on"
-                    );
-                }
-                if kept == 0 && e.done() == 0 {
-                    // Nothing was installed: the same pages, still this thread's, are read
-                    // and installed again that way.
-                    counts.add(shared, region, -1);
-                    return self.fill_run(region, start, n, cause);
-                }
+            if source_unreadable(region, source.is_some(), &e) && kept == 0 && e.done() == 0 {
+                // Nothing was installed: the same pages, still this thread's, are read and
+                // installed again, with `read_at` now.
+                counts.add(shared, region, -1);
+                return self.fill_run(region, start, n, cause);
             }
             log::error!(
                 "cannot install {n} pages at {addr:#x}: {e}; {kept} whole pages from page {from} \
@@ -886,6 +871,22 @@ impl FillCounts {
         both(|c| &c.prefetched_pages, self.prefetched);
         both(|c| &c.eager_dirty_pages, self.eager_dirty);
     }
+}
+
+/// Whether the install error `e`, of a copy out of the store's memory (`from_source`, see
+/// `Store::copy_source`), says that memory cannot be read (`EFAULT`: the file shrank, or a
+/// page of it cannot be read). If so, the region's fills read with `read_at` from then on,
+/// which reports such failures the store's way (logged once per region).
+fn source_unreadable(region: &RegionShared, from_source: bool, e: &UffdError) -> bool {
+    let unreadable = from_source && e.errno() == Some(libc::EFAULT);
+    if unreadable && !region.copy_source_failed.swap(true, Ordering::Relaxed) {
+        log::warn!(
+            "a copy from the store's memory into the region at {:#x} failed ({e}); its fills \
+             read with read_at from now on",
+            region.base
+        );
+    }
+    unreadable
 }
 
 fn protect_mode(write_protect: bool) -> CopyMode {

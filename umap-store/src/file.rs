@@ -220,13 +220,12 @@ impl FileStoreOptions {
             None
         };
 
-        FileStore::assemble(
-            file,
-            direct,
-            self.read_only,
-            Some(path.to_path_buf()),
-            self.mapped_reads,
-        )
+        let store = FileStore::assemble(file, direct, self.read_only, Some(path.to_path_buf()))?;
+        Ok(if self.mapped_reads {
+            store.with_mapped_reads()
+        } else {
+            store
+        })
     }
 }
 
@@ -317,7 +316,7 @@ impl FileStore {
         }
 
         if flags & libc::O_DIRECT == 0 {
-            return FileStore::assemble(file, None, read_only, path, false);
+            return FileStore::assemble(file, None, read_only, path);
         }
         // The descriptor is direct: reopen the same file (not a dup, which would share the
         // O_DIRECT flag) for the requests that cannot be aligned.
@@ -341,13 +340,7 @@ impl FileStore {
             )));
         }
         let align = direct_alignment(&file, path.as_deref())?;
-        FileStore::assemble(
-            buffered,
-            Some(DirectFile { file, align }),
-            read_only,
-            path,
-            false,
-        )
+        FileStore::assemble(buffered, Some(DirectFile { file, align }), read_only, path)
     }
 
     /// Finishes opening: checks the file type and reads the length.
@@ -356,7 +349,6 @@ impl FileStore {
         direct: Option<DirectFile>,
         read_only: bool,
         path: Option<PathBuf>,
-        mapped_reads: bool,
     ) -> Result<FileStore> {
         let open_err = |source| match &path {
             Some(path) => StoreError::Open {
@@ -385,17 +377,13 @@ impl FileStore {
                 "{name} is neither a regular file nor a block device"
             )));
         };
-        // Best effort: a file that cannot be mapped is read with `pread` only.
-        let mapping = (mapped_reads && direct.is_none() && len > 0)
-            .then(|| FileMapping::new(&file, len).ok())
-            .flatten();
         Ok(FileStore {
             file,
             direct,
             len: AtomicU64::new(len),
             read_only,
             path,
-            mapping,
+            mapping: None,
         })
     }
 
@@ -415,6 +403,7 @@ impl FileStore {
     /// mode, an empty file or a file that cannot be mapped keeps reading with `pread` only;
     /// [`has_mapped_reads`](Self::has_mapped_reads) tells.
     pub fn with_mapped_reads(mut self) -> FileStore {
+        // Best effort: a file that cannot be mapped is read with `pread` only.
         if self.mapping.is_none() && self.direct.is_none() {
             let len = self.len.load(Ordering::Relaxed);
             if len > 0 {
@@ -614,7 +603,7 @@ fn block_device_len(mut file: &File) -> io::Result<u64> {
 }
 
 /// The system page size.
-fn page_size() -> usize {
+pub(crate) fn page_size() -> usize {
     // SAFETY: sysconf only reads a configuration value; it has no memory-safety preconditions.
     let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     usize::try_from(size)

@@ -61,9 +61,6 @@ pub(crate) const BEHIND: u64 = SLACK + BLOCK;
 /// a stream never replaced, stays mapped until the store is dropped.
 const LATE: u64 = 8 << 20;
 
-/// `MADV_POPULATE_READ` (Linux 5.14), defined here for older C headers.
-const MADV_POPULATE_READ: libc::c_int = 22;
-
 /// See the module documentation.
 pub(crate) struct FileMapping {
     shared: Arc<Shared>,
@@ -308,14 +305,13 @@ impl Shared {
                     self.wake.wait(&mut state);
                 }
             };
-            let page = page_size();
-            let start = from & !(page - 1);
+            let start = align_down(from, page_size());
             let end = to.min(self.len);
             if end <= start {
                 continue;
             }
             let advice = if populate {
-                MADV_POPULATE_READ
+                libc::MADV_POPULATE_READ
             } else {
                 libc::MADV_DONTNEED
             };
@@ -379,13 +375,12 @@ fn align_down(x: u64, to: u64) -> u64 {
 }
 
 fn align_up(x: u64, to: u64) -> u64 {
-    x.saturating_add(to - 1) & !(to - 1)
+    x.next_multiple_of(to)
 }
 
+/// The system page size, as an offset.
 fn page_size() -> u64 {
-    // SAFETY: sysconf has no preconditions.
-    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    u64::try_from(size).unwrap_or(4096)
+    crate::file::page_size() as u64
 }
 
 #[cfg(test)]
